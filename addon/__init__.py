@@ -1,0 +1,1 @@
+"""butter's mitmproxy shell (`butter.py`) and its wire adapters (`formats/`)."""

@@ -1,0 +1,328 @@
+"""The only module that touches LMDB.
+
+Layout (named databases, fixed-width binary keys):
+
+    nodes     node_id(16)                 -> JSON NodeRecord
+    children  parent_id(16) + child_id(16) -> b"m" (message) | b"t" (template)
+    replies   node_id(16) + reply_id(16)   -> JSON StoredReply (without ids)
+    stats     node_id(16)                 -> JSON {"hits": n, "last_hit": ts}
+    meta      name                        -> value (schema version, namespace secret)
+
+Rules from measuring py-lmdb 3.0 (shared/research): one Environment per path
+per process; write transactions are short and begin and commit on one
+thread; no read transaction is held across an await; the map grows by itself
+on MapFullError under a file lock, and readers adopt a size another process
+chose on MapResizedError.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import lmdb
+
+from .model import NodeRecord, StoredReply
+
+SCHEMA_VERSION = 1
+INITIAL_MAP_SIZE = 256 << 20  # grows by doubling; most trees stay far below
+ID = 16
+
+T = TypeVar("T")
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer butter; refuse rather than corrupt it."""
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _loads(raw: bytes | memoryview) -> Any:
+    return json.loads(bytes(raw))
+
+
+_open_envs: dict[str, tuple[lmdb.Environment, int]] = {}
+_open_lock = threading.Lock()
+
+
+def _acquire_env(path: str) -> lmdb.Environment:
+    # py-lmdb refuses to open one environment twice in a process; the addon,
+    # a reloaded addon and in-process tests therefore share one handle.
+    with _open_lock:
+        if path in _open_envs:
+            env, refs = _open_envs[path]
+            _open_envs[path] = (env, refs + 1)
+            return env
+        os.makedirs(path, exist_ok=True)
+        env = lmdb.open(path, map_size=INITIAL_MAP_SIZE, max_dbs=8, subdir=True, max_readers=256)
+        env.reader_check()
+        _open_envs[path] = (env, 1)
+        return env
+
+
+def _release_env(path: str) -> None:
+    with _open_lock:
+        env, refs = _open_envs[path]
+        if refs > 1:
+            _open_envs[path] = (env, refs - 1)
+            return
+        del _open_envs[path]
+        env.close()
+
+
+class LmdbBackend:
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = str(Path(path).expanduser().resolve())
+        self.env = _acquire_env(self.path)
+        self._closed = False
+        self.nodes = self.env.open_db(b"nodes")
+        self.children = self.env.open_db(b"children")
+        self.replies_db = self.env.open_db(b"replies")
+        self.stats_db = self.env.open_db(b"stats")
+        self.meta = self.env.open_db(b"meta")
+        self._init_meta()
+
+    # -- lifecycle -------------------------------------------------------
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _release_env(self.path)
+
+    def _init_meta(self) -> None:
+        def init(txn: lmdb.Transaction) -> None:
+            txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self.meta, overwrite=False)
+            # The namespace secret lives in the database, never beside it in
+            # config: whoever can read the tree can already read its replies.
+            txn.put(b"secret", secrets.token_bytes(32), db=self.meta, overwrite=False)
+
+        with self.env.begin(db=self.meta) as txn:
+            schema = txn.get(b"schema")
+            secret = txn.get(b"secret")
+        if schema is None or secret is None:
+            self._write(init)
+            with self.env.begin(db=self.meta) as txn:
+                schema = txn.get(b"schema")
+                secret = txn.get(b"secret")
+        if int(schema) > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{self.path} has schema {int(schema)}; this butter reads {SCHEMA_VERSION}. Upgrade butter."
+            )
+        self.secret: bytes = bytes(secret)
+
+    # -- transactions ----------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction]:
+        try:
+            txn = self.env.begin()
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)  # adopt the size another process chose
+            txn = self.env.begin()
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run `fn` in one write transaction, growing the map when it is full."""
+        for _ in range(32):
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+            except lmdb.MapFullError:
+                self._grow()
+        raise RuntimeError(f"could not complete a write to {self.path}")
+
+    def _grow(self) -> None:
+        # A file lock keeps two processes from resizing at once; the size is
+        # re-read under it so a resize another process just did is not doubled.
+        with open(os.path.join(self.path, "resize.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.env.set_mapsize(0)
+            self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    # -- reads (the TreeReader protocol) ---------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator["Snapshot"]:
+        """One read transaction for a whole lookup walk: a consistent view, cheap."""
+        with self._read() as txn:
+            yield Snapshot(self, txn)
+
+    def has_node(self, node_id: bytes) -> bool:
+        with self.snapshot() as snap:
+            return snap.has_node(node_id)
+
+    def node(self, node_id: bytes) -> NodeRecord | None:
+        with self.snapshot() as snap:
+            return snap.node(node_id)
+
+    def replies(self, node_id: bytes) -> list[StoredReply]:
+        with self.snapshot() as snap:
+            return snap.replies(node_id)
+
+    def children_of(self, node_id: bytes) -> list[tuple[bytes, str]]:
+        with self.snapshot() as snap:
+            return snap.children_of(node_id)
+
+    def template_children(self, node_id: bytes) -> list[NodeRecord]:
+        with self.snapshot() as snap:
+            return snap.template_children(node_id)
+
+    def iter_nodes(self) -> Iterator[NodeRecord]:
+        with self._read() as txn:
+            for key, value in txn.cursor(db=self.nodes):
+                yield _node_from(bytes(key), _loads(value))
+
+    def iter_replies(self) -> Iterator[tuple[bytes, StoredReply]]:
+        with self._read() as txn:
+            for key, value in txn.cursor(db=self.replies_db):
+                yield bytes(key[:ID]), _reply_from(bytes(key[ID:]), _loads(value))
+
+    def stats(self, node_id: bytes) -> dict:
+        with self._read() as txn:
+            raw = txn.get(node_id, db=self.stats_db)
+        return {} if raw is None else _loads(raw)
+
+    def counts(self) -> dict[str, int]:
+        with self._read() as txn:
+            return {
+                "nodes": txn.stat(self.nodes)["entries"],
+                "replies": txn.stat(self.replies_db)["entries"],
+            }
+
+    # -- writes ------------------------------------------------------------
+    def record(
+        self,
+        nodes: list[tuple[bytes, bytes | None, int, str, dict, str]],
+        reply_node: bytes,
+        reply_id: bytes,
+        reply: dict,
+        streamed: bool,
+        refresh: bool,
+    ) -> None:
+        """Write a path (idempotently) and one observation of its reply.
+
+        `nodes` are (id, parent, depth, kind, content, namespace). With
+        `refresh` the node's other replies are dropped, so record mode leaves
+        exactly what the provider said last.
+        """
+        now = time.time()
+
+        def write(txn: lmdb.Transaction) -> None:
+            for node_id, parent, depth, kind, content, namespace in nodes:
+                record = {"parent": parent.hex() if parent else None, "depth": depth, "kind": kind,
+                          "content": content, "created": now}
+                if namespace:
+                    record["namespace"] = namespace
+                if txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False) and parent:
+                    txn.put(parent + node_id, b"t" if kind == "template" else b"m", db=self.children)
+            key = reply_node + reply_id
+            if refresh:
+                for old in list(_replies_in(txn, self.replies_db, reply_node)):
+                    if old.reply_id != reply_id:
+                        txn.delete(reply_node + old.reply_id, db=self.replies_db)
+            raw = txn.get(key, db=self.replies_db)
+            if raw is None:
+                entry = {"reply": reply, "count": 1, "first_seen": now, "last_seen": now,
+                         "streamed": streamed, "score": 0, "bad": False}
+            else:
+                entry = _loads(raw)
+                entry["count"] += 1
+                entry["last_seen"] = now
+                if refresh:
+                    entry["bad"] = False
+            txn.put(key, _dumps(entry), db=self.replies_db)
+
+        self._write(write)
+
+    def add_hits(self, hits: dict[bytes, int]) -> None:
+        """Fold in-memory hit counters into the stats table in one transaction."""
+        now = time.time()
+
+        def write(txn: lmdb.Transaction) -> None:
+            for node_id, n in hits.items():
+                raw = txn.get(node_id, db=self.stats_db)
+                entry = {"hits": 0} if raw is None else _loads(raw)
+                entry["hits"] = entry.get("hits", 0) + n
+                entry["last_hit"] = now
+                txn.put(node_id, _dumps(entry), db=self.stats_db)
+
+        if hits:
+            self._write(write)
+
+
+def _node_from(node_id: bytes, raw: dict) -> NodeRecord:
+    parent = raw.get("parent")
+    return NodeRecord(
+        node_id=node_id,
+        parent=bytes.fromhex(parent) if parent else None,
+        depth=raw["depth"],
+        kind=raw["kind"],
+        content=raw["content"],
+        namespace=raw.get("namespace", ""),
+        created=raw.get("created", 0.0),
+    )
+
+
+def _reply_from(reply_id: bytes, raw: dict) -> StoredReply:
+    return StoredReply(
+        reply_id=bytes(reply_id),
+        reply=raw["reply"],
+        count=raw["count"],
+        first_seen=raw["first_seen"],
+        last_seen=raw["last_seen"],
+        streamed=raw.get("streamed", False),
+        score=raw.get("score", 0),
+        bad=raw.get("bad", False),
+    )
+
+
+def _replies_in(txn: lmdb.Transaction, db: Any, node_id: bytes) -> Iterator[StoredReply]:
+    cur = txn.cursor(db=db)
+    if not cur.set_range(node_id):
+        return
+    for key, value in cur:
+        if key[:ID] != node_id:
+            break
+        yield _reply_from(key[ID:], _loads(value))
+
+
+class Snapshot:
+    """A TreeReader over one open read transaction."""
+
+    def __init__(self, backend: LmdbBackend, txn: lmdb.Transaction):
+        self._b = backend
+        self._txn = txn
+
+    def has_node(self, node_id: bytes) -> bool:
+        return self._txn.get(node_id, db=self._b.nodes) is not None
+
+    def node(self, node_id: bytes) -> NodeRecord | None:
+        raw = self._txn.get(node_id, db=self._b.nodes)
+        return None if raw is None else _node_from(node_id, _loads(raw))
+
+    def replies(self, node_id: bytes) -> list[StoredReply]:
+        return list(_replies_in(self._txn, self._b.replies_db, node_id))
+
+    def children_of(self, node_id: bytes) -> list[tuple[bytes, str]]:
+        cur = self._txn.cursor(db=self._b.children)
+        out: list[tuple[bytes, str]] = []
+        if cur.set_range(node_id):
+            for key, value in cur:
+                if key[:ID] != node_id:
+                    break
+                out.append((bytes(key[ID:]), "template" if value == b"t" else "message"))
+        return out
+
+    def template_children(self, node_id: bytes) -> list[NodeRecord]:
+        kids = [cid for cid, kind in self.children_of(node_id) if kind == "template"]
+        return [n for n in (self.node(cid) for cid in kids) if n is not None]

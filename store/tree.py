@@ -1,0 +1,133 @@
+"""The conversation tree, sans-IO: ids, the lookup walk and record plans.
+
+A root per context, a node per canonical message. Node ids are content
+addresses (parent id + canonical message), so the same conversation computes
+the same ids in every process and inserts are idempotent: two proxies that
+record the same prefix write the same keys.
+
+`lookup` reads through a `TreeReader` (the LMDB backend in production, a dict
+in unit tests) and returns a decision; `plan_record` returns the writes a
+miss needs. Neither does any I/O of its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+from .canonical import canonical_json, digest
+from .model import Conversation, Hit, Message, Miss, NodeRecord, StoredReply
+
+
+def root_id(namespace: str, context: dict) -> bytes:
+    return digest(b"root", namespace.encode("utf-8"), canonical_json(context))
+
+
+def child_id(parent: bytes, message: Message) -> bytes:
+    return digest(b"node", parent, canonical_json(message))
+
+
+class TreeReader(Protocol):
+    def has_node(self, node_id: bytes) -> bool: ...
+    def replies(self, node_id: bytes) -> list[StoredReply]: ...
+    def template_children(self, node_id: bytes) -> list[NodeRecord]: ...
+
+
+@dataclass(frozen=True)
+class ServePolicy:
+    """What a reply needs before it is served. Every rule leans to missing."""
+
+    min_observations: int = 1
+
+    def choose(self, replies: Iterable[StoredReply]) -> StoredReply | None:
+        eligible = [r for r in replies if not r.bad and r.count >= self.min_observations]
+        if not eligible:
+            return None
+        # Reputation first, then agreement, then recency; the id breaks ties so
+        # two processes choose the same reply.
+        return max(eligible, key=lambda r: (r.score, r.count, r.last_seen, r.reply_id))
+
+
+# A template matcher: (template message, concrete message, bindings so far)
+# -> the bindings extended, or None when the message does not fit.
+TemplateMatcher = Callable[[Message, Message, dict], "dict | None"]
+
+
+def lookup(
+    conversation: Conversation,
+    namespace: str,
+    reader: TreeReader,
+    policy: ServePolicy = ServePolicy(),
+    match_template: TemplateMatcher | None = None,
+) -> Hit | Miss:
+    """Walk the request's messages from its root: a hit only if all match.
+
+    At each step the exact child is tried first, then the template children of
+    that node (when a matcher is given). The walk backtracks into templates
+    only as far as it must, and the deepest point reached is kept so a miss
+    can say where it left the tree.
+    """
+    root = root_id(namespace, conversation.context)
+    if not reader.has_node(root):
+        return Miss("new-context", -1, None, "no recording for this model, tools and parameters")
+    messages = conversation.messages
+    best_miss: list[Miss] = []
+
+    def note_miss(depth: int, node: bytes, path: tuple[bytes, ...], reason: str, detail: str) -> None:
+        if not best_miss or depth > best_miss[0].matched:
+            best_miss[:] = [Miss(reason, depth, node, detail, path)]
+
+    def walk(node: bytes, depth: int, bindings: dict, path: tuple[bytes, ...]) -> Hit | None:
+        if depth == len(messages):
+            chosen = policy.choose(reader.replies(node))
+            if chosen is None:
+                note_miss(depth, node, path, "no-reply", "every message matched, but no servable reply is recorded here")
+                return None
+            return Hit(node, chosen.reply, chosen.reply_id, dict(bindings), path)
+        message = messages[depth]
+        exact = child_id(node, message)
+        if reader.has_node(exact):
+            found = walk(exact, depth + 1, bindings, path + (exact,))
+            if found is not None:
+                return found
+        if match_template is not None:
+            for template in reader.template_children(node):
+                extended = match_template(template.content, message, bindings)
+                if extended is None:
+                    continue
+                found = walk(template.node_id, depth + 1, extended, path + (template.node_id,))
+                if found is not None:
+                    return found
+        note_miss(depth, node, path, "diverged", f"message {depth} ({message.get('role', '?')}) is new at this point")
+        return None
+
+    hit = walk(root, 0, {}, (root,))
+    return hit if hit is not None else best_miss[0]
+
+
+@dataclass(frozen=True)
+class NodeWrite:
+    node_id: bytes
+    parent: bytes | None
+    depth: int
+    kind: str
+    content: dict
+
+
+def plan_record(conversation: Conversation, namespace: str) -> tuple[list[NodeWrite], bytes]:
+    """Every node of the exact path and the id the reply attaches to.
+
+    The backend writes them with no-overwrite puts, so the nodes a prefix
+    already has cost one failed put each and the suffix is what gets added.
+    """
+    root = root_id(namespace, conversation.context)
+    writes = [NodeWrite(root, None, 0, "root", conversation.context)]
+    node = root
+    for depth, message in enumerate(conversation.messages, start=1):
+        nxt = child_id(node, message)
+        writes.append(NodeWrite(nxt, node, depth, "message", message))
+        node = nxt
+    return writes, node
+
+
+def reply_id(reply: dict) -> bytes:
+    return digest(b"reply", canonical_json(reply))
