@@ -7,6 +7,8 @@ Layout (named databases, fixed-width binary keys):
     replies   node_id(16) + reply_id(16)   -> JSON StoredReply (without ids)
     stats     node_id(16)                 -> JSON {"hits": n, "last_hit": ts}
     meta      name                        -> value (schema version, namespace secret)
+    aux       table + 0x00 + key          -> JSON (small side tables: response-id maps,
+                                             induction bookkeeping, ...; see put_aux)
 
 Rules from measuring py-lmdb 3.0 (shared/research): one Environment per path
 per process; write transactions are short and begin and commit on one
@@ -88,6 +90,7 @@ class LmdbBackend:
         self.replies_db = self.env.open_db(b"replies")
         self.stats_db = self.env.open_db(b"stats")
         self.meta = self.env.open_db(b"meta")
+        self.aux = self.env.open_db(b"aux")
         self._init_meta()
 
     # -- lifecycle -------------------------------------------------------
@@ -244,6 +247,37 @@ class LmdbBackend:
 
         self._write(write)
 
+    # -- side tables -------------------------------------------------------
+    # Features that need a little state of their own (Responses API id maps,
+    # induction bookkeeping) keep it here instead of adding a named database
+    # each. Keys are `table\x00key`; values JSON.
+    def put_aux(self, table: str, key: bytes, value: Any) -> None:
+        self._write(lambda txn: txn.put(_aux_key(table, key), _dumps(value), db=self.aux))
+
+    def put_aux_many(self, table: str, items: list[tuple[bytes, Any]]) -> None:
+        def write(txn: lmdb.Transaction) -> None:
+            for key, value in items:
+                txn.put(_aux_key(table, key), _dumps(value), db=self.aux)
+        self._write(write)
+
+    def get_aux(self, table: str, key: bytes) -> Any | None:
+        with self._read() as txn:
+            raw = txn.get(_aux_key(table, key), db=self.aux)
+        return None if raw is None else _loads(raw)
+
+    def delete_aux(self, table: str, key: bytes) -> bool:
+        return self._write(lambda txn: txn.delete(_aux_key(table, key), db=self.aux))
+
+    def iter_aux(self, table: str) -> Iterator[tuple[bytes, Any]]:
+        prefix = table.encode() + b"\x00"
+        with self._read() as txn:
+            cur = txn.cursor(db=self.aux)
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not bytes(key).startswith(prefix):
+                        break
+                    yield bytes(key[len(prefix):]), _loads(value)
+
     def add_hits(self, hits: dict[bytes, int]) -> None:
         """Fold in-memory hit counters into the stats table in one transaction."""
         now = time.time()
@@ -258,6 +292,10 @@ class LmdbBackend:
 
         if hits:
             self._write(write)
+
+
+def _aux_key(table: str, key: bytes) -> bytes:
+    return table.encode() + b"\x00" + key
 
 
 def _node_from(node_id: bytes, raw: dict) -> NodeRecord:

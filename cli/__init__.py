@@ -1,0 +1,1 @@
+"""The `butter` command: see and steer what butter remembers."""
