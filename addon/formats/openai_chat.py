@@ -133,6 +133,10 @@ def _canonical_messages(messages: list[dict]) -> Iterator[dict]:
                 for call in value:
                     call = dict(call) if isinstance(call, dict) else {"raw": call}
                     raw_id = call.pop("id", None)
+                    # The SDK's stream accumulator leaves each call's `index`
+                    # on the message an agent echoes back; a plain reply has
+                    # none. The list order says the same thing.
+                    call.pop("index", None)
                     if isinstance(raw_id, str):
                         aliases.setdefault(raw_id, f"call#{len(aliases)}")
                         call["ref"] = aliases[raw_id]

@@ -102,6 +102,9 @@ ORDERS = {
     "9876": {"order_id": "9876", "customer": "Bo Chen", "amount": 17.0, "status": "paid"},
     "5555": {"order_id": "5555", "customer": "Cy Diaz", "amount": 99.9, "status": "paid"},
 }
+# A crowd of further customers for concurrency tests.
+ORDERS.update({str(2000 + n): {"order_id": str(2000 + n), "customer": f"Customer {n}", "amount": float(n), "status": "paid"}
+               for n in range(1, 25)})
 
 
 def run_agent(client: Any, order_id: str, *, stream: bool = False, model: str = "gpt-4o-mini",
