@@ -5,12 +5,15 @@ PORT ?= 8080
 MODE ?= auto
 ARGS ?=
 
-.PHONY: proxy test setup bench
+.PHONY: proxy test setup bench certs
 
 setup:
 	@scripts/setup-env.sh
 
-proxy: setup
+certs: setup
+	@.venv/bin/python scripts/make_certs.py
+
+proxy: certs
 	.venv/bin/mitmdump -s addon/butter.py --listen-host 127.0.0.1 -p $(PORT) \
 		--set confdir=certs --set butter_mode=$(MODE) $(ARGS)
 
