@@ -20,14 +20,21 @@ from dataclasses import dataclass, field
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding
 
-from addon import credentials, formats
-from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireRequest, WireResponse
-from store import Cache, Hit, ServePolicy, default_db_path
+from addon import bindings as template_headers  # Butter-Bindings, Butter-Disable-Induction
+from addon import controls  # per-request butter-mode / butter-namespace headers
+from addon import exchange, formats
+from addon import feedback  # the butter.local endpoint
+from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
+from store import Cache, Hit, ServePolicy, admin, default_db_path
+from store.inspect import MISSES_TABLE, miss_key
+from store.model import Miss
+from store.templates import RenderError, render_reply
+from store.tree import plan_record
 
 log = logging.getLogger("butter")
 
 MODES = ("auto", "record", "replay", "off")
-STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl", "application/ndjson")
+STREAM_TYPES = exchange.STREAM_TYPES  # shared with `butter import-flows`
 HIT_FLUSH_SECONDS = 2.0
 # A replay-mode miss: 404 is not retried by any SDK (they retry 408/409/429/5xx).
 REPLAY_MISS_STATUS = 404
@@ -40,20 +47,29 @@ class FlowState:
     fmt: WireFormat
     parsed: ParsedRequest | None = None
     namespace: str = ""
+    mode: str = "auto"  # the proxy's mode, or this request's butter-mode header
+    fixed_namespace: str = ""  # the proxy's butter_namespace, or this request's header
     status: str = ""  # the butter-cache header value
     record: bool = False
     refresh: bool = False
     streamed: bool = False
     chunks: list[bytes] = field(default_factory=list)
+    bindings: dict[str, str] = field(default_factory=dict)  # declared by Butter-Bindings
+    induction: bool = True  # learn templates from this request once it is recorded
+    induction_min: int = 2
 
 
 class Butter:
     def __init__(self) -> None:
         self.cache: Cache | None = None
         self.writer: ThreadPoolExecutor | None = None
+        # Induction has its own thread, outside `pending`: a miss that drains
+        # the writer must never wait for it.
+        self.inducer: ThreadPoolExecutor | None = None
         self.pending: set[Future] = set()
         self.flows: dict[str, FlowState] = {}
         self.hits: Counter[bytes] = Counter()
+        self.misses: Counter[bytes] = Counter()  # per namespace/api/model, for `butter stats`
         self.last_flush = time.monotonic()
         self._logged_once: set[str] = set()
 
@@ -70,10 +86,18 @@ class Butter:
                           "Empty: each credential gets its own.")
         loader.add_option("butter_min_observations", int, 1,
                           "Serve a reply only after this many agreeing observations of it.")
+        loader.add_option("butter_induction", bool, True,
+                          "Learn templates from misses (off the request path): runs that differ only in "
+                          "values are then served with their own values.")
+        loader.add_option("butter_induction_min", int, 2,
+                          "Accept a learned template only when at least this many recorded runs are all "
+                          "reproduced by it.")
 
     def configure(self, updated: set[str]) -> None:
         if "butter_min_observations" in updated and ctx.options.butter_min_observations < 1:
             raise exceptions.OptionsError("butter_min_observations must be at least 1")
+        if "butter_induction_min" in updated and ctx.options.butter_induction_min < 2:
+            raise exceptions.OptionsError("butter_induction_min must be at least 2: a template needs two runs to compare")
         if "butter_db" in updated or "butter_min_observations" in updated:
             self._open(ctx.options.butter_db)
         # Offline replay needs mitmproxy to defer the upstream connection until
@@ -94,28 +118,54 @@ class Butter:
         except Exception as e:  # a bad path must not take the proxy down silently
             raise exceptions.OptionsError(f"butter_db {path!r} cannot be opened: {e}") from e
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="butter-writer")
+        self.inducer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="butter-induction")
         log.info("butter: tree at %s, mode %s", self.cache.backend.path, ctx.options.butter_mode)
 
     def _close(self) -> None:
         if self.writer is not None:
             self.writer.shutdown(wait=True)  # nothing recorded is lost
             self.writer = None
+        if self.inducer is not None:
+            # Learning can wait for the next run; the recordings it reads are kept.
+            self.inducer.shutdown(wait=True, cancel_futures=True)
+            self.inducer = None
         if self.cache is not None:
             self.cache.close()
             self.cache = None
 
     # -- hooks --------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if feedback.is_reserved(flow.request.host):
+            return  # butter.local: answered in `request`, never forwarded
+        try:
+            wanted = controls.take(flow.request.headers)  # removed before anything goes upstream
+        except controls.ControlError as e:
+            flow.metadata["butter-refused"] = str(e)  # answered in `request`, in the provider's shape
+            wanted = controls.Controls()
+        try:
+            declared = template_headers.take(flow.request.headers)  # removed before anything goes upstream
+        except template_headers.BindingsError as e:
+            flow.metadata.setdefault("butter-refused", str(e))
+            declared = template_headers.RequestBindings()
         fmt = formats.recognise(flow.request.method, flow.request.path.split("?", 1)[0])
         if fmt is None or self.cache is None:
             return
-        mode = ctx.options.butter_mode
-        state = FlowState(fmt)
+        mode = wanted.mode or ctx.options.butter_mode
+        state = FlowState(fmt, mode=mode, fixed_namespace=wanted.namespace or ctx.options.butter_namespace,
+                          bindings=declared.values,
+                          induction=declared.induction and ctx.options.butter_induction,
+                          induction_min=ctx.options.butter_induction_min)
         self.flows[flow.id] = state
         if mode == "off":
             state.status = "bypass (mode off)"
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        if feedback.is_reserved(flow.request.host):
+            await self._answer_butter_local(flow)
+            return
+        if "butter-refused" in flow.metadata:
+            self._refuse(flow, flow.metadata.pop("butter-refused"))
+            return
         state = self.flows.get(flow.id)
         if state is None or state.status or flow.response is not None:
             return
@@ -129,35 +179,47 @@ class Butter:
     async def _decide(self, flow: http.HTTPFlow, state: FlowState) -> None:
         assert self.cache is not None
         request = flow.request
-        credential, headers, query = credentials.split(dict(request.headers), dict(request.query))
-        body = request.get_content(strict=False) or b""
-        wire = WireRequest(request.method, request.path.split("?", 1)[0], query, headers, body)
         try:
-            state.parsed = state.fmt.parse_request(wire)
+            credential, state.parsed = exchange.read_request(state.fmt, request)
         except NotUnderstood as e:
             self._log_once(f"parse:{state.fmt.name}:{e}", "butter: %s request not understood (%s); passing it through", state.fmt.name, e)
             state.status = "bypass (not understood)"
             return
-        state.namespace = self.cache.namespace(credential, ctx.options.butter_namespace)
-        mode = ctx.options.butter_mode
+        state.namespace = self.cache.namespace(credential, state.fixed_namespace)
+        mode = state.mode
+        if state.fmt.keeps_state and not await self._expand(flow, state):
+            return
         conversation = state.parsed.conversation
         if mode == "record":
             self._forward_and_record(flow, state, refresh=True, status="record")
             return
-        result = self.cache.lookup(state.namespace, conversation)
+        declared = state.bindings or None
+        result = self.cache.lookup(state.namespace, conversation, declared)
         if not isinstance(result, Hit) and self.pending:
             # A reply recorded a moment ago may still be in the writer's queue:
             # wait for it rather than miss what this process already knows.
             await asyncio.wrap_future(self._drain_future())
-            result = self.cache.lookup(state.namespace, conversation)
+            result = self.cache.lookup(state.namespace, conversation, declared)
         model = conversation.context.get("model")
         if isinstance(result, Hit):
-            self._serve(flow, state, result)
-            log.info("butter: hit  %s %s (%d messages) node %s", state.fmt.name, model,
-                     len(conversation.messages), result.node_id.hex()[:12])
-            return
+            try:
+                self._serve(flow, state, result)
+            except RenderError as e:
+                # A template reply these values cannot fill: ask the provider.
+                result = Miss("render-failed", len(conversation.messages), result.node_id,
+                              f"the template reply cannot be rendered ({e})", result.path)
+            else:
+                log.info("butter: hit  %s %s (%d messages) node %s%s", state.fmt.name, model,
+                         len(conversation.messages), result.node_id.hex()[:12],
+                         f" with {len(result.bindings)} bound value(s)" if result.bindings else "")
+                return
+        if result.template_failure:
+            log.debug("butter: nearest template %s at message %d: %s", result.template.hex()[:12] if result.template
+                      else "?", result.matched, result.template_failure)
         where = (f"left the tree at message {result.matched}: {result.detail}" if result.matched >= 0
                  else result.detail)
+        self.misses[miss_key(state.namespace, conversation.context)] += 1
+        self._flush_hits()
         if mode == "replay":
             state.status = "replay-miss"
             message = (f"butter replay mode: this request was never recorded ({where}); "
@@ -169,6 +231,35 @@ class Butter:
         log.info("butter: miss %s %s (%d messages): %s", state.fmt.name, model, len(conversation.messages), where)
         self._forward_and_record(flow, state, refresh=False, status="miss")
 
+    async def _expand(self, flow: http.HTTPFlow, state: FlowState) -> bool:
+        """Fill in server-side state (a Responses `previous_response_id`).
+
+        False when the state is unknown: the request then passes through (the
+        provider may know it), or in replay mode gets a replay-miss.
+        """
+        assert state.parsed is not None
+        table = self._state_table(state)
+        if self.pending:
+            # The state this request names may still be in the writer's queue
+            # (a reply recorded or served a moment ago): read it after that.
+            await asyncio.wrap_future(self._drain_future())
+        try:
+            state.parsed = state.fmt.expand(state.parsed, table)
+        except NotUnderstood as e:
+            if state.mode == "replay":
+                state.status = "replay-miss"
+                self._respond(flow, state.fmt.error(REPLAY_MISS_STATUS, f"butter replay mode: {e}", "butter_replay_miss"),
+                              {"butter-cache": "replay-miss", "x-should-retry": "false"})
+            else:
+                state.status = "bypass (not understood)"
+            log.info("butter: %s request not expanded (%s)", state.fmt.name, e)
+            return False
+        return True
+
+    def _state_table(self, state: FlowState) -> "AuxStateTable":
+        assert self.cache is not None
+        return AuxStateTable(self.cache, state.fmt.name, state.namespace)
+
     def _forward_and_record(self, flow: http.HTTPFlow, state: FlowState, refresh: bool, status: str) -> None:
         state.record, state.refresh, state.status = True, refresh, status
         # Recording needs bytes it can read: ask the provider not to compress
@@ -179,14 +270,63 @@ class Butter:
         assert state.parsed is not None
         state.status = "hit"
         flow.metadata["butter"] = "hit"
-        response = state.fmt.render(hit.reply, state.parsed)
-        self._respond(flow, response, {"butter-cache": "hit", "butter-node": hit.node_id.hex()})
+        # A template hit always binds something; an exact reply is served as recorded.
+        reply = render_reply(hit.reply, hit.bindings) if hit.bindings else hit.reply  # RenderError: nothing sent
+        if hit.bindings:
+            reply = state.fmt.bound_reply(reply, hit.bindings)
+        response = state.fmt.render(reply, state.parsed)
+        self._respond(flow, response, {"butter-cache": "hit", "butter-node": hit.node_id.hex(),
+                                       "butter-reply": hit.reply_id.hex()})
+        if state.fmt.keeps_state:
+            self._submit(state.fmt.remember, state.parsed, reply, self._state_table(state))
         self.hits[hit.node_id] += 1
         self._flush_hits()
 
     def _respond(self, flow: http.HTTPFlow, wire: WireResponse, extra: dict[str, str]) -> None:
         flow.response = http.Response.make(wire.status, wire.body, {**wire.headers, **extra})
         flow.is_replay = "response"
+
+    # -- steering: control headers and butter.local (addon/controls.py, addon/feedback.py)
+    def _refuse(self, flow: http.HTTPFlow, message: str) -> None:
+        """An invalid control header: a 400 in the provider's error shape, never a fallback."""
+        state = self.flows.pop(flow.id, None)
+        if state is not None:
+            wire = state.fmt.error(400, message, controls.ERROR_CODE)
+        else:  # not an LLM request butter knows: an OpenAI-style error, the commonest shape
+            status, body, headers = feedback.problem(400, message, code=controls.ERROR_CODE).encoded()
+            wire = WireResponse(status, headers, body)
+        self._respond(flow, wire, {"butter-cache": "refused", "x-should-retry": "false"})
+        log.info("butter: refused a request: %s", message)
+
+    async def _answer_butter_local(self, flow: http.HTTPFlow) -> None:
+        action = feedback.route(flow.request.method, flow.request.path, flow.request.get_content(strict=False) or b"")
+        if isinstance(action, feedback.Health):
+            answer = feedback.health(self.cache.backend.path if self.cache else None, ctx.options.butter_mode,
+                                     ctx.options.butter_namespace, ctx.options.butter_min_observations)
+        elif isinstance(action, feedback.Vote):
+            answer = await self._vote(action)
+        else:
+            answer = action
+        status, body, headers = answer.encoded()
+        self._respond(flow, WireResponse(status, headers, body), {})
+
+    async def _vote(self, vote: "feedback.Vote") -> "feedback.Answer":
+        if self.cache is None or self.writer is None:
+            return feedback.problem(503, "butter has no open tree")
+        # On the writer thread: off the event loop, and after every recording
+        # queued before it, so a vote on a reply recorded a moment ago finds it.
+        future = self.writer.submit(admin.vote, self.cache.backend, vote.node_id, vote.verdict, vote.reply_id,
+                                    self.cache.policy)
+        try:
+            result = await asyncio.wrap_future(future)
+        except feedback.FeedbackError as e:
+            return feedback.vote_failed(e)
+        except Exception as e:
+            log.error("butter: feedback failed: %r", e)
+            return feedback.problem(500, f"butter could not store the feedback: {type(e).__name__}")
+        log.info("butter: feedback %s on node %s (%d replies changed)", vote.verdict, vote.node_id.hex()[:12],
+                 len(result.changed))
+        return feedback.vote_answer(result)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = self.flows.get(flow.id)
@@ -198,8 +338,11 @@ class Butter:
         if not 200 <= flow.response.status_code < 300:
             state.record = False  # errors are passed through, never recorded
             return
-        content_type = flow.response.headers.get("content-type", "").lower()
-        state.streamed = any(content_type.startswith(t) for t in STREAM_TYPES)
+        if state.parsed is not None and not state.bindings:
+            # The node this reply is recorded at, so a client can score a run
+            # before it is ever served (a bound recording's node is decided later).
+            flow.response.headers["butter-node"] = plan_record(state.parsed.conversation, state.namespace)[1].hex()
+        state.streamed = exchange.is_streamed(flow.response)
         asked = state.parsed.stream if state.parsed else False
         if state.streamed or asked:
             chunks = state.chunks
@@ -219,7 +362,7 @@ class Butter:
             return
         try:
             body = self._received_body(flow, state)
-            reply = state.fmt.reply_from_body(body, state.streamed)
+            reply = exchange.reply_of(state.fmt, flow.response, body, state.streamed)
         except Exception as e:
             self._log_once(f"reply:{state.fmt.name}:{type(e).__name__}", "butter: could not read a %s reply, not recorded: %r", state.fmt.name, e)
             return
@@ -244,10 +387,44 @@ class Butter:
 
     def _record(self, state: FlowState, reply: dict) -> None:
         assert self.cache is not None and state.parsed is not None
-        node = self.cache.record(state.namespace, state.parsed.conversation, reply,
-                                 streamed=state.streamed, refresh=state.refresh)
+        # One record path for the live proxy and `butter import-flows`.
+        node = exchange.store_reply(self.cache, state.fmt, state.namespace, state.parsed, reply,
+                                    streamed=state.streamed, refresh=state.refresh,
+                                    state=self._state_table(state) if state.fmt.keeps_state else None,
+                                    bindings=state.bindings)
         log.info("butter: recorded %s %s reply at node %s", state.fmt.name,
                  state.parsed.conversation.context.get("model"), node.hex()[:12])
+        if state.induction and not state.bindings and self.inducer is not None:
+            try:
+                self.inducer.submit(self._induce, state.namespace, state.parsed.conversation,
+                                    state.induction_min, state.fmt.name)
+            except RuntimeError:
+                pass  # shutting down: learning waits for the next run
+
+    def _induce(self, namespace: str, conversation, min_observations: int, fmt: str = "") -> None:
+        """Learn templates from a recorded miss, on the induction thread.
+
+        Logs one line per recorded miss, `butter: induction <format> <model>: ...`;
+        jobs run in order, so a line says every earlier miss has been learned from.
+        """
+        if self.cache is None:
+            return
+        where = f"{fmt} {conversation.context.get('model')}"
+        try:
+            outcome = self.cache.induce(namespace, conversation, min_observations)
+        except Exception as e:
+            log.error("butter: induction %s: failed: %r", where, e)
+            return
+        if outcome.accepted is not None:
+            proposal = outcome.accepted
+            log.info("butter: induction %s: learned a template from %d runs (slots %s) at message %d", where,
+                     len(proposal.keys), ", ".join(f"{k}:{v}" for k, v in proposal.slots.items()), proposal.start)
+        else:
+            # Reasons quote the conversation's values: debug only, like miss explanations.
+            for rejected in outcome.rejected:
+                log.debug("butter: induction rejected a proposal: %s", rejected.reason)
+            log.info("butter: induction %s: learned nothing: %s", where, outcome.skipped or
+                     f"{len(outcome.rejected)} proposal(s) failed the evidence")
 
     def _submit(self, fn, *args) -> None:
         if self.writer is None:
@@ -269,15 +446,33 @@ class Butter:
         return self.writer.submit(lambda: None)
 
     def _flush_hits(self, force: bool = False) -> None:
-        if not self.hits or (not force and time.monotonic() - self.last_flush < HIT_FLUSH_SECONDS):
+        if not (self.hits or self.misses) or (not force and time.monotonic() - self.last_flush < HIT_FLUSH_SECONDS):
             return
         batch, self.hits = dict(self.hits), Counter()
+        missed, self.misses = dict(self.misses), Counter()
         self.last_flush = time.monotonic()
         if self.cache is not None and self.writer is not None:
             self._submit(self.cache.backend.add_hits, batch)
+            self._submit(self.cache.backend.add_aux_counts, MISSES_TABLE, missed)
 
     def _log_once(self, key: str, message: str, *args) -> None:
         if key not in self._logged_once:
             self._logged_once.add(key)
             log.warning(message, *args)
 
+
+class AuxStateTable:
+    """A format's `StateTable`: one LMDB side table, keys scoped to a namespace
+    so one credential never continues another's conversation."""
+
+    def __init__(self, cache: Cache, table: str, namespace: str):
+        self.cache, self.table, self.namespace = cache, table, namespace
+
+    def get(self, key: str):
+        return self.cache.backend.get_aux(self.table, self._key(key))
+
+    def put(self, key: str, value) -> None:
+        self.cache.backend.put_aux(self.table, self._key(key), value)
+
+    def _key(self, key: str) -> bytes:
+        return f"{self.namespace}\x00{key}".encode("utf-8")

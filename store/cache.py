@@ -9,8 +9,10 @@ import os
 from pathlib import Path
 
 from .lmdb_backend import LmdbBackend
-from .model import Conversation, Hit, Miss
+from .model import Conversation, Hit, Miss, NodeRecord
 from .namespace import namespace_for
+from .learning import InductionOutcome, Learner, plan_bound_record
+from .templates import explain_mismatch, match_message
 from .tree import ServePolicy, lookup, plan_record, reply_id
 
 DEFAULT_DB_ENV = "BUTTER_DB"
@@ -30,6 +32,7 @@ class Cache:
     def __init__(self, path: str | os.PathLike[str], policy: ServePolicy = ServePolicy()):
         self.backend = LmdbBackend(path)
         self.policy = policy
+        self._templates: dict[bytes, NodeRecord] = {}  # decoded template nodes, by id
 
     def close(self) -> None:
         self.backend.close()
@@ -37,9 +40,25 @@ class Cache:
     def namespace(self, credential: str | None, fixed: str = "") -> str:
         return namespace_for(self.backend.secret, credential, fixed)
 
-    def lookup(self, namespace: str, conversation: Conversation) -> Hit | Miss:
+    def lookup(self, namespace: str, conversation: Conversation, bindings: dict[str, str] | None = None) -> Hit | Miss:
+        """Exact children first, then templates; `bindings` are client-declared values."""
         with self.backend.snapshot() as snap:
-            return lookup(conversation, namespace, snap, self.policy)
+            reader = _DecodedTemplates(snap, self._templates)
+            return lookup(conversation, namespace, reader, self.policy, match_template=match_message,
+                          bindings=bindings, explain_template=explain_mismatch)
+
+    def record_bound(self, namespace: str, conversation: Conversation, reply: dict, bindings: dict[str, str],
+                     *, streamed: bool = False, refresh: bool = False) -> bytes:
+        """Record with client-declared values as placeholders (Butter-Bindings)."""
+        writes, node, template = plan_bound_record(conversation, namespace, bindings, reply)
+        rows = [(w.node_id, w.parent, w.depth, w.kind, w.content, namespace if w.kind == "root" else "")
+                for w in writes]
+        self.backend.record(rows, node, reply_id(template), template, streamed, refresh)
+        return node
+
+    def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2) -> InductionOutcome:
+        """Learn templates from this recorded miss and its siblings (slow: off the request path)."""
+        return Learner(self.backend).induce(namespace, conversation, min_observations)
 
     def record(
         self,
@@ -56,3 +75,41 @@ class Cache:
                 for w in writes]
         self.backend.record(rows, node, reply_id(reply), reply, streamed, refresh)
         return node
+
+
+class _DecodedTemplates:
+    """A TreeReader that decodes each template node once per process.
+
+    Node ids are content addresses, so a decoded node never goes stale; which
+    templates a node has is still read from the snapshot every time.
+    """
+
+    MAX = 4096
+
+    def __init__(self, snap, decoded: dict[bytes, NodeRecord]):
+        self.snap, self.decoded = snap, decoded
+
+    def __getattr__(self, name: str):  # every other read goes to the snapshot as is
+        return getattr(self.snap, name)
+
+    def has_node(self, node_id: bytes) -> bool:
+        return self.snap.has_node(node_id)
+
+    def replies(self, node_id: bytes):
+        return self.snap.replies(node_id)
+
+    def template_children(self, node_id: bytes) -> list[NodeRecord]:
+        out = []
+        for child, kind in self.snap.children_of(node_id):
+            if kind != "template":
+                continue
+            record = self.decoded.get(child)
+            if record is None:
+                record = self.snap.node(child)
+                if record is None:
+                    continue
+                if len(self.decoded) >= self.MAX:
+                    self.decoded.clear()
+                self.decoded[child] = record
+            out.append(record)
+        return out

@@ -85,13 +85,22 @@ class LmdbBackend:
         self.path = str(Path(path).expanduser().resolve())
         self.env = _acquire_env(self.path)
         self._closed = False
-        self.nodes = self.env.open_db(b"nodes")
-        self.children = self.env.open_db(b"children")
-        self.replies_db = self.env.open_db(b"replies")
-        self.stats_db = self.env.open_db(b"stats")
-        self.meta = self.env.open_db(b"meta")
-        self.aux = self.env.open_db(b"aux")
-        self._init_meta()
+        for attempt in range(8):
+            try:
+                self.nodes = self.env.open_db(b"nodes")
+                self.children = self.env.open_db(b"children")
+                self.replies_db = self.env.open_db(b"replies")
+                self.stats_db = self.env.open_db(b"stats")
+                self.meta = self.env.open_db(b"meta")
+                self.aux = self.env.open_db(b"aux")
+                self._init_meta()
+                break
+            except (lmdb.MapResizedError, lmdb.MapFullError):
+                # Another process grew (or is growing) the map while this one
+                # opened: adopt its size, grow if full, and open again.
+                if attempt == 7:
+                    raise
+                self.env.set_mapsize(0)
 
     # -- lifecycle -------------------------------------------------------
     def close(self) -> None:
@@ -158,7 +167,15 @@ class LmdbBackend:
     def snapshot(self) -> Iterator["Snapshot"]:
         """One read transaction for a whole lookup walk: a consistent view, cheap."""
         with self._read() as txn:
-            yield Snapshot(self, txn)
+            snap = Snapshot(self, txn)
+            try:
+                yield snap
+            finally:
+                # An aborted read transaction keeps its reader slot until the
+                # object is freed; a snapshot caught in a reference cycle (the
+                # recursive walk in tree.lookup) would otherwise hold a slot
+                # until the next full GC, and 256 such fill the reader table.
+                snap._txn = None
 
     def has_node(self, node_id: bytes) -> bool:
         with self.snapshot() as snap:
@@ -284,6 +301,8 @@ class LmdbBackend:
 
         def write(txn: lmdb.Transaction) -> None:
             for node_id, n in hits.items():
+                if txn.get(node_id, db=self.nodes) is None:
+                    continue  # forgotten or pruned since it was served: no orphan stats
                 raw = txn.get(node_id, db=self.stats_db)
                 entry = {"hits": 0} if raw is None else _loads(raw)
                 entry["hits"] = entry.get("hits", 0) + n
@@ -293,9 +312,254 @@ class LmdbBackend:
         if hits:
             self._write(write)
 
+    # -- steering: feedback and deletion (store/admin.py decides, this applies) --
+    def rescore(
+        self, node_id: bytes, decide: Callable[[list[StoredReply]], dict[bytes, tuple[int, bool]]]
+    ) -> list[StoredReply]:
+        """Read a node's replies, let `decide` (pure) say each one's new
+        (score, bad), write them, in one write transaction: concurrent votes
+        from proxies and the CLI never overwrite each other. Returns the
+        node's replies as they now are."""
+        def write(txn: lmdb.Transaction) -> list[StoredReply]:
+            for rid, (score, bad) in decide(list(_replies_in(txn, self.replies_db, node_id))).items():
+                raw = txn.get(node_id + rid, db=self.replies_db)
+                if raw is not None:
+                    entry = _loads(raw)
+                    entry["score"], entry["bad"] = score, bad
+                    txn.put(node_id + rid, _dumps(entry), db=self.replies_db)
+            return list(_replies_in(txn, self.replies_db, node_id))
+
+        return self._write(write)
+
+    def node_usage(self) -> list[tuple[bytes, bytes | None, int, str, str, float]]:
+        """(id, parent, depth, kind, namespace, last used) for every node, from
+        one read transaction. Last used is the latest of its creation, a reply
+        recorded at it and a hit served from it."""
+        with self._read() as txn:
+            last: dict[bytes, float] = {}
+            for key, value in txn.cursor(db=self.replies_db):
+                node_id = bytes(key[:ID])
+                last[node_id] = max(last.get(node_id, 0.0), _loads(value).get("last_seen", 0.0))
+            for key, value in txn.cursor(db=self.stats_db):
+                node_id = bytes(key)
+                last[node_id] = max(last.get(node_id, 0.0), _loads(value).get("last_hit", 0.0))
+            rows = []
+            for key, value in txn.cursor(db=self.nodes):
+                node_id, raw = bytes(key), _loads(value)
+                parent = bytes.fromhex(raw["parent"]) if raw.get("parent") else None
+                rows.append((node_id, parent, raw.get("depth", 0), raw.get("kind", ""), raw.get("namespace", ""),
+                             max(raw.get("created", 0.0), last.get(node_id, 0.0))))
+            return rows
+
+    def delete_subtrees(self, tops: list[bytes], unused_since: float | None = None) -> tuple[int, int, int]:
+        """Delete each top node with everything below it: nodes, edges, replies,
+        stats. One write transaction, so a proxy recording at the same moment
+        sees the subtree whole or gone, never half. With `unused_since`, a
+        subtree used at or after that time (re-checked inside the transaction)
+        is kept. Returns (tops, nodes, replies) deleted."""
+        def write(txn: lmdb.Transaction) -> tuple[int, int, int]:
+            deleted = nodes = replies = 0
+            for top in tops:
+                raw = txn.get(top, db=self.nodes)
+                if raw is None:
+                    continue  # gone already (inside an earlier top, or another process)
+                ids = _subtree_ids(txn, self.children, top)
+                if unused_since is not None and _last_used(txn, self, ids) >= unused_since:
+                    continue
+                parent = _loads(raw).get("parent")
+                if parent:
+                    txn.delete(bytes.fromhex(parent) + top, db=self.children)
+                for node_id in ids:
+                    txn.delete(node_id, db=self.nodes)
+                    txn.delete(node_id, db=self.stats_db)
+                    _delete_prefix(txn, self.children, node_id)
+                    replies += _delete_prefix(txn, self.replies_db, node_id)
+                nodes += len(ids)
+                deleted += 1
+            return deleted, nodes, replies
+
+        return self._write(write)
+
+    def delete_aux_prefix(self, prefix: bytes) -> int:
+        """Delete side-table rows, in every table, whose key starts with
+        `prefix` (a namespace's rows: their keys start `namespace\\x00`)."""
+        def write(txn: lmdb.Transaction) -> int:
+            doomed = [bytes(k) for k in txn.cursor(db=self.aux).iternext(keys=True, values=False)
+                      if bytes(k).partition(b"\x00")[2].startswith(prefix)]
+            for key in doomed:
+                txn.delete(key, db=self.aux)
+            return len(doomed)
+
+        return self._write(write)
+
+    # -- whole-database reads and bulk writes (CLI: inspect, export, import) --
+    def node_ids_with_prefix(self, hex_prefix: str, limit: int = 2) -> list[bytes]:
+        """Node ids whose hex starts with `hex_prefix` (a range scan, ids are sorted)."""
+        even = hex_prefix[: len(hex_prefix) - len(hex_prefix) % 2]
+        start = bytes.fromhex(even)
+        out: list[bytes] = []
+        with self._read() as txn:
+            cur = txn.cursor(db=self.nodes)
+            if cur.set_range(start):
+                for key in cur.iternext(keys=True, values=False):
+                    key = bytes(key)
+                    if not key.startswith(start):
+                        break
+                    if key.hex().startswith(hex_prefix):
+                        out.append(key)
+                        if len(out) >= limit:
+                            break
+        return out
+
+    def iter_raw(self, table: str) -> Iterator[tuple[bytes, Any]]:
+        """Every row of `nodes`, `replies` or `stats` as stored (key, JSON value).
+
+        Raw rather than as dataclasses so an export keeps fields this version
+        of the code does not know yet. One read transaction: a consistent view.
+        """
+        db = {"nodes": self.nodes, "replies": self.replies_db, "stats": self.stats_db}[table]
+        with self._read() as txn:
+            for key, value in txn.cursor(db=db):
+                yield bytes(key), _loads(value)
+
+    def add_aux_counts(self, table: str, counts: dict[bytes, int]) -> None:
+        """Add to counters kept in a side table as {"n": total, "last": time}, in one transaction."""
+        now = time.time()
+
+        def write(txn: lmdb.Transaction) -> None:
+            for key, n in counts.items():
+                raw = txn.get(_aux_key(table, key), db=self.aux)
+                entry = {"n": 0} if raw is None else _loads(raw)
+                entry["n"] = entry.get("n", 0) + n
+                entry["last"] = now
+                txn.put(_aux_key(table, key), _dumps(entry), db=self.aux)
+
+        if counts:
+            self._write(write)
+
+    def dump(self) -> Iterator[tuple[str, bytes, Any]]:
+        """Every row of nodes, replies, stats and aux as (table, key, JSON value),
+        in one read transaction, so an export taken while proxies record is
+        one consistent moment (no reply without its node). Aux keys keep their
+        `table\\x00` prefix."""
+        with self._read() as txn:
+            for table, db in (("nodes", self.nodes), ("replies", self.replies_db), ("stats", self.stats_db),
+                              ("aux", self.aux)):
+                for key, value in txn.cursor(db=db):
+                    yield table, bytes(key), _loads(value)
+
+    def usage(self) -> dict[str, int]:
+        """Bytes: the data file on disk, the pages in use, the current map size."""
+        info, stat = self.env.info(), self.env.stat()
+        data = os.path.join(self.path, "data.mdb")
+        return {"file_bytes": os.path.getsize(data) if os.path.exists(data) else 0,
+                "used_bytes": (info["last_pgno"] + 1) * stat["psize"], "map_bytes": info["map_size"]}
+
+    def import_rows(
+        self,
+        nodes: list[tuple[bytes, dict]],
+        replies: list[tuple[bytes, dict]],
+        stats: list[tuple[bytes, dict]],
+        aux: list[tuple[str, bytes, Any]],
+        merge: Callable[[str, dict, dict], dict],
+    ) -> dict[str, int]:
+        """Write one batch of exported rows in one short write transaction.
+
+        Nodes are content addresses: an existing node is kept as is and its
+        edge is already there, so shared prefixes are never duplicated. For a
+        reply or stats row that exists, `merge(table, existing, incoming)`
+        decides the stored value; side-table rows already present are kept.
+        Returns how many rows of each kind were new.
+        """
+        def write(txn: lmdb.Transaction) -> dict[str, int]:
+            added = {"nodes": 0, "replies": 0, "stats": 0, "aux": 0}
+            for node_id, record in nodes:
+                if txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False):
+                    added["nodes"] += 1
+                parent = record.get("parent")
+                if parent:
+                    txn.put(bytes.fromhex(parent) + node_id, b"t" if record.get("kind") == "template" else b"m",
+                            db=self.children, overwrite=False)
+            for table, db, rows in (("replies", self.replies_db, replies), ("stats", self.stats_db, stats)):
+                for key, value in rows:
+                    raw = txn.get(key, db=db)
+                    if raw is None:
+                        added[table] += 1
+                    else:
+                        value = merge(table, _loads(raw), value)
+                    txn.put(key, _dumps(value), db=db)
+            for table, key, value in aux:
+                if txn.put(_aux_key(table, key), _dumps(value), db=self.aux, overwrite=False):
+                    added["aux"] += 1
+            return added
+
+        return self._write(write)
+
+    def adopt_secret(self, secret: bytes) -> bool:
+        """Take over an exported namespace secret, only while no node exists.
+
+        With another database's secret, credentials hash to that database's
+        namespaces, so an imported recording serves the same key. Refused once
+        the tree has nodes: their namespaces were derived from the old secret.
+        """
+        def write(txn: lmdb.Transaction) -> bool:
+            if txn.stat(self.nodes)["entries"]:
+                return False
+            txn.put(b"secret", secret, db=self.meta)
+            return True
+
+        if secret == self.secret:
+            return True
+        adopted = self._write(write)
+        if adopted:
+            self.secret = secret
+        return adopted
+
 
 def _aux_key(table: str, key: bytes) -> bytes:
     return table.encode() + b"\x00" + key
+
+
+def _subtree_ids(txn: lmdb.Transaction, children: Any, top: bytes) -> list[bytes]:
+    """`top` and every node below it, following the child edges."""
+    out, queue, cur = [], [top], txn.cursor(db=children)
+    seen = {top}
+    while queue:
+        node_id = queue.pop()
+        out.append(node_id)
+        if cur.set_range(node_id):
+            for key in cur.iternext(keys=True, values=False):
+                if key[:ID] != node_id:
+                    break
+                child = bytes(key[ID:])
+                if child not in seen:
+                    seen.add(child)
+                    queue.append(child)
+    return out
+
+
+def _last_used(txn: lmdb.Transaction, backend: "LmdbBackend", ids: list[bytes]) -> float:
+    latest = 0.0
+    for node_id in ids:
+        raw = txn.get(node_id, db=backend.nodes)
+        if raw is not None:
+            latest = max(latest, _loads(raw).get("created", 0.0))
+        stats = txn.get(node_id, db=backend.stats_db)
+        if stats is not None:
+            latest = max(latest, _loads(stats).get("last_hit", 0.0))
+        for reply in _replies_in(txn, backend.replies_db, node_id):
+            latest = max(latest, reply.last_seen)
+    return latest
+
+
+def _delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> int:
+    """Delete every key that starts with `prefix`; returns how many."""
+    cur, n = txn.cursor(db=db), 0
+    if cur.set_range(prefix):
+        while bytes(cur.key()[: len(prefix)]) == prefix:
+            cur.delete()  # moves to the next key (or unpositions at the end)
+            n += 1
+    return n
 
 
 def _node_from(node_id: bytes, raw: dict) -> NodeRecord:

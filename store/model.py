@@ -37,6 +37,9 @@ class Miss:
     `matched` is how many messages matched below the root (-1: no root for this
     context at all); `deepest` is the last node reached (None without a root).
     `reason` is a short machine-readable word; `detail` a sentence for people.
+    The first message that differed is message number `matched`. When the
+    deepest node has template children, `template` is the nearest one and
+    `template_failure` says which literal or slot of it failed.
     """
 
     reason: str
@@ -44,6 +47,8 @@ class Miss:
     deepest: bytes | None
     detail: str = ""
     path: tuple[bytes, ...] = ()
+    template: bytes | None = None
+    template_failure: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ miss needs. Neither does any I/O of its own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Protocol
 
 from .canonical import canonical_json, digest
@@ -46,10 +46,24 @@ class ServePolicy:
         # two processes choose the same reply.
         return max(eligible, key=lambda r: (r.score, r.count, r.last_seen, r.reply_id))
 
+    def why_not(self, replies: Iterable[StoredReply]) -> str:
+        """Why `choose` found nothing, for a miss's explanation."""
+        replies = list(replies)
+        if not replies:
+            return "no reply is recorded here"
+        good = [r for r in replies if not r.bad]
+        if not good:
+            return "every reply here is marked bad (feedback)"
+        most = max(r.count for r in good)
+        return (f"the reply here has {most} of the {self.min_observations} agreeing observations "
+                "butter_min_observations asks for")
+
 
 # A template matcher: (template message, concrete message, bindings so far)
 # -> the bindings extended, or None when the message does not fit.
 TemplateMatcher = Callable[[Message, Message, dict], "dict | None"]
+# A template explainer: the same arguments -> which literal or slot failed.
+TemplateExplainer = Callable[[Message, Message, dict], str]
 
 
 def lookup(
@@ -58,19 +72,24 @@ def lookup(
     reader: TreeReader,
     policy: ServePolicy = ServePolicy(),
     match_template: TemplateMatcher | None = None,
+    bindings: dict | None = None,
+    explain_template: TemplateExplainer | None = None,
 ) -> Hit | Miss:
     """Walk the request's messages from its root: a hit only if all match.
 
     At each step the exact child is tried first, then the template children of
     that node (when a matcher is given). The walk backtracks into templates
     only as far as it must, and the deepest point reached is kept so a miss
-    can say where it left the tree.
+    can say where it left the tree. `bindings` are values the client declared
+    (Butter-Bindings): every template slot of that name must agree with them.
     """
     root = root_id(namespace, conversation.context)
     if not reader.has_node(root):
         return Miss("new-context", -1, None, "no recording for this model, tools and parameters")
     messages = conversation.messages
     best_miss: list[Miss] = []
+    # Where the deepest miss happened: its message, bindings and template children.
+    best_templates: list[tuple[Message, dict, list[NodeRecord]]] = []
 
     def note_miss(depth: int, node: bytes, path: tuple[bytes, ...], reason: str, detail: str) -> None:
         if not best_miss or depth > best_miss[0].matched:
@@ -78,9 +97,10 @@ def lookup(
 
     def walk(node: bytes, depth: int, bindings: dict, path: tuple[bytes, ...]) -> Hit | None:
         if depth == len(messages):
-            chosen = policy.choose(reader.replies(node))
+            replies = reader.replies(node)
+            chosen = policy.choose(replies)
             if chosen is None:
-                note_miss(depth, node, path, "no-reply", "every message matched, but no servable reply is recorded here")
+                note_miss(depth, node, path, "no-reply", f"every message matched, but {policy.why_not(replies)}")
                 return None
             return Hit(node, chosen.reply, chosen.reply_id, dict(bindings), path)
         message = messages[depth]
@@ -89,19 +109,31 @@ def lookup(
             found = walk(exact, depth + 1, bindings, path + (exact,))
             if found is not None:
                 return found
+        templates: list[NodeRecord] = []
         if match_template is not None:
-            for template in reader.template_children(node):
+            templates = reader.template_children(node)
+            for template in templates:
                 extended = match_template(template.content, message, bindings)
                 if extended is None:
                     continue
                 found = walk(template.node_id, depth + 1, extended, path + (template.node_id,))
                 if found is not None:
                     return found
+        if not best_miss or depth > best_miss[0].matched:
+            best_templates[:] = [(message, bindings, templates)]
         note_miss(depth, node, path, "diverged", f"message {depth} ({message.get('role', '?')}) is new at this point")
         return None
 
-    hit = walk(root, 0, {}, (root,))
-    return hit if hit is not None else best_miss[0]
+    hit = walk(root, 0, dict(bindings or {}), (root,))
+    if hit is not None:
+        return hit
+    miss = best_miss[0]
+    if explain_template is not None and miss.reason == "diverged" and best_templates and best_templates[0][2]:
+        message, at, templates = best_templates[0]
+        nearest = templates[0]
+        miss = replace(miss, template=nearest.node_id,
+                       template_failure=explain_template(nearest.content, message, at))
+    return miss
 
 
 @dataclass(frozen=True)

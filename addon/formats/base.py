@@ -12,7 +12,7 @@ or storage:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from store.model import Conversation
 
@@ -46,6 +46,18 @@ class WireResponse:
     body: bytes
 
 
+class StateTable(Protocol):
+    """A small JSON table private to one format and one namespace.
+
+    For formats whose requests lean on server-side state (the Responses API's
+    `previous_response_id`): the addon hands one to `expand` and `remember`,
+    so the adapter stays sans-IO and never learns about LMDB or namespaces.
+    """
+
+    def get(self, key: str) -> Any | None: ...
+    def put(self, key: str, value: Any) -> None: ...
+
+
 JSON_HEADERS = {"content-type": "application/json"}
 SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
 
@@ -54,6 +66,8 @@ class WireFormat:
     """Base for adapters. `name` is also the API kind in the tree's root."""
 
     name: str = ""
+    # True for formats that implement `expand` and `remember` below.
+    keeps_state: bool = False
 
     def recognise(self, method: str, path: str) -> bool:
         raise NotImplementedError
@@ -69,3 +83,20 @@ class WireFormat:
 
     def error(self, status: int, message: str, code: str) -> WireResponse:
         raise NotImplementedError
+
+    # Optional, for formats with server-side conversation state. The addon
+    # calls `expand` before the lookup (it may raise NotUnderstood: state
+    # butter never saw) and `remember` after a reply is recorded or served.
+    def expand(self, parsed: ParsedRequest, state: StateTable) -> ParsedRequest:
+        return parsed
+
+    def remember(self, parsed: ParsedRequest, reply: dict, state: StateTable) -> None:
+        return None
+
+    def bound_reply(self, reply: dict, bindings: dict[str, str]) -> dict:
+        """A template reply just filled with a walk's bindings, before render.
+
+        For formats that replay recorded ids (Responses): the same ids must not
+        name conversations with other values, so they are derived here.
+        """
+        return reply

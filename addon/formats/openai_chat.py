@@ -8,6 +8,9 @@ recording renders as either form.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import re
 import secrets
@@ -159,17 +162,55 @@ def _canonical_messages(messages: list[dict]) -> Iterator[dict]:
 
 
 def _canonical_content(value: Any) -> Any:
-    """A string is the same as one text part; cache hints are dropped."""
+    """A string is the same as one text part; cache hints are dropped;
+    inline media (data: URLs, base64 audio and files) stand as their hash."""
     if isinstance(value, str):
         return [{"type": "text", "text": value}] if value else []
     if isinstance(value, list):
         parts = []
         for part in value:
             if isinstance(part, dict):
-                part = {k: v for k, v in part.items() if k not in PART_HINTS}
+                part = _media_by_hash({k: v for k, v in part.items() if k not in PART_HINTS})
             parts.append(part)
         return parts
     return value
+
+
+def _digest_base64(data: str) -> str:
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        raw = data.encode("utf-8")
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _media_by_hash(part: dict) -> dict:
+    """The part with its inline bytes replaced by their content hash.
+
+    The bytes still decide the key, but the tree does not keep a copy of
+    every image an agent ever sent.
+    """
+    def swap(inner: Any, field: str) -> Any:
+        if not isinstance(inner, dict) or not isinstance(inner.get(field), str):
+            return inner
+        data = inner[field]
+        out = {k: v for k, v in inner.items() if k != field}
+        if data.startswith("data:") and "," in data:
+            head, data = data.split(",", 1)
+            out["media_type"] = head[len("data:"):].split(";", 1)[0]
+        elif field == "url":
+            return inner  # a real URL is itself the key
+        out["sha256"] = _digest_base64(data)
+        return out
+
+    kind = part.get("type")
+    if kind == "image_url":
+        return {**part, "image_url": swap(part.get("image_url"), "url")}
+    if kind == "input_audio":
+        return {**part, "input_audio": swap(part.get("input_audio"), "data")}
+    if kind == "file":
+        return {**part, "file": swap(part.get("file"), "file_data")}
+    return part
 
 
 # -- replies -------------------------------------------------------------------
@@ -207,7 +248,8 @@ def _assemble_stream(raw: bytes) -> dict | None:
         for key, value in chunk.items():
             if key in ("id", "created", "object", "choices", "usage"):
                 continue
-            if value is not None:
+            # "" as well: Azure's content-filter events say `model: ""`.
+            if value is not None and value != "":
                 top[key] = value
         if chunk.get("usage") is not None:
             top["usage"] = chunk["usage"]
@@ -255,7 +297,9 @@ def _merge_choice(acc: dict, piece: dict) -> None:
     for key, value in piece.items():
         if key in ("index", "delta", "logprobs"):
             continue
-        if value is not None:
+        # Azure sends `content_filter_results: {}` on chunks it did not check;
+        # that must not erase the results an earlier chunk carried.
+        if value is not None and not (value == {} and acc.get(key)):
             acc[key] = value
 
 
@@ -296,9 +340,15 @@ def _stream_chunks(reply: dict, ids: _FreshIds, include_usage: bool) -> Iterator
     for key in ("system_fingerprint", "service_tier"):
         if reply.get(key) is not None:
             head[key] = reply[key]
+    # Top-level extras (Azure's prompt_filter_results, Groq's x_groq, ...) ride
+    # on the first chunk, the one the SDK's stream helper builds its snapshot
+    # from. `obfuscation` is per-chunk padding, not content.
+    extras = {k: v for k, v in reply.items()
+              if k not in ("id", "object", "created", "model", "choices", "usage", "obfuscation") and k not in head}
 
     def chunk(choices: list[dict], **extra: Any) -> bytes:
-        body = {**head, "choices": choices, **extra}
+        body = {**head, "choices": choices, **extra, **extras}
+        extras.clear()
         if include_usage and "usage" not in body:
             body["usage"] = None
         return sse.encode(body)

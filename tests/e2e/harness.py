@@ -35,18 +35,22 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float =
 
 class Proxy:
     def __init__(self, confdir: Path, db: Path, log: Path, *, mode: str = "auto", upstream: str | None = None,
-                 upstream_ca: Path | None = None, reverse: str | None = None, options: dict | None = None):
+                 upstream_ca: Path | None = None, reverse: str | None = None, options: dict | None = None,
+                 butter: bool = True):
+        # butter=False: a plain mitmdump (e.g. `-w FILE` recordings made without butter).
         self.confdir, self.db, self.log = confdir, db, log
         self.port = free_port()
         self.reverse_port = free_port() if reverse else None
-        args = [str(MITMDUMP), "-s", str(ADDON)]
+        args = [str(MITMDUMP)] + (["-s", str(ADDON)] if butter else [])
         if upstream:
             args += ["-s", str(REDIRECT), "--set", f"test_upstream={upstream}"]
         args += ["--mode", f"regular@{self.port}"]
         if reverse:
             args += ["--mode", f"reverse:{reverse}@{self.reverse_port}"]
-        args += ["--listen-host", "127.0.0.1", "--set", f"confdir={confdir}", "--set", f"butter_db={db}",
-                 "--set", f"butter_mode={mode}", "--set", "termlog_verbosity=info", "--set", "flow_detail=0"]
+        args += ["--listen-host", "127.0.0.1", "--set", f"confdir={confdir}"]
+        if butter:
+            args += ["--set", f"butter_db={db}", "--set", f"butter_mode={mode}"]
+        args += ["--set", "termlog_verbosity=info", "--set", "flow_detail=0"]
         if upstream_ca:
             args += ["--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
         for key, value in (options or {}).items():

@@ -1,0 +1,116 @@
+"""How well butter's template cache serves runs it has not seen, and whether it
+ever serves a wrong answer. An evaluation, not a CI test.
+
+    .venv/bin/python bench/eval_templates.py            # the default run (< 10 min)
+    .venv/bin/python bench/eval_templates.py --quick    # a smaller run (about 2 min)
+    .venv/bin/python bench/eval_templates.py --json out.json
+    .venv/bin/python bench/eval_templates.py --agentdojo .venv-agentdojo/bin/python
+
+Workloads (see docs/evaluation.md): BFCL multi-turn (bfcl-eval, installed
+into the running interpreter on first use with `pip install --no-deps
+bfcl-eval mpmath==1.3.0`; the ground-truth calls are executed against
+BFCL's own backends, entity values varied per run; `miss_param`,
+`miss_func` and `long_context` are look-alike negatives), AgentDojo when a
+Python with `agentdojo` is given (its tasks recorded once, its injected
+versions as look-alikes; it is never installed into butter's .venv), and
+our own order-handling and form-filling workflows with their look-alikes. Every
+request goes through a real mitmdump running butter to an oracle provider
+that answers as the ground truth says; every reply butter serves is checked
+against the oracle.
+
+Printed per workload: the hit rate on held-out runs after recording k runs
+per flow (k = 1, 2, 3), wrong hits (served replies that differ from the
+ground truth) on held-out runs and on every look-alike set, and the provider
+calls made and saved. Then lookup timings at the store level: a tree whose
+nodes are templates against one whose nodes are exact.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+# The agent's SDK must not pick up a proxy from the shell; the eval sets its own.
+for _name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
+    os.environ.pop(_name, None)
+
+from bench.eval import own_workflows, report  # noqa: E402
+from bench.eval.env import EvalEnv  # noqa: E402
+from bench.eval.runner import _progress, evaluate  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer flows and runs (about 2 minutes)")
+    parser.add_argument("--bfcl-tasks", type=int, default=None, help="BFCL base tasks to use (default 32; quick 8)")
+    parser.add_argument("--held-out", type=int, default=None, help="held-out runs per flow (default 3; quick 2)")
+    parser.add_argument("--workloads", default="own,bfcl,agentdojo", help="comma list of: own, bfcl, agentdojo")
+    parser.add_argument("--agentdojo", metavar="PYTHON", default=os.environ.get("BUTTER_EVAL_AGENTDOJO_PYTHON"),
+                        help="a Python with agentdojo installed (default .venv-agentdojo/bin/python if present)")
+    parser.add_argument("--no-timing", action="store_true", help="skip the store-level lookup timing")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds after which no new k is started")
+    parser.add_argument("--json", metavar="PATH", help="also write every number as JSON ('-' for stdout)")
+    parser.add_argument("--keep", metavar="DIR", help="keep the databases and proxy logs in DIR")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a butter option for both proxies (e.g. butter_induction_min=3)")
+    args = parser.parse_args(argv)
+    bfcl_tasks = args.bfcl_tasks if args.bfcl_tasks is not None else (8 if args.quick else 32)
+    held_out = args.held_out if args.held_out is not None else (2 if args.quick else 3)
+    wanted = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    options = dict(o.split("=", 1) for o in args.option)
+
+    started = time.monotonic()
+    deadline = started + args.budget
+    workloads = []
+    if "own" in wanted:
+        workloads.append(own_workflows.build(held_out=held_out, negatives_per_kind=held_out))
+    if "bfcl" in wanted:
+        from bench.eval import bfcl
+        _progress(f"BFCL: building runs from {bfcl_tasks} base tasks (executing ground truth on the real backends)")
+        workloads.extend(bfcl.build(bfcl_tasks, held_out=held_out, progress=_progress))
+
+    skipped = {}
+    if "agentdojo" in wanted:
+        from bench.eval import dojo as agentdojo
+        python = args.agentdojo or (str(ROOT / ".venv-agentdojo/bin/python")
+                                    if (ROOT / ".venv-agentdojo/bin/python").exists() else None)
+        if python:
+            _progress(f"AgentDojo: exporting tasks with {python}")
+            workloads.append(agentdojo.build(python, progress=_progress))
+        else:
+            skipped["AgentDojo"] = f"skipped: no Python with agentdojo; make one with: {agentdojo.INSTALL_HINT}"
+            _progress(f"AgentDojo {skipped['AgentDojo']}")
+
+    results = []
+    env = EvalEnv(Path(args.keep) if args.keep else None, options)
+    try:
+        _progress(f"proxies up: auto on {env.auto.port}, replay on {env.replay.port}; provider on {env.provider.port}")
+        for workload in workloads:
+            results.append(evaluate(env, workload, deadline=deadline))
+    finally:
+        env.close()
+    timing = None
+    if not args.no_timing:
+        from bench.eval import lookup_timing
+        _progress("timing store lookups: template nodes against exact nodes")
+        timing = lookup_timing.measure(quick=args.quick)
+    out = {"results": results, "skipped": skipped, "lookup_timing": timing, "seconds": round(time.monotonic() - started, 1),
+           "options": options}
+    print(report.table(out))
+    if args.json:
+        text = json.dumps(out, indent=2, ensure_ascii=False)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

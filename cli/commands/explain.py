@@ -1,0 +1,225 @@
+"""`butter explain REQUEST.json`: would this request hit, and if not, why not.
+
+The request body is read exactly as a client sends it and goes through the
+same adapter and lookup the proxy uses; nothing is recorded or forwarded.
+Namespaces are keyed hashes of the credential, so the API key the agent uses
+(`--api-key`, an `Authorization`/`x-api-key` `--header`, or the provider's
+usual environment variable) or the shared namespace (`--namespace`) decides
+which recordings the request can see.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from urllib.parse import parse_qsl, urlsplit
+
+from cli.output import CliError, add_common, emit, open_cache, run, short_id
+from store import ServePolicy
+from store.inspect import explain, node_summary, summarise
+
+# Where to send a body when no --path/--url says: tried in order, the format
+# whose lookup gets furthest into the tree wins (an Anthropic body also
+# parses as OpenAI Chat, but only one of them has a recording).
+DEFAULT_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/responses", "/api/chat")
+# The environment variable each provider's SDK reads its key from.
+KEY_ENV = {"openai": ("OPENAI_API_KEY",), "anthropic": ("ANTHROPIC_API_KEY",),
+           "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "ollama": ()}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain", help="would this request hit? if not, where it leaves the tree and why",
+        description="REQUEST.json is a request body as the client sends it (`-` for stdin). Prints whether it "
+                    "would be served, and for a miss the deepest node reached, the first differing message, "
+                    "a diff against the nearest recorded sibling(s), and for templates which slot or literal "
+                    "failed. Read-only.")
+    add_common(parser)
+    parser.add_argument("request", metavar="REQUEST.json", help="the request body (JSON), or - for stdin")
+    parser.add_argument("--url", help="the request URL (picks the wire format; a ?key= is used as credential)")
+    parser.add_argument("--path", help="the request path, e.g. /v1/chat/completions (default: guessed)")
+    parser.add_argument("--header", "-H", action="append", default=[], metavar="K:V",
+                        help="a request header (repeatable), e.g. 'Authorization: Bearer sk-…' or "
+                             "'butter-namespace: team'")
+    parser.add_argument("--api-key", help="the credential the agent uses (default: from --header, else "
+                                          "OPENAI_API_KEY / ANTHROPIC_API_KEY / GEMINI_API_KEY)")
+    parser.add_argument("--namespace", metavar="NAME",
+                        help="the shared namespace ns:NAME (as the proxy's butter_namespace option)")
+    parser.add_argument("--min-observations", type=int, default=1, metavar="N",
+                        help="as the proxy's butter_min_observations (default 1)")
+    parser.add_argument("--siblings", type=int, default=3, help="how many nearest siblings to diff (default 3)")
+    parser.set_defaults(func=run(explain_command))
+
+
+def _headers(pairs: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition(":")
+        if not sep or not name.strip():
+            raise CliError(f"--header {pair!r} is not NAME:VALUE")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def _credential(args: argparse.Namespace, fmt_name: str, credential: str | None) -> str | None:
+    if args.api_key:
+        return args.api_key
+    if credential:
+        return credential
+    family = next((f for f in KEY_ENV if fmt_name.startswith(f)), "openai")
+    for name in KEY_ENV[family]:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    from addon import credentials, formats  # the proxy's own adapters
+    from addon.formats import NotUnderstood, WireRequest
+
+    raw = sys.stdin.buffer.read() if args.request == "-" else _read(args.request)
+    try:
+        json.loads(raw)
+    except ValueError as e:
+        raise CliError(f"{args.request} is not JSON: {e}") from e
+    headers = _headers(args.header)
+    query: dict[str, str] = {}
+    paths: tuple[str, ...] = DEFAULT_PATHS
+    if args.url:
+        parts = urlsplit(args.url)
+        paths = (parts.path or "/",)
+        query = dict(parse_qsl(parts.query))
+    elif args.path:
+        path, _, qs = args.path.partition("?")
+        paths, query = (path,), dict(parse_qsl(qs))
+    header_credential, clean_headers, clean_query = credentials.split(headers, query)
+    bindings = _bindings(headers.get("butter-bindings"))
+    fixed = args.namespace or headers.get("butter-namespace", "")
+
+    candidates = []
+    errors = []
+    for path in paths:
+        fmt = formats.recognise("POST", path)
+        if fmt is None:
+            errors.append(f"{path}: no wire format serves this path")
+            continue
+        try:
+            parsed = fmt.parse_request(WireRequest("POST", path, clean_query, clean_headers, raw))
+        except NotUnderstood as e:
+            errors.append(f"{path} ({fmt.name}): {e}")
+            continue
+        candidates.append((path, fmt, parsed))
+    if not candidates:
+        raise CliError("the request is not one butter understands (the proxy would pass it through):\n  "
+                       + "\n  ".join(errors))
+
+    if args.min_observations < 1:
+        raise CliError("--min-observations must be at least 1")
+    with open_cache(args) as cache:
+        cache.policy = ServePolicy(min_observations=args.min_observations)
+        best = None
+        for path, fmt, parsed in candidates:
+            credential = _credential(args, fmt.name, header_credential)
+            namespace = cache.namespace(credential, fixed)
+            # (A Responses `previous_response_id` is not expanded here: the body is explained as it stands.)
+            outcome = cache.lookup(namespace, parsed.conversation, bindings) if bindings else \
+                cache.lookup(namespace, parsed.conversation)
+            depth = len(parsed.conversation.messages) + 1 if not hasattr(outcome, "matched") else outcome.matched
+            if best is None or depth > best[0]:
+                best = (depth, path, fmt, parsed, namespace, outcome, credential)
+        assert best is not None
+        _, path, fmt, parsed, namespace, outcome, credential = best
+        result = explain(cache.backend, namespace, parsed.conversation, outcome, cache.policy,
+                         max_siblings=args.siblings)
+        deepest = cache.backend.node(result.node) if result.node else None
+        template_failure = getattr(outcome, "template_failure", "")
+        template_node = getattr(outcome, "template", None)
+        bindings_used = dict(getattr(outcome, "bindings", {}) or {})
+        served = next((r for r in cache.backend.replies(outcome.node_id) if r.reply_id == outcome.reply_id), None) \
+            if result.hit else None
+
+    messages = parsed.conversation.messages
+    data = {
+        "hit": result.hit, "reason": result.reason, "detail": result.detail,
+        "format": fmt.name, "path": path, "model": parsed.conversation.context.get("model"),
+        "namespace": namespace, "credential_given": credential is not None,
+        "messages": len(messages), "matched": result.matched,
+        "node": result.node, "node_summary": node_summary(deepest) if deepest else None,
+        "walked": result.path,
+        "differing_index": result.matched if result.differing_message is not None else None,
+        "differing_message": result.differing_message,
+        "other_namespaces": result.other_namespaces, "nearest": result.nearest, "replies": result.replies, "templates": result.templates,
+        "template": template_node, "template_failure": template_failure,
+        "bindings": bindings_used if result.hit else {},
+        "reply": {"id": served.reply_id, "count": served.count, "score": served.score} if served else None,
+    }
+
+    def human() -> str:
+        out = [f"request   {fmt.name} {data['model']}, {len(messages)} message(s), namespace {namespace}"
+               + ("" if credential or fixed else "  (no credential: give --api-key or --namespace)")]
+        if result.hit:
+            out.append(f"result    HIT: served from node {short_id(result.node)}"
+                       + (f"  {node_summary(deepest)}" if deepest else ""))
+            if served:
+                out.append(f"reply     {short_id(served.reply_id)}, seen {served.count}×, score {served.score}")
+            if bindings_used:
+                out.append("bindings  " + ", ".join(f"{k}={v}" for k, v in sorted(bindings_used.items()))
+                           + "  (the reply is rendered with these values)")
+            return "\n".join(out)
+        out.append(f"result    MISS ({result.reason}): {result.detail}")
+        if result.matched < 0:
+            if result.other_namespaces:
+                out.append("where     this exact context is recorded, but in another namespace: "
+                           + ", ".join(result.other_namespaces) + " (another API key, or --namespace?)")
+            elif result.nearest:
+                out.append("where     no root for this context: model, tools or parameters differ from the recordings")
+            for near in result.nearest:
+                out.append(f"nearest   root {short_id(near['node'])}  {near['summary']}  "
+                           f"(similarity {near['similarity']:.2f}, first difference at {near['first_difference']})")
+                out.extend("  " + line for line in near["diff"])
+            return "\n".join(out)
+        out.append(f"matched   {result.matched} of {len(messages)} message(s); deepest node {short_id(result.node)}"
+                   + (f"  {node_summary(deepest)}" if deepest else ""))
+        if result.differing_message is not None:
+            out.append(f"differs   message {result.matched}: {summarise(result.differing_message)}")
+        for t in result.templates:
+            out.append(f"template  {short_id(t['node'])}  {t['summary']}")
+            out.append(f"          failed: {t['failed']}")
+        if template_failure and not result.templates:
+            out.append(f"template  {short_id(template_node)} failed: {template_failure}")
+        if result.nearest:
+            for near in result.nearest:
+                out.append(f"sibling   {short_id(near['node'])}  {near['summary']}")
+                out.append(f"          similarity {near['similarity']:.2f}, first difference at "
+                           f"{near['first_difference']}")
+                out.extend("    " + line for line in near["diff"])
+        elif result.differing_message is not None:
+            out.append("          nothing was recorded after this point (the recording ends here)")
+        for reply in result.replies:
+            out.append(f"reply     {short_id(reply['reply'])}: {reply['why']}")
+        return "\n".join(out)
+
+    emit(args, data, human)
+    return 0
+
+
+def _bindings(raw: str | None) -> dict[str, str] | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise CliError(f"butter-bindings is not JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise CliError("butter-bindings must be a flat JSON object")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _read(name: str) -> bytes:
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CliError(f"cannot read {name}: {e.strerror or e}") from e
+

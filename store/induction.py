@@ -1,0 +1,654 @@
+"""Template induction from sibling observations, on evidence only (sans-IO).
+
+An *observation* is one recorded exact path with its one reply: the messages
+from the root down to the reply's node, and the canonical reply. Observations
+that share a prefix (the same parent node) and differ below it are siblings.
+`propose` lines them up message by message and proposes slots for the spans
+that differ:
+
+- text is tokenised (words, numbers, dates, e-mails, punctuation, runs of
+  space) and aligned with rapidfuzz's Indel opcodes against the first
+  observation; tokens equal in every pair stay literal, the rest become
+  slots (a space between two differing runs joins them: "Ana Ruiz" is one
+  value);
+- JSON (a tool result, tool-call arguments) is aligned field by field: a
+  field that varies is one slot, constant fields stay literal, and a change
+  of structure (another field, another tool) refuses the proposal;
+- slots whose values agree in every observation are one name, so an order id
+  in the user's words, in a tool call and in a tool result binds once; names
+  come from JSON keys where there are any (`order_id`), else `v1`, `v2`, ...
+
+The reply is then explained: every difference between the observations'
+replies must be a slot value substituted in place (values may come from any
+templated message: an id returned by a tool and echoed in the answer is a
+slot too). Tool names, roles and finish reasons may never be slots.
+The proposal is accepted only if (evidence):
+
+- there are at least `min_observations` observations;
+- every observation matches the templates (shapes included) and rendering
+  the reply template with its own values reproduces its recorded reply
+  exactly (JSON strings compared as JSON; provider bookkeeping such as
+  `usage` or `system_fingerprint` ignored and served from the newest);
+- a slot of prose that never reaches the reply is data-shaped (number, date,
+  e-mail, identifier: a timestamp, a request id), even when all replies are
+  identical; a free-text span that changes nothing visible (an instruction
+  word, another task's sentence) must not become a variable on evidence
+  that says nothing about it;
+- a prose template with a free-text slot keeps at least three literal words,
+  and in every observation no fewer literal words than its free-text slots
+  hold: `{{v1}}my {{v2}}` (two tasks sharing one word) is never a template.
+
+Public API
+----------
+    Observation(key: bytes, messages: tuple[dict, ...], reply: dict)
+    Proposal(start, nodes, reply, slots, keys, bindings)
+        start:  index of the first templated message (the depth of the shared
+                exact parent below the root)
+        nodes:  for messages start..n-1, ("template", template content) or
+                ("message", literal message) when all observations agree
+        reply:  the reply template;  slots: name -> shape
+        keys:   the observations used;  bindings: each one's values
+    Rejected(reason: str, keys: tuple[bytes, ...])
+
+    propose(observations, min_observations=2) -> Proposal | Rejected
+    choose(new, others, min_observations=2, known_failure=None)
+        -> tuple[Proposal | None, list[Rejected]]
+        the strategy after a miss: pair the new observation with each sibling
+        (skipping pairs `known_failure(keys)` says failed before), then try
+        the largest set that passes together
+    tokenize(text) -> list[str]
+    align_texts(texts) -> list[str | None] | None
+        literal segments and None for slots, aligned on texts[0]
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+import re
+from typing import Any, Callable, Sequence
+
+from rapidfuzz.distance import Indel
+
+from .canonical import canonical_json
+from .templates import (COMPACT, MARK, common_shape, escape_literal, has_markers, json_marker, json_style,
+                        match_message, number_marker, number_text, parse_text, render_reply, slots_in,
+                        template_content, text_marker)
+
+Message = dict[str, Any]
+
+# Reply fields that are the provider's bookkeeping, not the answer: they may
+# differ between observations and are served from the first (newest) one.
+# Ids are not among them: an adapter that keeps a reply's ids keeps them
+# because they are server state (a Responses `previous_response_id`), and one
+# run's id served to another would continue the wrong conversation upstream.
+VOLATILE_REPLY_KEYS = frozenset({
+    "usage", "usageMetadata", "system_fingerprint", "created", "created_at",
+    "modelVersion", "service_tier", "total_duration", "load_duration", "prompt_eval_count",
+    "prompt_eval_duration", "eval_count", "eval_duration",
+})
+# Reply fields that decide a branch: never a slot (which tool, who speaks, why it stopped).
+LITERAL_REPLY_KEYS = frozenset({"name", "role", "type", "finish_reason", "stop_reason", "finishReason",
+                                "done_reason", "object"})
+# Keys whose value is structured data rather than the conversation's own fields.
+JSON_KEYS = frozenset({"arguments", "args", "input", "parameters"})
+# A free-text span longer than this in prose is an instruction, not a value.
+MAX_PROSE_SLOT_WORDS = 6
+# A prose template with a free-text slot must be anchored by at least this
+# many literal words (see `_check_anchor`).
+MIN_PROSE_LITERAL_WORDS = 3
+MAX_EXPLAIN_STEPS = 20_000
+
+_TOKEN = re.compile(
+    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"  # e-mail
+    r"|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"  # date
+    r"|\d+(?:\.\d+)*"  # number
+    r"|\w+|[^\w\s]|\s+"
+)
+
+
+@dataclass(frozen=True)
+class Observation:
+    key: bytes
+    messages: tuple[Message, ...]
+    reply: dict
+
+
+@dataclass(frozen=True)
+class Proposal:
+    start: int
+    nodes: tuple[tuple[str, dict], ...]
+    reply: dict
+    slots: dict[str, str]
+    keys: tuple[bytes, ...]
+    bindings: tuple[dict[str, str], ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    keys: tuple[bytes, ...]
+
+
+class _Refuse(Exception):
+    pass
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN.findall(text)
+
+
+# -- text alignment ----------------------------------------------------------------
+
+def align_texts(texts: Sequence[str]) -> list[str | None] | None:
+    """Segments of texts[0]: literal strings and None for slots; None if unalignable.
+
+    A slot must be non-empty in every text; literal runs are the tokens equal
+    in every pairwise alignment with texts[0].
+    """
+    spans = _aligned_spans(texts)
+    if spans is None:
+        return None
+    return [seg if isinstance(seg, str) else None for seg in spans[0]]
+
+
+def _aligned_spans(texts: Sequence[str]) -> tuple[list[str | tuple[int, int]], list[list[str]]] | None:
+    """(segments of texts[0] with slot token spans, each text's slot values)."""
+    tokens = [tokenize(t) for t in texts]
+    pivot = tokens[0]
+    maps: list[dict[int, int]] = []
+    for other in tokens[1:]:
+        equal: dict[int, int] = {}
+        for op in Indel.opcodes(pivot, other):
+            if op.tag == "equal":
+                for k in range(op.src_end - op.src_start):
+                    equal[op.src_start + k] = op.dest_start + k
+        maps.append(equal)
+    literal = [all(p in m for m in maps) for p in range(len(pivot))]
+    # Runs of pivot tokens: (is_literal, start, end).
+    runs: list[list] = []
+    for p, lit in enumerate(literal):
+        if runs and runs[-1][0] == lit:
+            runs[-1][2] = p + 1
+        else:
+            runs.append([lit, p, p + 1])
+    # A literal run of space, or a short connector inside a word ("@", "."),
+    # between two slots joins them into one value.
+    merged: list[list] = []
+    for i, run in enumerate(runs):
+        lit, a, b = run
+        text = "".join(pivot[a:b])
+        between = 0 < i < len(runs) - 1 and not runs[i - 1][0] and not runs[i + 1][0]
+        if lit and between and (text.isspace() or (len(text) <= 2 and not any(ch.isspace() for ch in text)
+                                                   and not any(ch.isalnum() for ch in text))):
+            lit = False
+        if merged and merged[-1][0] == lit:
+            merged[-1][2] = b
+        else:
+            merged.append([lit, a, b])
+    # Where another text inserts tokens between two adjacent pivot literals,
+    # the pivot's value there would be empty: a slot must have a value.
+    for n, m in enumerate(maps, start=1):
+        for p in range(len(pivot) - 1):
+            if literal[p] and literal[p + 1] and m[p + 1] != m[p] + 1:
+                return None
+        if literal and literal[0] and m[0] != 0:
+            return None
+        if literal and literal[-1] and m[len(pivot) - 1] != len(tokens[n]) - 1:
+            return None
+    segments: list[str | tuple[int, int]] = []
+    values: list[list[str]] = [[] for _ in texts]
+    for lit, a, b in merged:
+        if lit:
+            segments.append("".join(pivot[a:b]))
+            continue
+        segments.append((a, b))
+        values[0].append("".join(pivot[a:b]))
+        for n, m in enumerate(maps, start=1):
+            left = m[a - 1] + 1 if a > 0 else 0
+            right = m[b] if b < len(pivot) else len(tokens[n])
+            value = "".join(tokens[n][left:right])
+            if not value:
+                return None
+            values[n].append(value)
+    return segments, values
+
+
+# -- building templates ----------------------------------------------------------------
+
+@dataclass
+class _Occurrence:
+    values: tuple[str, ...]
+    number: bool
+    hint: str | None
+    prose: bool = False  # a span of running text, not a field of structured data
+
+
+class _Builder:
+    """Collects slot occurrences while observations are lined up."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.occurrences: list[_Occurrence] = []
+
+    def slot(self, values: Sequence[str], number: bool, hint: str | None, prose: bool = False) -> str:
+        self.occurrences.append(_Occurrence(tuple(values), number, hint, prose))
+        return f"_s{len(self.occurrences) - 1}"
+
+    # -- messages --------------------------------------------------------------
+    def align(self, values: list[Any], where: str, hint: str | None, in_json: bool) -> Any:
+        first = values[0]
+        if all(_same(first, v) for v in values[1:]):
+            if has_markers(first):
+                raise _Refuse(f"{where}: content uses butter's own template marker")
+            return first
+        if not in_json and hint in LITERAL_REPLY_KEYS:
+            raise _Refuse(f"{where}: {hint} differs ({_brief(first)} vs {_brief(values[1])}); a branch is never a slot")
+        if all(isinstance(v, dict) for v in values):
+            keys = list(first)
+            if any(set(v) != set(keys) for v in values):
+                raise _Refuse(f"{where or 'message'}: the fields differ")
+            return {k: self.align([v[k] for v in values], f"{where}.{k}" if where else k,
+                                  k, in_json or k in JSON_KEYS)
+                    for k in keys}
+        if all(isinstance(v, list) for v in values):
+            if any(len(v) != len(first) for v in values):
+                raise _Refuse(f"{where}: the lists differ in length")
+            return [self.align([v[i] for v in values], f"{where}[{i}]", hint, in_json) for i in range(len(first))]
+        if all(_is_number(v) for v in values):
+            return number_marker(self.slot([number_text(v) for v in values], True, hint))
+        if all(isinstance(v, str) for v in values):
+            parsed = [_json_container(v) for v in values]
+            if all(p is not None for p in parsed):
+                return json_marker(self.align(parsed, where, hint, True), COMPACT)
+            if in_json:  # a field: the whole value is one slot
+                return text_marker("{{" + self.slot(values, False, hint) + "}}")
+            return text_marker(self._prose(values, where))
+        raise _Refuse(f"{where}: the values differ in kind")
+
+    def _prose(self, texts: list[str], where: str) -> str:
+        spans = _aligned_spans(texts)
+        if spans is None:
+            raise _Refuse(f"{where}: the texts do not line up")
+        segments, values = spans
+        if not any(isinstance(s, str) and any(ch.isalnum() for ch in s) for s in segments):
+            # Shared punctuation alone ("{{v1}}.") would let any sentence match.
+            raise _Refuse(f"{where}: the texts share no words; a whole text is never a value")
+        out: list[str] = []
+        k = 0
+        for seg in segments:
+            if isinstance(seg, str):
+                out.append(escape_literal(seg))
+                continue
+            slot_values = [v[k] for v in values]
+            k += 1
+            if common_shape(slot_values) == "text" and any(
+                    len(v.split()) > MAX_PROSE_SLOT_WORDS for v in slot_values):
+                raise _Refuse(f"{where}: a differing span is too long to be a value ({slot_values[0][:40]!r})")
+            out.append("{{" + self.slot(slot_values, False, None, prose=True) + "}}")
+        _check_anchor(segments, values, where)
+        return "".join(out)
+
+
+def _word_count(text: str) -> int:
+    return sum(1 for token in tokenize(text) if any(ch.isalnum() for ch in token))
+
+
+def _check_anchor(segments: list[str | tuple[int, int]], values: list[list[str]], where: str) -> None:
+    """Refuse a prose template whose fixed words are too few to say what the text is.
+
+    A free-text slot matches any words, so the literal words around it are
+    all that tells one request from another. Two different instructions that
+    happen to share a word ("What's my total..." / "Please check and update
+    my rent...") align as `{{v1}}my {{v2}}`, which then matches almost any
+    sentence with "my" in it. So when a template has a free-text slot (data-
+    shaped slots, numbers, dates, e-mails, ids, cannot absorb an instruction),
+    its literal part must hold at least MIN_PROSE_LITERAL_WORDS words, and in
+    every observation at least as many words as its free-text slots took:
+    the template is mostly the text itself, with the values as the variable part.
+    """
+    free_text = [k for k in range(len(values[0])) if common_shape([v[k] for v in values]) == "text"]
+    if not free_text:
+        return
+    literal_words = sum(_word_count(seg) for seg in segments if isinstance(seg, str))
+    if literal_words < MIN_PROSE_LITERAL_WORDS:
+        raise _Refuse(f"{where}: only {literal_words} literal word(s) around free-text slots; "
+                      "too thin to tell one text from another")
+    for observed in values:
+        slot_words = sum(_word_count(observed[k]) for k in free_text)
+        if slot_words > literal_words:
+            raise _Refuse(f"{where}: the free-text slots hold {slot_words} words against "
+                          f"{literal_words} literal ones; the texts differ more than they agree")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b and canonical_json(a) == canonical_json(b)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _json_container(v: Any) -> Any:
+    if not isinstance(v, str) or not v.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        parsed = json.loads(v)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, (dict, list)) else None
+
+
+# -- explaining replies ---------------------------------------------------------------
+
+class _Reply:
+    """Builds a reply template whose differences are all slot values."""
+
+    def __init__(self, groups: dict[str, tuple[str, ...]]):
+        self.groups = groups  # provisional group name -> values per observation
+        self.by_values = {values: name for name, values in groups.items()}
+        self.hints: dict[str, str] = {}
+
+    def align(self, values: list[Any], where: str, key: str | None, in_json: bool) -> Any:
+        first = values[0]
+        if all(_same(first, v) for v in values[1:]):
+            if has_markers(first):
+                raise _Refuse(f"reply {where}: uses butter's own template marker")
+            return first
+        if not in_json and key in VOLATILE_REPLY_KEYS:
+            return first
+        if not in_json and key in LITERAL_REPLY_KEYS:
+            raise _Refuse(f"reply {where}: {key} differs ({_brief(first)} vs {_brief(values[1])}); "
+                          "a branch is never a slot")
+        if all(isinstance(v, dict) for v in values):
+            if not in_json:
+                # A plain and a streamed recording of one answer differ in
+                # bookkeeping (`usage` only when asked for) and in empty
+                # fields (`annotations: []`): neither is meaning.
+                values = [{k: x for k, x in v.items() if not _empty(x) and k not in VOLATILE_REPLY_KEYS
+                           and not k.startswith("_")} for v in values]
+            if any(set(v) != set(values[0]) for v in values):
+                raise _Refuse(f"reply {where or 'body'}: the fields differ")
+            out = {k: self.align([v[k] for v in values], f"{where}.{k}" if where else k, k,
+                                 in_json or k in JSON_KEYS) for k in values[0]}
+            if not in_json:  # bookkeeping and empty fields are served as the newest run had them;
+                # `_`-keys are an adapter's notes on one recording's bytes and describe no other run
+                out.update({k: x for k, x in first.items() if k not in out and not k.startswith("_")})
+            return out
+        if all(isinstance(v, list) for v in values):
+            if any(len(v) != len(first) for v in values):
+                raise _Refuse(f"reply {where}: the lists differ in length")
+            return [self.align([v[i] for v in values], f"{where}[{i}]", key, in_json) for i in range(len(first))]
+        if all(_is_number(v) for v in values):
+            name = self.by_values.get(tuple(number_text(v) for v in values))
+            if name is None:
+                raise _Refuse(f"reply {where}: the number {_brief(first)} is no slot's value")
+            if in_json and key:
+                self.hints.setdefault(name, key)
+            return number_marker(name)
+        if all(isinstance(v, str) for v in values):
+            parsed = [_json_container(v) for v in values]
+            if all(p is not None for p in parsed):
+                return json_marker(self.align(parsed, where, key, True), json_style(values[0], parsed[0]))
+            if in_json and key:
+                name = self.by_values.get(tuple(values))
+                if name is not None:
+                    self.hints.setdefault(name, key)
+            template = _explain_text(values, self.groups)
+            if template is None:
+                raise _Refuse(f"reply {where}: {_brief(first)} vs {_brief(values[1])} differ in a way "
+                              "substituting the slots does not explain")
+            return text_marker(template)
+        raise _Refuse(f"reply {where}: the values differ in kind")
+
+
+def _brief(v: Any) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+    return repr(text if len(text) <= 40 else text[:39] + "…")
+
+
+def _explain_text(texts: list[str], groups: dict[str, tuple[str, ...]]) -> str | None:
+    """texts[0] with slot values as placeholders such that rendering gives every text."""
+    pivot = texts[0]
+    occurrences: list[tuple[int, int, str]] = []
+    for name, values in groups.items():
+        value = values[0]
+        if not value:
+            continue
+        left = r"(?<![\w])" if re.match(r"\w", value) else ""
+        right = r"(?![\w])" if re.search(r"\w$", value) else ""
+        for m in re.finditer(left + re.escape(value) + right, pivot):
+            occurrences.append((m.start(), m.end(), name))
+    occurrences.sort(key=lambda o: (o[0], -(o[1] - o[0]), o[2]))
+    steps = [0]
+
+    def go(pos: int, search: int, offsets: list[int]) -> list[str] | None:
+        steps[0] += 1
+        if steps[0] > MAX_EXPLAIN_STEPS:
+            return None
+        candidates = [o for o in occurrences if o[0] >= search and o[0] >= pos]
+        if not candidates:
+            rest = pivot[pos:]
+            if all(t[off:] == rest for t, off in zip(texts, offsets)):
+                return [escape_literal(rest)]
+            return None
+        start = candidates[0][0]
+        literal = pivot[pos:start]
+        for s, e, name in (o for o in candidates if o[0] == start):
+            values = groups[name]
+            new_offsets = []
+            for t, off, value in zip(texts, offsets, values):
+                if not (t.startswith(literal, off) and t.startswith(value, off + len(literal))):
+                    break
+                new_offsets.append(off + len(literal) + len(value))
+            else:
+                found = go(e, e, new_offsets)
+                if found is not None:
+                    return [escape_literal(literal), "{{" + name + "}}"] + found
+        return go(pos, start + 1, offsets)  # leave this occurrence literal
+
+    parts = go(0, 0, [0] * len(texts))
+    return None if parts is None else "".join(parts)
+
+
+# -- renaming ----------------------------------------------------------------------------
+
+def _rename(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        if value.get(MARK) == "text":
+            out = []
+            for part in parse_text(value["t"]):
+                out.append(escape_literal(part) if isinstance(part, str) else "{{" + names[part[0]] + "}}")
+            return {**value, "t": "".join(out)}
+        if value.get(MARK) == "number":
+            return {**value, "slot": names[value["slot"]]}
+        if value.get(MARK) == "json":
+            return {**value, "value": _rename(value["value"], names)}
+        return {k: _rename(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rename(v, names) for v in value]
+    return value
+
+
+def _slot_name(hint: str | None) -> str | None:
+    if not hint:
+        return None
+    name = re.sub(r"[^A-Za-z0-9_]", "_", hint).strip("_")
+    if not name or not re.match(r"[A-Za-z_]", name):
+        return None
+    return name[:40]
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == [] or value == {}
+
+
+def _strip_volatile(reply: Any, in_json: bool = False) -> Any:
+    if isinstance(reply, dict):
+        return {k: _strip_volatile(v, in_json or k in JSON_KEYS) for k, v in reply.items()
+                if in_json or (k not in VOLATILE_REPLY_KEYS and not _empty(v) and not k.startswith("_"))}
+    if isinstance(reply, list):
+        return [_strip_volatile(v, in_json) for v in reply]
+    if isinstance(reply, str):
+        parsed = _json_container(reply)
+        if parsed is not None:
+            return {"$json": parsed}
+    return reply
+
+
+def same_reply(a: dict, b: dict) -> bool:
+    """Equal as answers: JSON strings compared as JSON, bookkeeping ignored."""
+    return canonical_json(_strip_volatile(a)) == canonical_json(_strip_volatile(b))
+
+
+# -- proposals ---------------------------------------------------------------------------
+
+def propose(observations: Sequence[Observation], min_observations: int = 2) -> Proposal | Rejected:
+    keys = tuple(o.key for o in observations)
+    try:
+        return _propose(list(observations), min_observations)
+    except _Refuse as e:
+        return Rejected(str(e), keys)
+
+
+def _propose(obs: list[Observation], min_observations: int) -> Proposal:
+    keys = tuple(o.key for o in obs)
+    if len(obs) < max(2, min_observations):
+        raise _Refuse(f"{len(obs)} observation(s); at least {max(2, min_observations)} are needed")
+    length = len(obs[0].messages)
+    if any(len(o.messages) != length for o in obs):
+        raise _Refuse("the conversations differ in length")
+    start = 0
+    while start < length and all(_same(obs[0].messages[start], o.messages[start]) for o in obs[1:]):
+        start += 1
+    if start == length:
+        raise _Refuse("the conversations are the same")
+    builder = _Builder(len(obs))
+    templated = [builder.align([o.messages[i] for o in obs], f"message {i}", None, False)
+                 for i in range(start, length)]
+    # One name per value: the same values in every observation are one slot.
+    group_of: dict[tuple[str, ...], str] = {}
+    provisional: dict[str, str] = {}
+    for n, occ in enumerate(builder.occurrences):
+        group = group_of.setdefault(occ.values, f"_g{len(group_of)}")
+        provisional[f"_s{n}"] = group
+    templated = [_rename(t, provisional) for t in templated]
+    groups = {g: values for values, g in group_of.items()}
+    reply_builder = _Reply(groups)
+    reply = reply_builder.align([o.reply for o in obs], "", None, False)
+    # Final names: a JSON key of the messages, else of the reply, else v1, v2, ...
+    hints: dict[str, str] = {}
+    for n, occ in enumerate(builder.occurrences):
+        name = _slot_name(occ.hint)
+        if name:
+            hints.setdefault(provisional[f"_s{n}"], name)
+    for g, hint in reply_builder.hints.items():
+        name = _slot_name(hint)
+        if name:
+            hints.setdefault(g, name)
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    counter = 0
+    for g in groups:
+        name = hints.get(g)
+        if name is None or name in used:
+            base = name
+            while True:
+                counter += 1
+                name = f"{base}_{counter}" if base else f"v{counter}"
+                if name not in used:
+                    break
+        used.add(name)
+        names[g] = name
+    templated = [_rename(t, names) for t in templated]
+    reply = _rename(reply, names)
+    number_groups = {provisional[f"_s{n}"] for n, occ in enumerate(builder.occurrences) if occ.number}
+    shapes = {names[g]: ("number" if g in number_groups else common_shape(values))
+              for g, values in groups.items()}
+    nodes: list[tuple[str, dict]] = []
+    for t in templated:
+        if has_markers(t):
+            nodes.append(("template", template_content(t, {s: shapes[s] for s in sorted(slots_in(t))})))
+        else:
+            nodes.append(("message", t))
+    # Evidence 1: each observation matches the templates and its reply is reproduced.
+    all_bindings: list[dict[str, str]] = []
+    for o in obs:
+        bindings: dict[str, str] = {}
+        for (kind, content), message in zip(nodes, o.messages[start:]):
+            if kind == "template":
+                extended = match_message(content, message, bindings)
+                if extended is None:
+                    raise _Refuse("an observation does not match the proposed template")
+                bindings = extended
+        try:
+            rendered = render_reply(reply, bindings)
+        except ValueError as e:
+            raise _Refuse(f"the reply template cannot be rendered: {e}") from None
+        if not same_reply(rendered, o.reply):
+            raise _Refuse("rendering the reply template does not reproduce a recorded reply")
+        all_bindings.append(bindings)
+    # Evidence 2: a free-text span of prose that never reaches the reply (an
+    # instruction word, not a field of a tool result) is never a slot, even
+    # when the replies are identical. Identical replies only show that these
+    # few values led to the same answer: two different tasks whose first step
+    # is the same tool call say nothing about a third task's words, and
+    # serving the call to it would be a wrong answer. A data-shaped slot
+    # (number, date, e-mail, identifier) cannot hold an instruction, and a
+    # field of structured data is named by its key, so those may stay unused.
+    reaching = slots_in(reply)
+    prose_only = {g for g in groups
+                  if all(occ.prose for n, occ in enumerate(builder.occurrences) if provisional[f"_s{n}"] == g)}
+    for g, values in groups.items():
+        name, shape = names[g], shapes[names[g]]
+        if name not in reaching and shape == "text" and g in prose_only:
+            values = sorted(set(values))
+            raise _Refuse(f"slot {{{{{name}}}}} ({', '.join(map(repr, values[:3]))}) is free text that never "
+                          "reaches the reply: it stays literal")
+    return Proposal(start, tuple(nodes), reply, shapes, keys, tuple(all_bindings))
+
+
+def choose(
+    new: Observation,
+    others: Sequence[Observation],
+    min_observations: int = 2,
+    known_failure: Callable[[tuple[bytes, ...]], bool] | None = None,
+) -> tuple[Proposal | None, list[Rejected]]:
+    """The best proposal the new observation and its siblings support, and what failed."""
+    failures: list[Rejected] = []
+    accepted: list[Observation] = []
+    for other in others:
+        if other.key == new.key or len(other.messages) != len(new.messages):
+            continue
+        pair = (new, other)
+        if known_failure is not None and known_failure(tuple(sorted(o.key for o in pair))):
+            continue
+        result = propose(pair, 2)
+        if isinstance(result, Proposal):
+            accepted.append(other)
+        else:
+            failures.append(Rejected(result.reason, tuple(sorted(o.key for o in pair))))
+    if not accepted or len(accepted) + 1 < min_observations:
+        return None, failures
+    result = propose([new, *accepted], min_observations)
+    if isinstance(result, Proposal):
+        return result, failures
+    # Together they fail (e.g. they diverge at different messages): the
+    # largest group that diverges where most of them do.
+    starts: dict[int, list[Observation]] = {}
+    for other in accepted:
+        start = _common_prefix(new, other)
+        starts.setdefault(start, []).append(other)
+    for group in sorted(starts.values(), key=len, reverse=True):
+        if len(group) == len(accepted):
+            continue
+        result = propose([new, *group], min_observations)
+        if isinstance(result, Proposal):
+            return result, failures
+    return None, failures
+
+
+def _common_prefix(a: Observation, b: Observation) -> int:
+    n = 0
+    while n < len(a.messages) and _same(a.messages[n], b.messages[n]):
+        n += 1
+    return n

@@ -1,0 +1,148 @@
+"""Induction bookkeeping over the backend, and records of declared bindings.
+
+`store/induction.py` decides (plain values in, a proposal out); this module
+finds its inputs in the tree and writes its outputs back:
+
+- every recorded miss is indexed as an *observation* of its root and depth
+  (side table `induction-obs/<root>/<depth>`), so siblings are found without
+  scanning the tree;
+- a set of observations that failed the evidence is remembered
+  (`induction-failed`) and not tried again until new evidence arrives;
+- an accepted proposal becomes template nodes under the exact node where the
+  observations diverge, with the reply template at the last one.
+
+Nothing here runs on a request's path: the addon calls `Learner.induce` on a
+worker thread after the miss's own record is written.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .canonical import digest
+from .induction import Observation, Proposal, Rejected, choose
+from .lmdb_backend import LmdbBackend
+from .model import Conversation
+from .templates import bind_message, bind_reply
+from .tree import NodeWrite, child_id, plan_record, reply_id, root_id
+
+OBS_TABLE = "induction-obs"
+FAILED_TABLE = "induction-failed"
+MAX_SIBLINGS = 16  # the closest siblings are the evidence; more add cost, not insight
+MAX_CANDIDATES = 64  # how many of the newest observations are read to find them
+
+
+@dataclass(frozen=True)
+class InductionOutcome:
+    """What one induction run did, for the log and for tests."""
+
+    accepted: Proposal | None = None
+    rejected: tuple[Rejected, ...] = ()
+    skipped: str = ""  # why nothing was tried
+    template_nodes: tuple[bytes, ...] = field(default=())
+
+
+def _shared_prefix(a: tuple, b: tuple) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _set_key(keys: tuple[bytes, ...]) -> bytes:
+    return digest(b"induction-set", *sorted(keys))
+
+
+class Learner:
+    def __init__(self, backend: LmdbBackend):
+        self.backend = backend
+
+    # -- observations ------------------------------------------------------------
+    def _observation(self, node: bytes) -> Observation | None:
+        """The exact path to `node` and its one reply (None if ambiguous or gone)."""
+        with self.backend.snapshot() as snap:
+            replies = [r for r in snap.replies(node) if not r.bad]
+            if len({r.reply_id for r in replies}) != 1:
+                return None  # no reply, or the provider said different things: no evidence
+            messages = []
+            current = snap.node(node)
+            while current is not None and current.kind != "root":
+                if current.kind != "message":
+                    return None  # only exact paths are observations
+                messages.append(current.content)
+                current = snap.node(current.parent) if current.parent else None
+            if current is None:
+                return None
+        return Observation(node, tuple(reversed(messages)), replies[0].reply)
+
+    def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2) -> InductionOutcome:
+        """Index this recorded miss and try to learn a template from its siblings."""
+        writes, node = plan_record(conversation, namespace)
+        root = writes[0].node_id
+        depth = len(conversation.messages)
+        table = f"{OBS_TABLE}/{root.hex()}/{depth}"
+        if self.backend.get_aux(table, node) is not None:
+            return InductionOutcome(skipped="already observed: no new evidence")
+        self.backend.put_aux(table, node, {"t": time.time()})
+        new = self._observation(node)
+        if new is None:
+            return InductionOutcome(skipped="this node has no single reply to learn from")
+        newest = sorted(((v.get("t", 0), k) for k, v in self.backend.iter_aux(table) if k != node), reverse=True)
+        candidates = [o for o in (self._observation(k) for _, k in newest[:MAX_CANDIDATES]) if o is not None]
+        # The closest relatives first (longest shared prefix), newest among equals:
+        # runs of another workflow at the same depth are no evidence for this one.
+        candidates.sort(key=lambda o: _shared_prefix(o.messages, new.messages), reverse=True)
+        others = candidates[:MAX_SIBLINGS]
+        if not others:
+            return InductionOutcome(skipped="no sibling observations yet")
+
+        def known_failure(keys: tuple[bytes, ...]) -> bool:
+            return self.backend.get_aux(FAILED_TABLE, _set_key(keys)) is not None
+
+        proposal, failures = choose(new, others, min_observations, known_failure)
+        if failures:
+            now = time.time()
+            self.backend.put_aux_many(FAILED_TABLE, [(_set_key(f.keys), {"reason": f.reason, "t": now})
+                                                     for f in failures])
+        if proposal is None:
+            return InductionOutcome(rejected=tuple(failures))
+        ids = self._write(proposal, writes, namespace)
+        return InductionOutcome(accepted=proposal, rejected=tuple(failures), template_nodes=ids)
+
+    def _write(self, proposal: Proposal, exact: list[NodeWrite], namespace: str) -> tuple[bytes, ...]:
+        parent = exact[proposal.start].node_id
+        rows = [(w.node_id, w.parent, w.depth, w.kind, w.content, namespace if w.kind == "root" else "")
+                for w in exact[: proposal.start + 1]]
+        ids = []
+        for depth, (kind, content) in enumerate(proposal.nodes, start=proposal.start + 1):
+            node = child_id(parent, content)
+            rows.append((node, parent, depth, kind, content, ""))
+            ids.append(node)
+            parent = node
+        rid = reply_id(proposal.reply)
+        # One observation per recorded run: the count is the evidence behind it.
+        for _ in proposal.keys:
+            self.backend.record(rows, parent, rid, proposal.reply, False, False)
+        return tuple(ids)
+
+
+# -- client-declared bindings ----------------------------------------------------------
+
+def plan_bound_record(conversation: Conversation, namespace: str, bindings: dict[str, str],
+                      reply: dict) -> tuple[list[NodeWrite], bytes, dict]:
+    """The path with every declared value as its placeholder, and the reply template.
+
+    Messages without a declared value stay exact nodes; the others become
+    template nodes, so a later request with other values (or without the
+    header at all) matches them.
+    """
+    root = root_id(namespace, conversation.context)
+    writes = [NodeWrite(root, None, 0, "root", conversation.context)]
+    node = root
+    for depth, message in enumerate(conversation.messages, start=1):
+        content = bind_message(message, bindings)
+        kind, content = ("message", message) if content is None else ("template", content)
+        nxt = child_id(node, content)
+        writes.append(NodeWrite(nxt, node, depth, kind, content))
+        node = nxt
+    return writes, node, bind_reply(reply, bindings)

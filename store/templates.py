@@ -1,0 +1,522 @@
+"""Templates: messages and replies with `{{name}}` placeholders (sans-IO).
+
+A template node in the tree holds a *template content*:
+
+    {"message": <message template>, "slots": {"order_id": "number", "customer": "text"}}
+
+A message template is the canonical message with some leaves replaced by
+markers (plain JSON dicts, so templates are stored and hashed like messages):
+
+    {"$butter": "text", "t": "Please refund order {{order_id}}."}
+        a string with placeholders; `{{{{` stands for a literal `{{`
+    {"$butter": "number", "slot": "amount"}
+        a JSON number bound whole (inside structured content)
+    {"$butter": "json", "value": <template>, "style": [", ", ": ", true]}
+        a string that holds JSON, templated field by field (a tool result,
+        tool-call `arguments`); `style` is how a reply re-serialises it
+
+Everything else is literal and must be equal. Replies are stored with the
+same markers and rendered with the bindings of the walk.
+
+Public API
+----------
+    SHAPES = ("number", "date", "email", "identifier", "text")
+    shape_of(value: str) -> str                        the most specific shape
+    common_shape(values: Iterable[str]) -> str         the most specific shape all fit
+    fits(shape: str, value: str) -> bool
+    number_text(x: int | float) -> str                 a JSON number as a binding value
+
+    text_marker(t: str) -> dict                        marker constructors
+    number_marker(slot: str) -> dict
+    json_marker(value, style=COMPACT) -> dict
+    escape_literal(s: str) -> str                      text -> template text with no placeholders
+    parse_text(t: str) -> list[str | tuple[str]]       literals and (name,) slots of a template text
+    template_content(message, slots) -> dict           what a template node stores
+    is_marker(value) -> bool;  has_markers(value) -> bool;  slots_in(value) -> set[str]
+
+    match_message(content, message, bindings) -> dict | None
+        the tree's TemplateMatcher: the bindings extended, or None; a name
+        bound earlier must have the same value; a slot matches only values of
+        its shape
+    explain_mismatch(content, message, bindings) -> str
+        which literal or slot failed, for people (empty if it matches)
+    render_reply(reply, bindings) -> reply              raises RenderError
+        every marker replaced; JSON-in-strings re-serialised by json.dumps, so
+        quotes, backslashes and unicode in values stay valid JSON
+    render_text(t: str, bindings) -> str                one template text
+    json_style(text, parsed) -> (items_sep, key_sep, ensure_ascii)
+        the json.dumps settings that wrote `text`, so renders reproduce it
+
+    bind_message(message, bindings) -> (template content | None)
+    bind_reply(reply, bindings) -> reply template
+        client-declared bindings (the Butter-Bindings header): every whole
+        occurrence of a value becomes its placeholder (longer values first)
+
+Bindings are always strings: a JSON number binds as `number_text(x)`
+("42.5", "17.0"), which is also how Python writes it into text.
+"""
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from .canonical import canonical_json
+
+MARK = "$butter"
+NAME = r"[A-Za-z_][A-Za-z0-9_.-]*"
+NAME_RE = re.compile(rf"^{NAME}$")
+_PLACEHOLDER = re.compile(r"\{\{(" + NAME + r")\}\}")
+# How a JSON string is written back: (item separator, key separator, ensure_ascii).
+COMPACT: tuple[str, str, bool] = (",", ":", False)
+STYLES: tuple[tuple[str, str, bool], ...] = (
+    (", ", ": ", True), (",", ":", True), (", ", ": ", False), (",", ":", False))
+MAX_MATCH_STEPS = 20_000  # backtracking budget per text; past it, no match
+
+
+class RenderError(ValueError):
+    """A reply template cannot be rendered with these bindings: serve nothing."""
+
+
+class _NoMatch(Exception):
+    pass
+
+
+# -- shapes ------------------------------------------------------------------
+
+SHAPES = ("number", "date", "email", "identifier", "text")
+_SHAPE_RES = {
+    "number": re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"),
+    "date": re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+                       r"|\d{1,2}/\d{1,2}/\d{2,4}|\d{2}:\d{2}(?::\d{2})?"),
+    "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"),
+    # A single token with at least one digit: ORD-1234, a1b2c3, a UUID. A plain
+    # word ("refund") is text, so an instruction word never passes for an id.
+    "identifier": re.compile(r"(?=\S*\d)[A-Za-z0-9][A-Za-z0-9_.:/#-]{0,127}"),
+}
+
+
+def fits(shape: str, value: str) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    if shape == "text":
+        return "\n" not in value and "\r" not in value
+    pattern = _SHAPE_RES.get(shape)
+    return bool(pattern and pattern.fullmatch(value))
+
+
+def shape_of(value: str) -> str:
+    for shape in SHAPES:
+        if fits(shape, value):
+            return shape
+    return "text"
+
+
+def common_shape(values: Iterable[str]) -> str:
+    values = list(values)
+    for shape in SHAPES:
+        if all(fits(shape, v) for v in values):
+            return shape
+    return "text"
+
+
+def number_text(x: int | float) -> str:
+    """The binding value of a JSON number: what Python's json (and str) write."""
+    return json.dumps(x)
+
+
+# -- markers -------------------------------------------------------------------
+
+def text_marker(t: str) -> dict:
+    return {MARK: "text", "t": t}
+
+
+def number_marker(slot: str) -> dict:
+    return {MARK: "number", "slot": slot}
+
+
+def json_marker(value: Any, style: tuple[str, str, bool] = COMPACT) -> dict:
+    return {MARK: "json", "value": value, "style": list(style)}
+
+
+def template_content(message: Any, slots: Mapping[str, str]) -> dict:
+    return {"message": message, "slots": dict(sorted(slots.items()))}
+
+
+def is_marker(value: Any) -> bool:
+    return isinstance(value, dict) and MARK in value
+
+
+def escape_literal(s: str) -> str:
+    return s.replace("{{", "{{{{")
+
+
+def has_markers(value: Any) -> bool:
+    if isinstance(value, dict):
+        return MARK in value or any(has_markers(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_markers(v) for v in value)
+    return False
+
+
+@lru_cache(maxsize=4096)
+def _parsed_text(t: str) -> tuple[str | tuple[str], ...]:
+    return tuple(parse_text(t))
+
+
+def parse_text(t: str) -> list[str | tuple[str]]:
+    """Literal strings and `(name,)` slots, in order; literals may be empty."""
+    out: list[str | tuple[str]] = []
+    literal: list[str] = []
+    i = 0
+    while i < len(t):
+        if t.startswith("{{{{", i):
+            literal.append("{{")
+            i += 4
+            continue
+        m = _PLACEHOLDER.match(t, i)
+        if m:
+            out.append("".join(literal))
+            literal = []
+            out.append((m.group(1),))
+            i = m.end()
+            continue
+        literal.append(t[i])
+        i += 1
+    out.append("".join(literal))
+    return out
+
+
+def slots_in(value: Any) -> set[str]:
+    found: set[str] = set()
+    for marker in _markers(value):
+        if marker[MARK] == "text":
+            found.update(p[0] for p in parse_text(marker["t"]) if isinstance(p, tuple))
+        elif marker[MARK] == "number":
+            found.add(marker["slot"])
+    return found
+
+
+def _markers(value: Any) -> Iterator[dict]:
+    if isinstance(value, dict):
+        if MARK in value:
+            yield value
+            if value[MARK] == "json":
+                yield from _markers(value.get("value"))
+            return
+        for v in value.values():
+            yield from _markers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _markers(v)
+
+
+# -- matching ------------------------------------------------------------------
+
+def match_message(content: Mapping[str, Any], message: Any, bindings: Mapping[str, str]) -> dict | None:
+    """The bindings extended by this message, or None when it does not fit."""
+    try:
+        return _match(content["message"], message, dict(bindings), content.get("slots") or {}, None)
+    except _NoMatch:
+        return None
+
+
+def explain_mismatch(content: Mapping[str, Any], message: Any, bindings: Mapping[str, str]) -> str:
+    """Which literal or slot failed (empty when the message fits)."""
+    try:
+        _match(content["message"], message, dict(bindings), content.get("slots") or {}, "")
+    except _NoMatch as e:
+        return str(e)
+    return ""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _same_literal(a: Any, b: Any) -> bool:
+    # `==` alone says True == 1 and 1 == 1.0; the canonical bytes do not.
+    if type(a) is str or a is None:
+        return type(b) is type(a) and a == b
+    return a == b and canonical_json(a) == canonical_json(b)
+
+
+# Matching runs on every lookup and mostly fails (the walk tries each template
+# child): `where` is None then, and no explanation is built. `explain_mismatch`
+# runs the same code with `where` a path, to say what failed.
+
+def _fail(where: str | None, why: Callable[[], str]) -> _NoMatch:
+    return _NoMatch() if where is None else _NoMatch(f"{where or 'message'}: {why()}")
+
+
+def _bind(name: str, value: str, bindings: dict, shape: str, where: str | None) -> None:
+    if name in bindings:
+        if bindings[name] != value:
+            raise _fail(where, lambda: f"slot {{{{{name}}}}} is {_short(bindings[name])!r} earlier but {_short(value)!r} here")
+        return
+    if not fits(shape, value):
+        raise _fail(where, lambda: f"{_short(value)!r} is not a {shape} for slot {{{{{name}}}}}")
+    bindings[name] = value
+
+
+def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str | None) -> dict:
+    if type(t) is dict:
+        kind = t.get(MARK)
+        if kind is not None:
+            if kind == "text":
+                if type(c) is not str:
+                    raise _fail(where, lambda: f"expected text, got {_short(c)!r}")
+                return _match_text(t["t"], c, bindings, shapes, where)
+            if kind == "number":
+                if isinstance(c, bool) or not isinstance(c, (int, float)):
+                    raise _fail(where, lambda: f"{_short(c)!r} is not a number for slot {{{{{t['slot']}}}}}")
+                _bind(t["slot"], number_text(c), bindings, "number", where)
+                return bindings
+            if kind == "json":
+                parsed = _json_container(c)
+                if parsed is None:
+                    raise _fail(where, lambda: f"expected JSON text, got {_short(c)!r}")
+                return _match(t["value"], parsed, bindings, shapes, where)
+            raise _fail(where, lambda: f"unknown template marker {kind!r}")
+        if type(c) is not dict or t.keys() != c.keys():
+            raise _fail(where, lambda: f"fields differ ({sorted(t)} vs "
+                                       f"{sorted(c) if isinstance(c, dict) else type(c).__name__})")
+        for key, tv in t.items():  # template key order: role and literals first, as written
+            if type(tv) is str and where is None:  # a literal string field: the commonest case
+                if type(c[key]) is not str or c[key] != tv:
+                    raise _NoMatch()
+                continue
+            sub = None if where is None else (f"{where}.{key}" if where else key)
+            bindings = _match(tv, c[key], bindings, shapes, sub)
+        return bindings
+    if type(t) is list:
+        if type(c) is not list or len(t) != len(c):
+            raise _fail(where, lambda: "list length differs")
+        for i, (tv, cv) in enumerate(zip(t, c)):
+            bindings = _match(tv, cv, bindings, shapes, None if where is None else f"{where}[{i}]")
+        return bindings
+    if not _same_literal(t, c):
+        raise _fail(where, lambda: f"literal {_short(t)!r} differs from {_short(c)!r}")
+    return bindings
+
+
+def _json_container(c: Any) -> Any:
+    if not isinstance(c, str):
+        return None
+    stripped = c.lstrip()
+    if not stripped.startswith(("{", "[")):
+        return None
+    try:
+        return json.loads(c)
+    except ValueError:
+        return None
+
+
+def _match_text(t: str, c: str, bindings: dict, shapes: Mapping[str, str], where: str | None) -> dict:
+    parts = _parsed_text(t)
+    if len(parts) == 1:
+        if parts[0] != c:
+            raise _fail(where, lambda: "literal text differs")
+        return bindings
+    if len(parts) == 3 and where is None:
+        # One slot has one possible split: no search needed (the commonest case).
+        head, (name,), tail = parts
+        if len(c) > len(head) + len(tail) and c.startswith(head) and c.endswith(tail):
+            value = c[len(head):len(c) - len(tail)]
+            if name in bindings:
+                if bindings[name] == value:
+                    return bindings
+            elif fits(shapes.get(name, "text"), value):
+                return {**bindings, name: value}
+        raise _NoMatch()
+    steps = [0]
+    failures: list[Callable[[], str]] = []  # the last one explains the miss
+
+    def go(i: int, pos: int, bound: dict) -> dict | None:
+        steps[0] += 1
+        if steps[0] > MAX_MATCH_STEPS:
+            return None
+        part = parts[i]
+        if type(part) is str:
+            if not c.startswith(part, pos):
+                failures.append(lambda: f"literal {_short(part)!r} not found at {_short(c[pos:pos + 40])!r}")
+                return None
+            pos += len(part)
+            if i == len(parts) - 1:
+                if pos == len(c):
+                    return bound
+                failures.append(lambda: f"text goes on after the template: {_short(c[pos:])!r}")
+                return None
+            return go(i + 1, pos, bound)
+        name = part[0]
+        nxt = parts[i + 1]  # a literal always follows a slot (maybe empty)
+        last = i + 1 == len(parts) - 1
+        if name in bound:
+            value = bound[name]
+            if not c.startswith(value, pos):
+                failures.append(lambda: f"slot {{{{{name}}}}} is {_short(value)!r} earlier but not here")
+                return None
+            return go(i + 1, pos + len(value), bound)
+        shape = shapes.get(name, "text")
+        for end in _ends(c, pos, nxt, last):
+            value = c[pos:end]
+            if not fits(shape, value):
+                failures.append(lambda value=value: f"{_short(value)!r} is not a {shape} for slot {{{{{name}}}}}")
+                continue
+            found = go(i + 1, end, {**bound, name: value})
+            if found is not None:
+                return found
+        return None
+
+    result = go(0, 0, bindings)
+    if result is None:
+        raise _fail(where, lambda: failures[-1]() if failures else "no way to split the text")
+    return result
+
+
+def _ends(c: str, pos: int, nxt: str, last: bool) -> Iterator[int]:
+    """Where a slot starting at `pos` may end, shortest first."""
+    if last:
+        if nxt == "":
+            yield len(c)
+        elif c.endswith(nxt) and len(c) - len(nxt) > pos:
+            yield len(c) - len(nxt)
+        return
+    if nxt == "":  # two slots side by side: every split
+        yield from range(pos + 1, len(c))
+        return
+    start = pos + 1
+    while True:
+        found = c.find(nxt, start)
+        if found < 0:
+            return
+        yield found
+        start = found + 1
+
+
+# -- rendering -----------------------------------------------------------------
+
+def render_text(t: str, bindings: Mapping[str, str]) -> str:
+    out: list[str] = []
+    for part in parse_text(t):
+        if isinstance(part, str):
+            out.append(part)
+        elif part[0] in bindings:
+            out.append(bindings[part[0]])
+        else:
+            raise RenderError(f"no value for {{{{{part[0]}}}}}")
+    return "".join(out)
+
+
+def render_reply(reply: Any, bindings: Mapping[str, str]) -> Any:
+    """The reply with every marker replaced by the walk's values."""
+    if isinstance(reply, dict):
+        if MARK in reply:
+            kind = reply[MARK]
+            if kind == "text":
+                return render_text(reply["t"], bindings)
+            if kind == "number":
+                raw = bindings.get(reply["slot"])
+                try:
+                    value = json.loads(raw) if raw is not None else None
+                except ValueError:
+                    value = None
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise RenderError(f"{{{{{reply['slot']}}}}} = {raw!r} is not a number")
+                return value
+            if kind == "json":
+                items, keys, ascii_only = reply.get("style") or COMPACT
+                return json.dumps(render_reply(reply["value"], bindings), separators=(items, keys),
+                                  ensure_ascii=bool(ascii_only))
+            raise RenderError(f"unknown template marker {kind!r}")
+        return {k: render_reply(v, bindings) for k, v in reply.items()}
+    if isinstance(reply, list):
+        return [render_reply(v, bindings) for v in reply]
+    return reply
+
+
+def json_style(text: str, parsed: Any) -> tuple[str, str, bool]:
+    """The json.dumps settings that wrote `text`, so a render reproduces it."""
+    for items, keys, ascii_only in STYLES:
+        if json.dumps(parsed, separators=(items, keys), ensure_ascii=ascii_only) == text:
+            return (items, keys, ascii_only)
+    return COMPACT
+
+
+# -- client-declared bindings (Butter-Bindings) ----------------------------------------
+
+def _value_pattern(value: str) -> re.Pattern:
+    # Whole occurrences only: binding "12" must not eat the "12" in "123".
+    left = r"(?<![\w])" if re.match(r"\w", value) else ""
+    right = r"(?![\w])" if re.search(r"\w$", value) else ""
+    return re.compile(left + re.escape(value) + right)
+
+
+def _bind_text(s: str, bindings: Mapping[str, str]) -> str | None:
+    """`s` with every declared value as its placeholder; None if none occurs."""
+    spans: list[tuple[int, int, str]] = []
+    # Longer values first, so "Ana Ruiz" wins over "Ana".
+    for name, value in sorted(bindings.items(), key=lambda kv: -len(kv[1])):
+        for m in _value_pattern(value).finditer(s):
+            if all(m.end() <= a or m.start() >= b for a, b, _ in spans):
+                spans.append((m.start(), m.end(), name))
+    if not spans:
+        return None
+    spans.sort()
+    out, pos = [], 0
+    for a, b, name in spans:
+        out.append(escape_literal(s[pos:a]))
+        out.append("{{" + name + "}}")
+        pos = b
+    out.append(escape_literal(s[pos:]))
+    return "".join(out)
+
+
+def _bind_value(value: Any, bindings: Mapping[str, str], numbers: Mapping[str, str], in_reply: bool) -> Any:
+    if isinstance(value, str):
+        parsed = _json_container(value)
+        if parsed is not None:
+            inner = _bind_value(parsed, bindings, numbers, in_reply)
+            if has_markers(inner):
+                return json_marker(inner, json_style(value, parsed) if in_reply else COMPACT)
+            return value
+        bound = _bind_text(value, bindings)
+        return value if bound is None else text_marker(bound)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        name = numbers.get(number_text(value))
+        return number_marker(name) if name else value
+    if isinstance(value, dict):
+        return {k: _bind_value(v, bindings, numbers, in_reply) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bind_value(v, bindings, numbers, in_reply) for v in value]
+    return value
+
+
+def _numeric(bindings: Mapping[str, str]) -> dict[str, str]:
+    return {v: k for k, v in bindings.items() if fits("number", v)}
+
+
+def bind_message(message: Any, bindings: Mapping[str, str]) -> dict | None:
+    """The template content for a message with declared values, or None if none occurs.
+
+    Declared slots are `text`: the client says what varies, so the shape of
+    one example must not narrow it.
+    """
+    if has_markers(message):
+        return None  # content that spells butter's own marker is only ever matched exactly
+    templated = _bind_value(message, bindings, _numeric(bindings), in_reply=False)
+    if not has_markers(templated):
+        return None
+    return template_content(templated, {name: "text" for name in slots_in(templated)})
+
+
+def bind_reply(reply: Any, bindings: Mapping[str, str]) -> Any:
+    if has_markers(reply):
+        # A reply that spells butter's marker cannot be told apart from a
+        # template: keep no record of it that could be misread.
+        raise RenderError("the reply contains butter's template marker key")
+    return _bind_value(reply, bindings, _numeric(bindings), in_reply=True)

@@ -1,0 +1,381 @@
+"""Templates through a real mitmdump: runs that differ only in values are
+served with the run's own values; a changed instruction or a changed
+branch-deciding field goes to the provider. Real `openai` and `anthropic`
+SDKs, a fake provider over TLS on loopback, one shared proxy (each test its
+own credential, so its own tree)."""
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from tests.e2e.harness import Proxy
+from tests.fakes import anthropic_messages as anthropic_fake
+from tests.fakes import openai_chat as openai_fake
+from tests.fakes.provider import Call, JSONReply, StreamReply
+
+# -- a model that follows the instruction and the order's status -----------------------------
+
+TRICKY = 'Zoë "Z" O\'Brien \\ 東京'
+ORDERS = {
+    "1234": {"order_id": "1234", "customer": "Ana Ruiz", "amount": 42.5, "status": "paid"},
+    "9876": {"order_id": "9876", "customer": "Bo Chen", "amount": 17.0, "status": "paid"},
+    "5555": {"order_id": "5555", "customer": "Cy Diaz", "amount": 99.9, "status": "paid"},
+    "7777": {"order_id": "7777", "customer": TRICKY, "amount": 5.25, "status": "paid"},
+    "8888": {"order_id": "8888", "customer": "Di Eze", "amount": 8.0, "status": "refunded"},
+}
+SYSTEM = "You are a support agent. Use the tools, then answer in one sentence."
+PARAMS = {
+    "get_order": {"order_id": {"type": "string"}},
+    "refund": {"order_id": {"type": "string"}, "amount": {"type": "number"}, "customer": {"type": "string"}},
+    "cancel_order": {"order_id": {"type": "string"}},
+}
+OPENAI_TOOLS = [{"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": props}}}
+                for name, props in PARAMS.items()]
+ANTHROPIC_TOOLS = [{"name": name, "input_schema": {"type": "object", "properties": props}} for name, props in PARAMS.items()]
+
+
+def decide(instruction: str, results: list[str]) -> tuple[str | None, tuple[str, dict] | None]:
+    """(text, tool call) the model writes: it reads the instruction and the order's status."""
+    order_id = re.search(r"\d+", instruction).group(0)
+    cancel = "cancel" in instruction.lower()
+    if not results:
+        return None, ("get_order", {"order_id": order_id})
+    order = json.loads(results[0])
+    if len(results) == 1:
+        if order["status"] != "paid":
+            return f"Order {order['order_id']} was already {order['status']}; nothing to do.", None
+        if cancel:
+            return None, ("cancel_order", {"order_id": order["order_id"]})
+        return None, ("refund", {"order_id": order["order_id"], "amount": order["amount"], "customer": order["customer"]})
+    if cancel:
+        return f"Cancelled order {order['order_id']} for {order['customer']}.", None
+    return f"Refunded {order['amount']} for order {order['order_id']} ({order['customer']}).", None
+
+
+def openai_handler(call: Call) -> JSONReply | StreamReply:
+    body = call.json
+    messages = body["messages"]
+    instruction = next(m["content"] for m in messages if m["role"] == "user")
+    text, tool = decide(instruction, [m["content"] for m in messages if m["role"] == "tool"])
+    full = openai_fake.completion({"content": text} if tool is None else {"tool_calls": [tool]}, body["model"])
+    if body.get("stream"):
+        return StreamReply(openai_fake.stream_chunks(full, include_usage=False))
+    return JSONReply(full)
+
+
+def anthropic_handler(call: Call) -> JSONReply | StreamReply:
+    body = call.json
+    refused = anthropic_fake.check(body)
+    if refused is not None:
+        return refused
+    messages = body["messages"]
+    instruction = messages[0]["content"]
+    results = [b["content"] for m in messages if isinstance(m["content"], list) for b in m["content"]
+               if b.get("type") == "tool_result"]
+    text, tool = decide(instruction, results)
+    blocks = [{"type": "text", "text": text}] if tool is None else [
+        {"type": "text", "text": f"Let me use {tool[0]}."}, {"type": "tool_use", "name": tool[0], "input": tool[1]}]
+    full = anthropic_fake.message(blocks, body["model"])
+    if body.get("stream"):
+        return StreamReply(anthropic_fake.stream_events(full))
+    return JSONReply(full)
+
+
+def tool_result(name: str, args: dict, orders: dict) -> dict:
+    return orders[args["order_id"]] if name == "get_order" else {"done": True}
+
+
+# -- agents, as people write them ---------------------------------------------------------------
+
+def bindings_header(known: dict | None) -> dict:
+    return {"Butter-Bindings": json.dumps(known)} if known is not None else {}
+
+
+def learn(known: dict | None, name: str, result: dict) -> None:
+    """A Butter-Bindings agent declares each value as soon as it knows it."""
+    if known is not None and name == "get_order":
+        known.update(customer=result["customer"], amount=result["amount"])
+
+
+def run_openai(sdk: openai.OpenAI, instruction: str, *, stream: bool = False, orders: dict = ORDERS,
+               declare: bool = False) -> dict:
+    messages: list[dict] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": instruction}]
+    known = {"order_id": re.search(r"\d+", instruction).group(0)} if declare else None
+    calls, cache = [], []
+    for _ in range(5):
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=messages, tools=OPENAI_TOOLS, stream=stream,
+            extra_headers=bindings_header(known))
+        cache.append(raw.headers.get("butter-cache"))
+        message = assemble_stream(raw.parse()) if stream else raw.parse().choices[0].message.model_dump(exclude_none=True)
+        messages.append(message)
+        if not message.get("tool_calls"):
+            return {"answer": message["content"], "calls": calls, "cache": cache}
+        for tc in message["tool_calls"]:
+            name, args = tc["function"]["name"], json.loads(tc["function"]["arguments"])
+            calls.append((name, args))
+            result = tool_result(name, args, orders)
+            learn(known, name, result)
+            messages.append({"role": "tool", "tool_call_id": tc["id"], "content": json.dumps(result)})
+    raise AssertionError("the agent did not finish")
+
+
+def assemble_stream(stream: Any) -> dict:
+    content, calls = "", {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for tc in choice.delta.tool_calls or []:
+                entry = calls.setdefault(tc.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                entry["id"] = tc.id or entry["id"]
+                if tc.function:
+                    entry["function"]["name"] += tc.function.name or ""
+                    entry["function"]["arguments"] += tc.function.arguments or ""
+    message: dict = {"role": "assistant"}
+    if content:
+        message["content"] = content
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return message
+
+
+def run_anthropic(sdk: anthropic.Anthropic, instruction: str, *, stream: bool = False, orders: dict = ORDERS) -> dict:
+    messages: list[dict] = [{"role": "user", "content": instruction}]
+    kwargs = {"model": anthropic_fake.MODEL, "max_tokens": 512, "system": SYSTEM, "tools": ANTHROPIC_TOOLS}
+    calls, cache = [], []
+    for _ in range(5):
+        if stream:
+            with sdk.messages.stream(messages=messages, **kwargs) as s:
+                reply = s.get_final_message()
+                cache.append(s.response.headers.get("butter-cache"))
+        else:
+            raw = sdk.messages.with_raw_response.create(messages=messages, **kwargs)
+            cache.append(raw.headers.get("butter-cache"))
+            reply = raw.parse()
+        messages.append({"role": "assistant", "content": reply.content})
+        uses = [b for b in reply.content if b.type == "tool_use"]
+        if not uses:
+            return {"answer": "".join(b.text for b in reply.content if b.type == "text"), "calls": calls, "cache": cache}
+        results = []
+        for use in uses:
+            calls.append((use.name, dict(use.input)))
+            results.append({"type": "tool_result", "tool_use_id": use.id,
+                            "content": json.dumps(tool_result(use.name, dict(use.input), orders))})
+        messages.append({"role": "user", "content": results})
+    raise AssertionError("the agent did not finish")
+
+
+def refund_outcome(order_id: str) -> dict:
+    o = ORDERS[order_id]
+    return {"answer": f"Refunded {o['amount']} for order {order_id} ({o['customer']}).",
+            "calls": [("get_order", {"order_id": order_id}),
+                      ("refund", {"order_id": order_id, "amount": o["amount"], "customer": o["customer"]})]}
+
+
+def outcome(run: dict) -> dict:
+    return {"answer": run["answer"], "calls": run["calls"]}
+
+
+def openai_client(api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(api_key=api_key, max_retries=0, timeout=20)
+
+
+def anthropic_client(api_key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(api_key=api_key, max_retries=0, timeout=20)
+
+
+def settle(proxy: Proxy, provider, api_key: str) -> None:
+    """Wait (not a timing assertion) until every miss recorded so far has been learned from.
+
+    Induction runs its jobs in order on one thread: one more miss, under a
+    model name of its own, is learned from last, and its log line says so.
+    """
+    model = f"settle-{uuid.uuid4().hex[:12]}"
+    handler, provider.handler = provider.handler, openai_handler
+    try:
+        openai_client(api_key).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Please refund order 1234."}])
+    finally:
+        provider.handler = handler
+    deadline = time.monotonic() + 60
+    while f"butter: induction openai-chat {model}:" not in proxy.log_text():
+        assert time.monotonic() < deadline, f"induction did not finish:\n{proxy.log_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def record_two_customers(proxy: Proxy, provider, api_key: str, run, sdk) -> None:
+    """Two recorded runs (one plain, one streamed), learned from before the test goes on."""
+    assert outcome(run(sdk, "Please refund order 1234.")) == refund_outcome("1234")
+    assert outcome(run(sdk, "Please refund order 9876.", stream=True)) == refund_outcome("9876")
+    settle(proxy, provider, api_key)
+
+
+# -- OpenAI Chat ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def openai_model(provider):
+    provider.handler = openai_handler
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_two_recorded_customers_serve_a_third_with_every_value_and_no_provider_call(
+        shared_proxy, through, provider, api_key, openai_model, stream):
+    through(shared_proxy)
+    sdk = openai_client(api_key)
+    record_two_customers(shared_proxy, provider, api_key, run_openai, sdk)
+    calls = len(provider.calls)
+    assert calls == 6 + 1  # two runs of three steps, and the settling request
+    third = run_openai(sdk, "Please refund order 5555.", stream=stream)
+    assert outcome(third) == refund_outcome("5555")
+    assert third["cache"] == ["hit", "hit", "hit"]
+    # Quotes, a backslash and unicode from a tool result, into tool-call arguments and the answer.
+    fourth = run_openai(sdk, "Please refund order 7777.", stream=stream)
+    assert outcome(fourth) == refund_outcome("7777")
+    assert len(provider.calls) == calls, "a templated run reached the provider"
+
+
+def test_the_same_flow_with_a_changed_instruction_misses(shared_proxy, through, provider, api_key, openai_model):
+    through(shared_proxy)
+    sdk = openai_client(api_key)
+    record_two_customers(shared_proxy, provider, api_key, run_openai, sdk)
+    calls = len(provider.calls)
+    cancelled = run_openai(sdk, "Please cancel order 5555.")
+    assert cancelled["cache"][0] == "miss"
+    assert outcome(cancelled) == {"answer": "Cancelled order 5555 for Cy Diaz.",
+                                  "calls": [("get_order", {"order_id": "5555"}), ("cancel_order", {"order_id": "5555"})]}
+    assert "cancel order 5555" in provider.calls[calls].body.decode()
+
+
+def test_a_tool_result_whose_branch_deciding_field_changes_misses(shared_proxy, through, provider, api_key, openai_model):
+    through(shared_proxy)
+    sdk = openai_client(api_key)
+    record_two_customers(shared_proxy, provider, api_key, run_openai, sdk)
+    calls = len(provider.calls)
+    run = run_openai(sdk, "Please refund order 8888.")
+    assert run["cache"] == ["hit", "miss"], "the status 'refunded' was served the 'paid' branch"
+    assert outcome(run) == {"answer": "Order 8888 was already refunded; nothing to do.",
+                            "calls": [("get_order", {"order_id": "8888"})]}
+    assert len(provider.calls) == calls + 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_butter_bindings_make_a_template_from_the_first_recording(
+        shared_proxy, through, provider, api_key, openai_model, stream):
+    through(shared_proxy)
+    sdk = openai_client(api_key)
+    first = run_openai(sdk, "Please refund order 1234.", declare=True)
+    assert outcome(first) == refund_outcome("1234") and first["cache"] == ["miss"] * 3
+    assert not any("butter-bindings" in c.headers for c in provider.calls), "the header went upstream"
+    for order_id in ("9876", "7777"):
+        run = run_openai(sdk, f"Please refund order {order_id}.", declare=True, stream=stream)
+        assert outcome(run) == refund_outcome(order_id)
+        assert run["cache"] == ["hit"] * 3
+    assert len(provider.calls) == 3
+
+
+def test_a_binding_value_with_quotes_and_unicode_renders_into_valid_json(
+        shared_proxy, through, provider, api_key, openai_model):
+    through(shared_proxy)
+    sdk = openai_client(api_key)
+    run_openai(sdk, "Please refund order 1234.", declare=True)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", tools=OPENAI_TOOLS, extra_headers=bindings_header({"order_id": TRICKY}),
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Please refund order {TRICKY}."}])
+    assert raw.headers["butter-cache"] == "hit"
+    arguments = raw.parse().choices[0].message.tool_calls[0].function.arguments
+    assert json.loads(arguments) == {"order_id": TRICKY}
+    assert len(provider.calls) == 3
+
+
+@pytest.mark.parametrize("header,value,complaint", [
+    ("Butter-Bindings", "{not json", "not JSON"),
+    ("Butter-Bindings", '["a"]', "flat JSON object"),
+    ("Butter-Bindings", '{"name": {"nested": 1}}', "string or a number"),
+    ("Butter-Bindings", '{"no spaces": "x"}', "not a placeholder name"),
+    ("Butter-Disable-Induction", "maybe", "not true or false"),
+])
+def test_an_invalid_template_header_is_a_clear_error_and_never_forwarded(
+        shared_proxy, through, provider, api_key, openai_model, header, value, complaint):
+    through(shared_proxy)
+    with pytest.raises(openai.BadRequestError) as raised:
+        openai_client(api_key).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_headers={header: value})
+    assert complaint in raised.value.message and raised.value.code == "butter_invalid_header"
+    assert provider.calls == []
+
+
+def test_disable_induction_header_learns_nothing_from_those_runs(shared_proxy, through, provider, api_key, openai_model):
+    through(shared_proxy)
+    quiet = openai.OpenAI(api_key=api_key, max_retries=0, timeout=20,
+                          default_headers={"Butter-Disable-Induction": "true"})
+    run_openai(quiet, "Please refund order 1234.")
+    run_openai(quiet, "Please refund order 9876.", stream=True)
+    settle(shared_proxy, provider, api_key)
+    assert not any("butter-disable-induction" in c.headers for c in provider.calls)
+    # The same two runs without the header teach a template (see above); with it, nothing.
+    third = run_openai(quiet, "Please refund order 5555.")
+    assert third["cache"] == ["miss"] * 3 and outcome(third) == refund_outcome("5555")
+
+
+# -- Anthropic Messages ----------------------------------------------------------------------------
+
+@pytest.fixture
+def anthropic_model(provider, monkeypatch):
+    provider.handler = anthropic_handler
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_anthropic_two_recorded_customers_serve_a_third_with_every_value(
+        shared_proxy, through, provider, api_key, anthropic_model, stream):
+    through(shared_proxy)
+    sdk = anthropic_client(api_key)
+    record_two_customers(shared_proxy, provider, api_key, run_anthropic, sdk)
+    calls = len(provider.calls)
+    for order_id in ("5555", "7777"):
+        run = run_anthropic(sdk, f"Please refund order {order_id}.", stream=stream)
+        assert outcome(run) == refund_outcome(order_id)
+        assert run["cache"] == ["hit", "hit", "hit"]
+    assert len(provider.calls) == calls
+
+
+def test_anthropic_changed_instruction_and_changed_status_miss(shared_proxy, through, provider, api_key, anthropic_model):
+    through(shared_proxy)
+    sdk = anthropic_client(api_key)
+    record_two_customers(shared_proxy, provider, api_key, run_anthropic, sdk)
+    cancelled = run_anthropic(sdk, "Please cancel order 5555.")
+    assert cancelled["cache"][0] == "miss" and cancelled["answer"] == "Cancelled order 5555 for Cy Diaz."
+    refunded = run_anthropic(sdk, "Please refund order 8888.")
+    assert refunded["cache"] == ["hit", "miss"]
+    assert refunded["answer"] == "Order 8888 was already refunded; nothing to do."
+
+
+# -- Ollama (NDJSON streams, arguments as objects) ------------------------------------------------
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_ollama_two_recorded_customers_serve_a_third_with_every_value(shared_proxy, through, provider, api_key, stream):
+    import ollama
+
+    from tests.fakes import ollama_chat
+
+    provider.handler = ollama_chat.handler
+    through(shared_proxy)
+    verdicts: list[str] = []
+    sdk = ollama.Client(host="https://ollama.local", headers={"authorization": f"Bearer {api_key}"}, timeout=20,
+                        event_hooks={"response": [lambda r: verdicts.append(r.headers.get("butter-cache", ""))]})
+    ollama_chat.run_agent(sdk, "1234")
+    ollama_chat.run_agent(sdk, "9876", stream=True)
+    settle(shared_proxy, provider, api_key)
+    calls, verdicts[:] = len(provider.calls), []
+    third = ollama_chat.run_agent(sdk, "5555", stream=stream)
+    assert third["answer"] == "Refunded 99.9 for order 5555 (Cy Diaz)."
+    assert third["calls"] == [("get_order", {"order_id": "5555"}), ("refund", {"order_id": "5555", "amount": 99.9})]
+    assert verdicts == ["hit"] * 3 and len(provider.calls) == calls

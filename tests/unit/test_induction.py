@@ -1,0 +1,360 @@
+"""Induction: token alignment, evidence checks, the strategy after a miss, the
+bookkeeping in the tree, and the addon running it off the request path."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow, tutils
+
+from addon.cache_addon import Butter
+from addon.formats.base import WireRequest
+from addon.formats.openai_chat import FORMAT
+from store import Cache, Conversation, Hit, Miss
+from store.induction import Observation, Proposal, Rejected, align_texts, choose, propose, tokenize
+from store.learning import FAILED_TABLE
+from store.templates import match_message, render_reply
+from tests.fakes import openai_chat as fake
+from tests.fakes.provider import Call
+
+# -- observations made by the real adapter from the scripted model ------------------------
+
+
+def steps(order: dict, user: str | None = None) -> list[tuple[Conversation, dict]]:
+    """Each request of one refund run (as the adapter keys it) with the model's reply."""
+    orders = {order["order_id"]: order}
+    messages = [{"role": "system", "content": fake.SYSTEM},
+                {"role": "user", "content": user or f"Please refund order {order['order_id']}."}]
+    out = []
+    for _ in range(3):
+        body = json.dumps({"model": "gpt-4o-mini", "messages": messages, "tools": fake.TOOLS}).encode()
+        parsed = FORMAT.parse_request(WireRequest("POST", "/v1/chat/completions", {}, {}, body))
+        answer = fake.handler(Call("POST", "/v1/chat/completions", {}, {}, body)).body
+        out.append((parsed.conversation, FORMAT.reply_from_body(json.dumps(answer).encode(), False)))
+        message = {k: v for k, v in answer["choices"][0]["message"].items() if v is not None}
+        messages.append(message)
+        for call in message.get("tool_calls") or []:
+            args = json.loads(call["function"]["arguments"])
+            result = orders[args["order_id"]] if call["function"]["name"] == "get_order" else {"refunded": True}
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)})
+    return out
+
+
+def order(order_id: str, customer: str, amount: float, status: str = "paid") -> dict:
+    return {"order_id": order_id, "customer": customer, "amount": amount, "status": status}
+
+
+ANA, BO, CY = order("1234", "Ana Ruiz", 42.5), order("9876", "Bo Chen", 17.0), order("5555", "Cy Diaz", 99.9)
+
+
+def observation(o: dict, step: int, user: str | None = None) -> Observation:
+    conversation, reply = steps(o, user)[step]
+    return Observation(f"{o['order_id']}-{step}-{user}".encode(), conversation.messages, reply)
+
+
+def final_text(reply: dict) -> str:
+    return reply["choices"][0]["message"]["content"]
+
+
+def bindings_for(proposal: Proposal, messages: tuple) -> dict | None:
+    bound: dict = {}
+    for (kind, content), message in zip(proposal.nodes, messages[proposal.start:]):
+        if kind == "template":
+            bound = match_message(content, message, bound)
+            if bound is None:
+                return None
+        elif content != message:
+            return None
+    return bound
+
+
+# -- tokens and alignment ---------------------------------------------------------------------
+
+def test_tokens_keep_numbers_dates_and_emails_whole():
+    assert tokenize("Paid 42.5 on 2024-05-01T10:00:00Z by ana@x.com.") == [
+        "Paid", " ", "42.5", " ", "on", " ", "2024-05-01T10:00:00Z", " ", "by", " ", "ana@x.com", "."]
+
+
+def test_alignment_keeps_shared_words_literal_and_joins_a_multiword_value():
+    assert align_texts(["Ship to John Smith, 12 Oak St", "Ship to Ana Ruiz, 9 Elm Rd"]) == ["Ship to ", None, ", ", None]
+    assert align_texts(["Please refund order 1234.", "Please refund order 9876.", "Please refund order 5."]) == [
+        "Please refund order ", None, "."]
+
+
+def test_alignment_refuses_a_slot_that_would_be_empty_in_one_text():
+    assert align_texts(["refund order 1234", "refund the order 1234"]) is None
+
+
+# -- proposals and evidence ---------------------------------------------------------------
+
+def test_two_customers_teach_a_template_that_serves_a_third_with_every_value():
+    result = propose([observation(ANA, 2), observation(BO, 2)])
+    assert isinstance(result, Proposal), result
+    assert result.start == 1  # below the shared system prompt
+    assert result.slots == {"order_id": "number", "customer": "text", "amount": "number"}
+    third_conversation, third_reply = steps(CY)[2]
+    bound = bindings_for(result, third_conversation.messages)
+    assert bound == {"order_id": "5555", "customer": "Cy Diaz", "amount": "99.9"}
+    assert final_text(render_reply(result.reply, bound)) == final_text(third_reply) == "Refunded 99.9 for order 5555 (Cy Diaz)."
+
+
+def test_tool_call_arguments_are_templated_and_rendered_json_correct():
+    result = propose([observation(ANA, 1), observation(BO, 1)])
+    assert isinstance(result, Proposal), result
+    rendered = render_reply(result.reply, {"order_id": "5555", "amount": "99.9", "customer": "Cy Diaz"})
+    call = rendered["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert call["name"] == "refund" and call["arguments"] == '{"order_id": "5555", "amount": 99.9}'
+
+
+def test_a_constant_tool_result_field_stays_literal_so_a_changed_status_misses():
+    result = propose([observation(ANA, 1), observation(BO, 1)])
+    refunded = steps(order("5555", "Cy Diaz", 99.9, status="refunded"))[1][0]
+    assert isinstance(result, Proposal) and bindings_for(result, refunded.messages) is None
+
+
+def test_an_instruction_word_whose_change_changes_the_tool_never_becomes_a_slot():
+    refund = observation(ANA, 0)
+    cancel_reply = json.loads(json.dumps(refund.reply).replace('"get_order"', '"cancel_order"'))
+    cancel = Observation(b"cancel", observation(BO, 0, "Please cancel order 9876.").messages, cancel_reply)
+    result = propose([refund, cancel])
+    assert isinstance(result, Rejected) and "name differs" in result.reason
+
+
+def test_a_prose_span_that_never_reaches_the_reply_needs_identical_replies():
+    quick = observation(ANA, 0, "Please quickly refund order 1234.")
+    slow = observation(BO, 0, "Please slowly refund order 9876.")
+    result = propose([quick, slow])
+    assert isinstance(result, Rejected) and "never reaches the reply" in result.reason
+    same_order = observation(ANA, 0, "Please slowly refund order 1234.")
+    assert isinstance(propose([quick, same_order]), Proposal), "identical replies: the word changes nothing"
+
+
+def test_texts_that_share_only_punctuation_are_never_one_template():
+    a = observation(ANA, 0, "Refund 1234.")
+    b = observation(BO, 0, "Cancel 9876.")
+    same = Observation(b.key, b.messages, a.reply)  # even with identical replies
+    result = propose([a, same])
+    assert isinstance(result, Rejected) and "share no words" in result.reason
+
+
+def test_a_data_field_that_never_reaches_the_reply_is_a_slot():
+    # The customer name is in the tool result but not in the refund call.
+    result = propose([observation(ANA, 1), observation(BO, 1)])
+    assert isinstance(result, Proposal) and "customer" in result.slots
+
+
+def test_a_reply_that_differs_beyond_substitution_is_rejected():
+    ana, bo = observation(ANA, 2), observation(BO, 2)
+    odd = json.loads(json.dumps(bo.reply).replace("Refunded 17.0", "Gladly refunded 17.0"))
+    result = propose([ana, Observation(bo.key, bo.messages, odd)])
+    assert isinstance(result, Rejected) and "does not explain" in result.reason
+
+
+def test_a_value_first_seen_in_a_tool_result_may_reach_the_answer():
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Open a ticket for order 1234."}]},
+                {"role": "tool", "tool_call_ref": "call#0", "content": [{"type": "text", "text": '{"ticket": "T-77"}'}]}]
+    other = json.loads(json.dumps(messages).replace("1234", "9876").replace("T-77", "T-81"))
+    replies = [{"content": "Opened T-77 for 1234."}, {"content": "Opened T-81 for 9876."}]
+    result = propose([Observation(b"a", tuple(messages), replies[0]), Observation(b"b", tuple(other), replies[1])])
+    assert isinstance(result, Proposal), result
+    assert result.reply == {"content": {"$butter": "text", "t": "Opened {{ticket}} for {{v1}}."}}
+    assert result.slots == {"v1": "number", "ticket": "identifier"}
+
+
+def test_provider_bookkeeping_in_replies_does_not_block_a_template():
+    ana, bo = observation(ANA, 0), observation(BO, 0)
+    bo_reply = {**bo.reply, "usage": {"prompt_tokens": 51, "completion_tokens": 9, "total_tokens": 60}}
+    assert isinstance(propose([ana, Observation(bo.key, bo.messages, bo_reply)]), Proposal)
+
+
+def test_replies_whose_ids_differ_are_never_templated():
+    # An adapter keeps ids in its canonical reply only when they are server
+    # state; one run's id served to another would continue the wrong conversation.
+    ana, bo = observation(ANA, 0), observation(BO, 0)
+    result = propose([Observation(ana.key, ana.messages, {**ana.reply, "id": "resp_a"}),
+                      Observation(bo.key, bo.messages, {**bo.reply, "id": "resp_b"})])
+    assert isinstance(result, Rejected) and "id" in result.reason
+
+
+def test_more_evidence_is_required_when_asked():
+    obs = [observation(ANA, 0), observation(BO, 0)]
+    assert isinstance(propose(obs, min_observations=3), Rejected)
+    assert isinstance(propose(obs + [observation(CY, 0)], min_observations=3), Proposal)
+
+
+def test_slot_shapes_come_from_the_values_that_taught_them():
+    result = propose([observation(ANA, 0), observation(BO, 0)])
+    assert isinstance(result, Proposal) and result.slots == {"order_id": "number"}
+    messages = json.loads(json.dumps(observation(CY, 0).messages).replace("order 5555", "order ORD-5"))
+    assert bindings_for(result, tuple(messages)) is None
+    assert bindings_for(result, observation(CY, 0).messages) == {"order_id": "5555"}
+
+
+def test_a_failed_pair_is_not_proposed_again():
+    refund = observation(ANA, 0)
+    odd = Observation(b"odd", observation(BO, 0).messages, {"choices": [{"message": {"content": "no"}}]})
+    proposal, failures = choose(refund, [odd])
+    assert proposal is None and len(failures) == 1
+    remembered = {f.keys for f in failures}
+    again, retried = choose(refund, [odd], known_failure=lambda keys: keys in remembered)
+    assert again is None and retried == []
+
+
+# -- the bookkeeping over the tree ---------------------------------------------------------------
+
+def record_run(cache: Cache, o: dict, min_observations: int = 2) -> list:
+    outcomes = []
+    for conversation, reply in steps(o):
+        cache.record("ns", conversation, reply)
+        outcomes.append(cache.induce("ns", conversation, min_observations))
+    return outcomes
+
+
+def test_after_two_recorded_runs_every_step_of_a_third_is_a_hit_with_its_values(tmp_path):
+    cache = Cache(tmp_path / "db")
+    record_run(cache, ANA)
+    outcomes = record_run(cache, BO)
+    assert all(o.accepted is not None for o in outcomes), [o.rejected for o in outcomes]
+    for conversation, reply in steps(CY):
+        hit = cache.lookup("ns", conversation)
+        assert isinstance(hit, Hit) and hit.bindings["order_id"] == "5555"
+        assert render_reply(hit.reply, hit.bindings)["choices"] == reply["choices"]
+    cache.close()
+
+
+def test_a_rejected_set_is_remembered_and_the_same_miss_is_not_induced_twice(tmp_path):
+    cache = Cache(tmp_path / "db")
+    quick = steps(ANA, "Please quickly refund order 1234.")[0]
+    slow = steps(BO, "Please slowly refund order 9876.")[0]
+    cache.record("ns", *quick)
+    cache.induce("ns", quick[0])
+    cache.record("ns", *slow)
+    outcome = cache.induce("ns", slow[0])
+    assert outcome.accepted is None and "never reaches" in outcome.rejected[0].reason
+    assert len(list(cache.backend.iter_aux(FAILED_TABLE))) == 1
+    assert cache.induce("ns", slow[0]).skipped.startswith("already observed")
+    miss = cache.lookup("ns", steps(CY, "Please quickly refund order 5555.")[0][0])
+    assert isinstance(miss, Miss)
+    cache.close()
+
+
+def test_induction_stays_inside_its_namespace(tmp_path):
+    cache = Cache(tmp_path / "db")
+    record_run(cache, ANA)
+    for conversation, reply in steps(BO):
+        cache.record("other", conversation, reply)
+        assert cache.induce("other", conversation).skipped == "no sibling observations yet"
+    cache.close()
+
+
+# -- the addon: induction never delays a response ------------------------------------------------
+
+def llm_flow(body: dict) -> http.HTTPFlow:
+    request = tutils.treq(method=b"POST", host="api.openai.com", port=443, scheme=b"https",
+                          path=b"/v1/chat/completions", content=json.dumps(body).encode(),
+                          headers=http.Headers(authorization="Bearer sk-unit", content_type="application/json"))
+    return tflow.tflow(req=request)
+
+
+def request_body(user: str) -> dict:
+    return {"model": "gpt-4o-mini", "tools": fake.TOOLS,
+            "messages": [{"role": "system", "content": fake.SYSTEM}, {"role": "user", "content": user}]}
+
+
+async def test_a_slow_induction_delays_no_response(tmp_path, monkeypatch):
+    addon = Butter()
+    induction_started, release = threading.Event(), threading.Event()
+    events: list[str] = []
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, butter_db=str(tmp_path / "db"))
+        real_induce = addon.cache.induce
+
+        def slow_induce(*args, **kwargs):
+            induction_started.set()
+            release.wait(30)
+            events.append("induction finished")
+            return real_induce(*args, **kwargs)
+
+        monkeypatch.setattr(addon.cache, "induce", slow_induce)
+
+        async def exchange(user: str) -> http.HTTPFlow:
+            flow = llm_flow(request_body(user))
+            addon.requestheaders(flow)
+            await addon.request(flow)
+            if flow.response is None:
+                answer = fake.handler(Call("POST", "/", {}, {}, flow.request.content)).body
+                flow.response = http.Response.make(200, json.dumps(answer).encode(), {"content-type": "application/json"})
+                addon.responseheaders(flow)
+                addon.response(flow)
+            events.append(f"answered {flow.response.headers['butter-cache']}")
+            return flow
+
+        await exchange("Please refund order 1234.")
+        assert induction_started.wait(10), "the recorded miss never reached induction"
+        # Induction is now stuck; the proxy must go on answering, hits and misses alike.
+        await exchange("Please refund order 1234.")
+        await exchange("Please refund order 9876.")
+        await exchange("Please refund order 9876.")
+        assert events == ["answered miss", "answered hit", "answered miss", "answered hit"]
+        release.set()
+        addon.inducer.submit(lambda: None).result(timeout=30)
+        assert events[4:] == ["induction finished", "induction finished"]
+        third = await exchange("Please refund order 5555.")
+        assert events[-1] == "answered hit", "the two runs learned no template"
+        args = json.loads(json.loads(third.response.content)["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
+        assert args == {"order_id": "5555"}
+    addon.done()
+
+
+async def test_induction_can_be_switched_off_by_option_and_by_header(tmp_path):
+    addon = Butter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, butter_db=str(tmp_path / "db"), butter_induction=False)
+        for user in ("Please refund order 1234.", "Please refund order 9876."):
+            flow = llm_flow(request_body(user))
+            addon.requestheaders(flow)
+            await addon.request(flow)
+            flow.response = http.Response.make(200, json.dumps(fake.handler(Call("POST", "/", {}, {}, flow.request.content)).body).encode(),
+                                               {"content-type": "application/json"})
+            addon.responseheaders(flow)
+            addon.response(flow)
+        addon._drain_future().result()
+        addon.inducer.submit(lambda: None).result()
+        assert list(addon.cache.backend.iter_aux("induction-failed")) == []
+        assert not any(n.kind == "template" for n in addon.cache.backend.iter_nodes())
+        tctx.configure(addon, butter_induction=True)
+        flow = llm_flow(request_body("Please refund order 5555."))
+        flow.request.headers["Butter-Disable-Induction"] = "true"
+        addon.requestheaders(flow)
+        assert "Butter-Disable-Induction" not in flow.request.headers
+        assert addon.flows[flow.id].induction is False
+        with pytest.raises(Exception):
+            tctx.configure(addon, butter_induction_min=1)
+    addon.done()
+
+
+async def test_a_miss_near_a_template_is_explained_in_the_debug_log(tmp_path, caplog):
+    addon = Butter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, butter_db=str(tmp_path / "db"))
+        for user in ("Please refund order 1234.", "Please refund order 9876."):
+            flow = llm_flow(request_body(user))
+            addon.requestheaders(flow)
+            await addon.request(flow)
+            flow.response = http.Response.make(200, json.dumps(fake.handler(Call("POST", "/", {}, {}, flow.request.content)).body).encode(),
+                                               {"content-type": "application/json"})
+            addon.responseheaders(flow)
+            addon.response(flow)
+            addon._drain_future().result()
+            addon.inducer.submit(lambda: None).result()
+        caplog.set_level(logging.DEBUG, logger="butter")
+        flow = llm_flow(request_body("Please cancel order 5555."))
+        addon.requestheaders(flow)
+        await addon.request(flow)
+        assert flow.response is None  # forwarded
+        explained = [r.getMessage() for r in caplog.records if "nearest template" in r.getMessage()]
+        assert explained and "at message 1" in explained[0] and "literal 'Please refund order '" in explained[0]
+    addon.done()

@@ -1,0 +1,184 @@
+"""Templates: slot shapes, matching, explanations, rendering, declared bindings."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from store import Cache, Conversation, Hit, Miss
+from store.templates import (COMPACT, RenderError, bind_message, bind_reply, common_shape, explain_mismatch,
+                             json_marker, match_message, number_marker, parse_text, render_reply, shape_of,
+                             template_content, text_marker)
+
+TRICKY = 'Zoë "Z" O\'Brien \\ 東京 \u2028 {{not_a_slot}}'
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+
+def tool(text: str) -> dict:
+    return {"role": "tool", "tool_call_ref": "call#0", "content": [{"type": "text", "text": text}]}
+
+
+ORDER_TEMPLATE = template_content(user(text_marker("Please refund order {{order_id}}.")), {"order_id": "number"})
+
+
+@pytest.mark.parametrize("value,shape", [
+    ("1234", "number"), ("-17.5", "number"), ("2024-05-01", "date"), ("2024-05-01T10:31:00Z", "date"),
+    ("ana@example.com", "email"), ("ORD-1234", "identifier"), ("3f2a9c1e-0b1d-4c55-9a1e-2b7d5c3e8f10", "identifier"),
+    ("refund", "text"), ("Ana Ruiz", "text"),
+])
+def test_a_value_has_the_most_specific_shape_it_fits(value, shape):
+    assert shape_of(value) == shape
+
+
+def test_the_common_shape_of_mixed_values_is_the_most_specific_all_fit():
+    assert common_shape(["1234", "9876"]) == "number"
+    assert common_shape(["1234", "ORD-9"]) == "identifier"
+    assert common_shape(["1234", "refund"]) == "text"
+
+
+def test_a_text_template_binds_the_slot_of_a_matching_message():
+    assert match_message(ORDER_TEMPLATE, user("Please refund order 5555."), {}) == {"order_id": "5555"}
+
+
+def test_a_slot_matches_only_values_of_its_shape():
+    assert match_message(ORDER_TEMPLATE, user("Please refund order all-of-them."), {}) is None
+    assert "not a number" in explain_mismatch(ORDER_TEMPLATE, user("Please refund order all-of-them."), {})
+
+
+def test_a_changed_literal_does_not_match_and_the_explanation_names_it():
+    assert match_message(ORDER_TEMPLATE, user("Please cancel order 5555."), {}) is None
+    assert "literal 'Please refund order '" in explain_mismatch(ORDER_TEMPLATE, user("Please cancel order 5555."), {})
+
+
+def test_a_name_bound_twice_must_agree():
+    twice = template_content(user(text_marker("Move {{id}} to {{id}}.")), {"id": "number"})
+    assert match_message(twice, user("Move 7 to 7."), {}) == {"id": "7"}
+    assert match_message(twice, user("Move 7 to 8."), {}) is None
+    assert match_message(ORDER_TEMPLATE, user("Please refund order 5555."), {"order_id": "1234"}) is None
+    assert "earlier" in explain_mismatch(ORDER_TEMPLATE, user("Please refund order 5555."), {"order_id": "1234"})
+
+
+def test_matching_backtracks_when_the_first_split_fails():
+    t = template_content(user(text_marker("{{a}}.{{b}}.")), {"a": "text", "b": "number"})
+    # Ending `a` at the first "." leaves b = "y.5", not a number: the matcher backs up to a = "x.y".
+    assert match_message(t, user("x.y.5."), {}) == {"a": "x.y", "b": "5"}
+
+
+def test_json_content_matches_field_by_field_and_constant_fields_stay_literal():
+    t = template_content(tool(json_marker({"order_id": text_marker("{{order_id}}"), "amount": number_marker("amount"),
+                                           "status": "paid"})), {"order_id": "number", "amount": "number"})
+    concrete = tool(json.dumps({"status": "paid", "amount": 17.0, "order_id": "9876"}, indent=2))
+    assert match_message(t, concrete, {}) == {"order_id": "9876", "amount": "17.0"}
+    refunded = tool(json.dumps({"order_id": "9876", "amount": 17.0, "status": "refunded"}))
+    assert match_message(t, refunded, {}) is None
+    assert "status: literal 'paid'" in explain_mismatch(t, refunded, {})
+    extra = tool(json.dumps({"order_id": "9876", "amount": 17.0, "status": "paid", "note": "x"}))
+    assert match_message(t, extra, {}) is None
+
+
+def test_a_number_slot_takes_json_numbers_only_never_strings_or_booleans():
+    t = template_content(tool(json_marker({"amount": number_marker("amount")})), {"amount": "number"})
+    assert match_message(t, tool('{"amount": 5}'), {}) == {"amount": "5"}
+    assert match_message(t, tool('{"amount": "5"}'), {}) is None
+    assert match_message(t, tool('{"amount": true}'), {}) is None
+
+
+def test_literals_compare_by_type_not_loose_equality():
+    t = template_content({"role": "user", "flag": True, "content": text_marker("{{x}}")}, {"x": "text"})
+    assert match_message(t, {"role": "user", "flag": 1, "content": "a"}, {}) is None
+
+
+def test_double_braces_are_escaped_in_template_text():
+    assert parse_text("a {{{{b}} {{c}}") == ["a {{b}} ", ("c",), ""]
+    t = template_content(user(text_marker("say {{{{x}} to {{name}}")), {"name": "text"})
+    assert match_message(t, user("say {{x}} to Ana"), {}) == {"name": "Ana"}
+
+
+def test_rendering_fills_text_numbers_and_json_arguments():
+    reply = {"choices": [{"message": {
+        "content": text_marker("Refunded {{amount}} for order {{order_id}} ({{customer}})."),
+        "tool_calls": [{"function": {"name": "refund", "arguments": json_marker(
+            {"order_id": text_marker("{{order_id}}"), "amount": number_marker("amount")}, (", ", ": ", True))}}]}}]}
+    out = render_reply(reply, {"amount": "99.9", "order_id": "5555", "customer": "Cy Diaz"})
+    message = out["choices"][0]["message"]
+    assert message["content"] == "Refunded 99.9 for order 5555 (Cy Diaz)."
+    assert message["tool_calls"][0]["function"]["arguments"] == '{"order_id": "5555", "amount": 99.9}'
+
+
+def test_a_value_with_quotes_backslashes_and_unicode_renders_into_valid_json():
+    reply = {"arguments": json_marker({"name": text_marker("Dear {{name}}"), "n": 1}, COMPACT)}
+    out = render_reply(reply, {"name": TRICKY})
+    assert json.loads(out["arguments"]) == {"name": "Dear " + TRICKY, "n": 1}
+
+
+def test_rendering_without_a_value_or_with_a_non_number_refuses():
+    with pytest.raises(RenderError):
+        render_reply(text_marker("Hello {{name}}"), {})
+    with pytest.raises(RenderError):
+        render_reply({"amount": number_marker("amount")}, {"amount": "lots"})
+
+
+def test_declared_bindings_replace_whole_occurrences_longest_first():
+    content = bind_message(user("Order 12 and 123 for Ana Ruiz (Ana)"), {"order": "12", "full": "Ana Ruiz", "first": "Ana"})
+    assert content["message"]["content"][0]["text"] == text_marker("Order {{order}} and 123 for {{full}} ({{first}})")
+    assert content["slots"] == {"first": "text", "full": "text", "order": "text"}
+    assert bind_message(user("nothing declared here"), {"order": "12"}) is None
+
+
+def test_declared_bindings_template_json_strings_field_by_field_keeping_their_style():
+    args = json.dumps({"name": TRICKY, "amount": 42.5})
+    reply = bind_reply({"arguments": args}, {"name": TRICKY, "amount": "42.5"})
+    assert reply["arguments"]["value"] == {"name": text_marker("{{name}}"), "amount": number_marker("amount")}
+    assert render_reply(reply, {"name": TRICKY, "amount": "42.5"}) == {"arguments": args}
+
+
+# -- through the tree ---------------------------------------------------------------------
+
+CONTEXT = {"api": "test", "model": "m"}
+
+
+def conv(*messages: dict) -> Conversation:
+    return Conversation(CONTEXT, tuple(messages))
+
+
+def test_exact_children_are_tried_before_templates(tmp_path):
+    cache = Cache(tmp_path / "db")
+    system = {"role": "system", "content": "be brief"}
+    cache.record_bound("ns", conv(system, user("Say hello to Steve")), {"content": "Hello Steve"}, {"name": "Steve"})
+    cache.record("ns", conv(system, user("Say hello to Bob")), {"content": "Yo Bob"})
+    exact = cache.lookup("ns", conv(system, user("Say hello to Bob")))
+    assert isinstance(exact, Hit) and exact.bindings == {} and exact.reply == {"content": "Yo Bob"}
+    templated = cache.lookup("ns", conv(system, user("Say hello to Mary Ann")))
+    assert isinstance(templated, Hit) and templated.bindings == {"name": "Mary Ann"}
+    assert render_reply(templated.reply, templated.bindings) == {"content": "Hello Mary Ann"}
+    cache.close()
+
+
+def test_declared_bindings_at_lookup_must_agree_with_the_message(tmp_path):
+    cache = Cache(tmp_path / "db")
+    cache.record_bound("ns", conv(user("Say hello to Steve")), {"content": "Hello Steve"}, {"name": "Steve"})
+    assert isinstance(cache.lookup("ns", conv(user("Say hello to Ana")), {"name": "Ana"}), Hit)
+    assert isinstance(cache.lookup("ns", conv(user("Say hello to Ana")), {"name": "Bo"}), Miss)
+    cache.close()
+
+
+def test_a_miss_names_the_deepest_node_the_first_differing_message_and_the_failed_literal(tmp_path):
+    cache = Cache(tmp_path / "db")
+    system = {"role": "system", "content": "be brief"}
+    cache.record_bound("ns", conv(system, user("Please refund order 1234.")), {"content": "ok 1234"},
+                       {"order_id": "1234"})
+    miss = cache.lookup("ns", conv(system, user("Please cancel order 1234.")))
+    assert isinstance(miss, Miss)
+    assert miss.matched == 1 and miss.deepest == miss.path[-1] and miss.template is not None
+    assert "literal 'Please refund order '" in miss.template_failure
+    cache.close()
+
+
+def test_content_that_spells_the_marker_key_is_never_templated():
+    sneaky = {"role": "user", "content": {"$butter": "text", "t": "{{x}}"}, "name": "Steve"}
+    assert bind_message(sneaky, {"name": "Steve"}) is None
+    with pytest.raises(RenderError):
+        bind_reply({"content": {"$butter": "number", "slot": "x"}}, {"x": "1"})
