@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import MutableMapping
 
+from addon import request_headers
 from store.templates import NAME_RE, number_text
 
 BINDINGS_HEADER = "butter-bindings"
@@ -46,15 +47,15 @@ def take(headers: MutableMapping[str, str]) -> RequestBindings:
 
     Raises BindingsError for an invalid value, after the headers are removed.
     """
-    raw = {name: _pop_all(headers, name) for name in HEADERS}
-    values = parse_bindings(_single(BINDINGS_HEADER, raw[BINDINGS_HEADER]))
+    raw = {name: request_headers.pop_all(headers, name) for name in HEADERS}
+    values = parse_bindings(request_headers.single(BINDINGS_HEADER, raw[BINDINGS_HEADER], BindingsError))
     induction = True
-    flag = _single(DISABLE_INDUCTION_HEADER, raw[DISABLE_INDUCTION_HEADER])
+    flag = request_headers.single(DISABLE_INDUCTION_HEADER, raw[DISABLE_INDUCTION_HEADER], BindingsError)
     if flag is not None:
         if flag.lower() in TRUE:
             induction = False
         elif flag.lower() not in FALSE:
-            raise BindingsError(f"Butter-Disable-Induction: {_shown(flag)} is not true or false")
+            raise BindingsError(f"Butter-Disable-Induction: {request_headers.shown(flag)} is not true or false")
     return RequestBindings(values, induction)
 
 
@@ -74,7 +75,7 @@ def parse_bindings(text: str | None) -> dict[str, str]:
     values: dict[str, str] = {}
     for name, value in data.items():
         if not NAME_RE.fullmatch(name):
-            raise BindingsError(f"Butter-Bindings: {_shown(name)} is not a placeholder name; use letters, "
+            raise BindingsError(f"Butter-Bindings: {request_headers.shown(name)} is not a placeholder name; use letters, "
                                 "digits, '_', '.' or '-', starting with a letter or '_'")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise BindingsError(f"Butter-Bindings: the value of {name!r} must be a string or a number, "
@@ -86,25 +87,3 @@ def parse_bindings(text: str | None) -> dict[str, str]:
             raise BindingsError(f"Butter-Bindings: the value of {name!r} is longer than {MAX_VALUE_CHARS} characters")
         values[name] = text_value
     return values
-
-
-def _pop_all(headers: MutableMapping[str, str], name: str) -> list[str]:
-    # mitmproxy's Headers keep repeated fields; get_all sees every one of them.
-    get_all = getattr(headers, "get_all", None)
-    found = list(get_all(name)) if get_all is not None else ([headers[name]] if name in headers else [])
-    while name in headers:
-        del headers[name]
-    return found
-
-
-def _single(name: str, values: list[str]) -> str | None:
-    cleaned = {v.strip() for v in values}
-    if not cleaned:
-        return None
-    if len(cleaned) > 1:
-        raise BindingsError(f"{name} was sent more than once with different values")
-    return cleaned.pop()
-
-
-def _shown(value: str) -> str:
-    return repr(value if len(value) <= 80 else value[:77] + "...")

@@ -36,6 +36,8 @@ log = logging.getLogger("butter")
 MODES = ("auto", "record", "replay", "off")
 STREAM_TYPES = exchange.STREAM_TYPES  # shared with `butter import-flows`
 HIT_FLUSH_SECONDS = 2.0
+# Hits are logged as one INFO summary per this many seconds, not a line each.
+HIT_SUMMARY_SECONDS = 10.0
 # A replay-mode miss: 404 is not retried by any SDK (they retry 408/409/429/5xx).
 REPLAY_MISS_STATUS = 404
 
@@ -72,6 +74,14 @@ class Butter:
         self.misses: Counter[bytes] = Counter()  # per namespace/api/model, for `butter stats`
         self.last_flush = time.monotonic()
         self._logged_once: set[str] = set()
+        # mitmdump sets the root logger to DEBUG and filters in its handlers,
+        # so even a DEBUG record is formatted and sent to every addon (add_log):
+        # a line per hit costs a hit ~0.2 ms. Only built when debug is shown
+        # (outside mitmdump, plain logging filters DEBUG cheaply).
+        self.hit_lines = True
+        self.summary_hits = 0
+        self.summary_misses = 0
+        self.last_summary = time.monotonic()
 
     # -- lifecycle (kept synchronous: async versions break hot reload) ------
     def load(self, loader) -> None:
@@ -94,6 +104,8 @@ class Butter:
                           "reproduced by it.")
 
     def configure(self, updated: set[str]) -> None:
+        if "termlog_verbosity" in updated:
+            self.hit_lines = ctx.options.termlog_verbosity == "debug"
         if "butter_min_observations" in updated and ctx.options.butter_min_observations < 1:
             raise exceptions.OptionsError("butter_min_observations must be at least 1")
         if "butter_induction_min" in updated and ctx.options.butter_induction_min < 2:
@@ -209,9 +221,10 @@ class Butter:
                 result = Miss("render-failed", len(conversation.messages), result.node_id,
                               f"the template reply cannot be rendered ({e})", result.path)
             else:
-                log.info("butter: hit  %s %s (%d messages) node %s%s", state.fmt.name, model,
-                         len(conversation.messages), result.node_id.hex()[:12],
-                         f" with {len(result.bindings)} bound value(s)" if result.bindings else "")
+                if self.hit_lines:
+                    log.debug("butter: hit  %s %s (%d messages) node %s%s", state.fmt.name, model,
+                              len(conversation.messages), result.node_id.hex()[:12],
+                              f" with {len(result.bindings)} bound value(s)" if result.bindings else "")
                 return
         if result.template_failure:
             log.debug("butter: nearest template %s at message %d: %s", result.template.hex()[:12] if result.template
@@ -454,6 +467,19 @@ class Butter:
         if self.cache is not None and self.writer is not None:
             self._submit(self.cache.backend.add_hits, batch)
             self._submit(self.cache.backend.add_aux_counts, MISSES_TABLE, missed)
+        self._summarise(sum(batch.values()), sum(missed.values()), force)
+
+    def _summarise(self, hits: int, misses: int, force: bool) -> None:
+        """One INFO line for the hits of the last HIT_SUMMARY_SECONDS (misses have their own lines)."""
+        self.summary_hits += hits
+        self.summary_misses += misses
+        elapsed = self.last_flush - self.last_summary
+        if not force and elapsed < HIT_SUMMARY_SECONDS:
+            return
+        if self.summary_hits:
+            log.info("butter: %d hits, %d misses in the last %.0f s", self.summary_hits, self.summary_misses, elapsed)
+        self.summary_hits = self.summary_misses = 0
+        self.last_summary = self.last_flush
 
     def _log_once(self, key: str, message: str, *args) -> None:
         if key not in self._logged_once:

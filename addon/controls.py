@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import MutableMapping
 
+from addon import request_headers
+
 MODE_HEADER = "butter-mode"
 NAMESPACE_HEADER = "butter-namespace"
 CONTROL_HEADERS = (MODE_HEADER, NAMESPACE_HEADER)
@@ -41,39 +43,21 @@ def take(headers: MutableMapping[str, str]) -> Controls:
     Raises ControlError for an invalid or contradictory value, after the
     headers are already removed.
     """
-    values = {name: _pop_all(headers, name) for name in CONTROL_HEADERS}
+    values = {name: request_headers.pop_all(headers, name) for name in CONTROL_HEADERS}
     mode = _single(MODE_HEADER, values[MODE_HEADER])
     namespace = _single(NAMESPACE_HEADER, values[NAMESPACE_HEADER])
     if mode is not None:
         mode = mode.lower()
         if mode not in MODES:
-            raise ControlError(f"{MODE_HEADER}: {_shown(mode)} is not a mode; use one of {', '.join(MODES)}")
+            raise ControlError(f"{MODE_HEADER}: {request_headers.shown(mode)} is not a mode; use one of {', '.join(MODES)}")
     if namespace is not None and not NAMESPACE_NAME.fullmatch(namespace):
-        raise ControlError(f"{NAMESPACE_HEADER}: {_shown(namespace)} is not a namespace name; use 1 to 64 "
+        raise ControlError(f"{NAMESPACE_HEADER}: {request_headers.shown(namespace)} is not a namespace name; use 1 to 64 "
                            "letters, digits, '.', '_' or '-', starting with a letter or digit")
     return Controls(mode, namespace)
 
 
-def _pop_all(headers: MutableMapping[str, str], name: str) -> list[str]:
-    # mitmproxy's Headers keep repeated fields; get_all sees every one of them.
-    get_all = getattr(headers, "get_all", None)
-    found = list(get_all(name)) if get_all is not None else ([headers[name]] if name in headers else [])
-    while name in headers:
-        del headers[name]
-    return found
-
-
 def _single(name: str, values: list[str]) -> str | None:
-    cleaned = {v.strip() for v in values}
-    if not cleaned:
-        return None
-    if len(cleaned) > 1:
-        raise ControlError(f"{name} was sent more than once with different values")
-    value = cleaned.pop()
-    if not value:
+    value = request_headers.single(name, values, ControlError)
+    if value == "":
         raise ControlError(f"{name} is empty")
     return value
-
-
-def _shown(value: str) -> str:
-    return repr(value if len(value) <= 80 else value[:77] + "...")

@@ -11,19 +11,87 @@ miss needs. Neither does any I/O of its own.
 """
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from .canonical import canonical_json, digest
 from .model import Conversation, Hit, Message, Miss, NodeRecord, StoredReply
 
 
+class IdMemo:
+    """Node ids already computed, keyed on a cheaper form of the same value.
+
+    Every lookup hashes the context (tools included) and every message again,
+    and agents resend the same prefix turn after turn. The key is the value's
+    sorted-key JSON *without* number normalisation, about half the cost of
+    `canonical_json`. It is sound: that text fixes the canonical bytes (they
+    differ from it only where an integral float such as `0.0` is written as
+    `0`, and a float's text always shows it is one), so one key never maps to
+    two ids; `0` and `0.0` merely get two keys for the same id. Bounded by
+    entries and by key characters, oldest out first.
+    """
+
+    def __init__(self, max_entries: int = 4096, max_chars: int = 8_000_000) -> None:
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+        self._ids: dict[tuple, tuple[bytes, int]] = {}
+        self._chars = 0
+        self._lock = threading.Lock()  # the writer thread computes ids too
+
+    def get(self, key: tuple) -> bytes | None:
+        found = self._ids.get(key)
+        return found[0] if found is not None else None
+
+    def put(self, key: tuple, node_id: bytes, chars: int) -> None:
+        if chars > self.max_chars // 16:
+            return  # a huge value would evict everything else
+        with self._lock:
+            if key in self._ids:
+                return
+            self._ids[key] = (node_id, chars)
+            self._chars += chars
+            while len(self._ids) > self.max_entries or self._chars > self.max_chars:
+                oldest = next(iter(self._ids))
+                self._chars -= self._ids.pop(oldest)[1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._ids.clear()
+            self._chars = 0
+
+
+_IDS = IdMemo()
+
+
+def _memo_text(value: Any) -> str | None:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        return None  # canonical_json raises the same way: let it
+
+
 def root_id(namespace: str, context: dict) -> bytes:
-    return digest(b"root", namespace.encode("utf-8"), canonical_json(context))
+    text = _memo_text(context)
+    key = ("root", namespace, text)
+    found = _IDS.get(key) if text is not None else None
+    if found is None:
+        found = digest(b"root", namespace.encode("utf-8"), canonical_json(context))
+        if text is not None:
+            _IDS.put(key, found, len(text))
+    return found
 
 
 def child_id(parent: bytes, message: Message) -> bytes:
-    return digest(b"node", parent, canonical_json(message))
+    text = _memo_text(message)
+    key = ("node", parent, text)
+    found = _IDS.get(key) if text is not None else None
+    if found is None:
+        found = digest(b"node", parent, canonical_json(message))
+        if text is not None:
+            _IDS.put(key, found, len(text))
+    return found
 
 
 class TreeReader(Protocol):

@@ -1,0 +1,119 @@
+"""The hit path's shortcuts give exactly what the slow way gave.
+
+A memoised node id, the one-pass header dict and the skipped query parse are
+there for speed only; each must be indistinguishable from what it replaced.
+The per-hit log line became a periodic summary.
+"""
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+from mitmproxy.test import taddons, tutils
+
+from addon import exchange, formats
+from addon.cache_addon import Butter
+from store.canonical import canonical_json, digest
+from store.tree import IdMemo, child_id, root_id
+from tests.unit.test_addon import KEY, llm_flow, send
+
+
+def slow_root(namespace: str, context: dict) -> bytes:
+    return digest(b"root", namespace.encode("utf-8"), canonical_json(context))
+
+
+def slow_child(parent: bytes, message: dict) -> bytes:
+    return digest(b"node", parent, canonical_json(message))
+
+
+CONTEXTS = [
+    {"model": "m", "temperature": 0},
+    {"model": "m", "temperature": 0.0},  # same id as the line above, another memo key
+    {"temperature": 0.0, "model": "m"},  # key order
+    {"model": "m", "temperature": 0.5},
+    {"model": "m", "tools": [{"n": 1.0, "x": [2.0, {"y": 3e16}]}]},
+    {"model": "m", "tools": [{"x": [2, {"y": 30000000000000000}], "n": 1}]},
+    {"model": "m", "stop": ["1.0"]},  # a string, not a number: must stay apart from 1.0
+    {"model": "m", "stop": [1.0]},
+    {"model": "m", "flag": True},
+    {"model": "m", "flag": 1},
+]
+
+
+def test_memoised_ids_equal_the_canonical_ids_for_floats_key_order_and_nesting():
+    for _ in range(2):  # the second pass is served from the memo
+        for context in CONTEXTS:
+            for namespace in ("a", "b"):
+                assert root_id(namespace, context) == slow_root(namespace, context)
+            for parent in (b"p" * 16, b"q" * 16):
+                assert child_id(parent, context) == slow_child(parent, context)
+    assert root_id("a", CONTEXTS[0]) == root_id("a", CONTEXTS[1]) == root_id("a", CONTEXTS[2])
+    assert root_id("a", CONTEXTS[4]) == root_id("a", CONTEXTS[5])
+    assert root_id("a", CONTEXTS[6]) != root_id("a", CONTEXTS[7])
+    assert root_id("a", CONTEXTS[8]) != root_id("a", CONTEXTS[9])
+    assert root_id("a", CONTEXTS[0]) != root_id("b", CONTEXTS[0])
+    assert child_id(b"p" * 16, CONTEXTS[0]) != child_id(b"q" * 16, CONTEXTS[0])
+
+
+def test_a_value_the_memo_cannot_key_still_gets_its_canonical_id_or_error():
+    odd = {"model": "m", 1: "int key", "2": "str key"}  # sorted dumps refuse mixed key types
+    try:
+        expected = slow_root("a", odd)
+    except TypeError:
+        expected = None
+    if expected is None:
+        try:
+            root_id("a", odd)
+        except TypeError:
+            pass
+        else:
+            raise AssertionError("the memo must not invent an id canonical_json refuses")
+    else:
+        assert root_id("a", odd) == expected
+
+
+def test_the_id_memo_stays_within_its_entry_and_size_bounds():
+    memo = IdMemo(max_entries=3, max_chars=1600)
+    for i in range(10):
+        memo.put(("node", b"p", str(i)), bytes([i]), 10)
+    assert len(memo._ids) == 3 and memo.get(("node", b"p", "9")) == bytes([9])
+    assert memo.get(("node", b"p", "0")) is None  # oldest out first
+    memo.put(("node", b"p", "big"), b"x", 1600)  # over a 16th of the budget: not kept
+    assert memo.get(("node", b"p", "big")) is None
+    memo.put(("node", b"p", "mid"), b"y", 100)
+    assert memo._chars <= 1600 and memo.get(("node", b"p", "mid")) == b"y"
+
+
+def test_the_one_pass_header_dict_equals_dict_of_headers_with_repeats_and_mixed_case():
+    headers = http.Headers([(b"Content-Type", b"application/json"), (b"X-Tag", b"a"), (b"authorization", b"k"),
+                            (b"x-tag", b"b"), (b"X-TAG", b"c"), (b"Accept", b"*/*"), (b"caf\xc3\xa9", b"\xff")])
+    assert exchange.header_dict(headers) == dict(headers)
+    assert list(exchange.header_dict(headers)) == list(dict(headers))
+    assert exchange.header_dict(http.Headers()) == {}
+
+
+def test_read_request_gives_the_same_query_with_and_without_one_in_the_url():
+    fmt = formats.recognise("POST", "/v1/chat/completions")
+    for path, query in (("/v1/chat/completions", {}), ("/v1/chat/completions?a=1&a=2&b=", {"a": "1", "b": ""})):
+        request = tutils.treq(method=b"POST", host="api.openai.com", port=443, scheme=b"https", path=path.encode(),
+                              content=b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
+                              headers=http.Headers(authorization=f"Bearer {KEY}", content_type="application/json"))
+        assert dict(request.query) == query
+        credential, parsed = exchange.read_request(fmt, request)
+        assert credential is not None and KEY not in repr(parsed)
+
+
+async def test_hits_are_logged_as_one_summary_line_not_one_info_line_each(tmp_path, caplog):
+    addon = Butter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, butter_db=str(tmp_path / "db"))
+        caplog.set_level(logging.INFO, logger="butter")
+        await send(addon, llm_flow())  # a miss, recorded
+        for _ in range(3):
+            assert (await send(addon, llm_flow(), reply=None)).response.headers["butter-cache"] == "hit"
+        infos = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert any(m.startswith("butter: miss") for m in infos)
+        assert not any(m.startswith("butter: hit") for m in infos)
+        addon.done()
+    summaries = [r.getMessage() for r in caplog.records if "hits," in r.getMessage()]
+    assert len(summaries) == 1 and summaries[0].startswith("butter: 3 hits, 1 misses in the last")
