@@ -197,6 +197,7 @@ class Butter:
             self._log_once(f"parse:{state.fmt.name}:{e}", "butter: %s request not understood (%s); passing it through", state.fmt.name, e)
             state.status = "bypass (not understood)"
             return
+        _move_query_key_to_header(request)
         state.namespace = self.cache.namespace(credential, state.fixed_namespace)
         mode = state.mode
         if state.fmt.keeps_state and not await self._expand(flow, state):
@@ -485,6 +486,20 @@ class Butter:
         if key not in self._logged_once:
             self._logged_once.add(key)
             log.warning(message, *args)
+
+
+def _move_query_key_to_header(request: http.Request) -> None:
+    """Gemini's `?key=` becomes the equivalent `x-goog-api-key` header.
+
+    Google accepts either; a key in the URL, though, is printed by mitmdump's
+    own flow output (and kept in `-w` files and logs) where a header is not.
+    """
+    if "key" not in request.query:
+        return
+    key = request.query["key"]
+    del request.query["key"]
+    if "x-goog-api-key" not in request.headers:
+        request.headers["x-goog-api-key"] = key
 
 
 class AuxStateTable:

@@ -139,3 +139,16 @@ def test_min_observations_below_one_is_refused(tmp_path):
         with pytest.raises(Exception, match="at least 1"):
             tctx.configure(addon, butter_db=str(tmp_path / "db"), butter_min_observations=0)
     addon.done()
+
+
+async def test_a_gemini_key_in_the_url_moves_to_its_header_so_no_log_prints_it(butter):
+    addon, _ = butter
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
+    request = tutils.treq(method=b"POST", host="generativelanguage.googleapis.com", port=443, scheme=b"https",
+                          path=b"/v1beta/models/gemini-2.5-flash:generateContent?key=AIzaSecret123",
+                          content=body, headers=http.Headers(content_type="application/json"))
+    flow = tflow.tflow(req=request)
+    addon.requestheaders(flow)
+    await addon.request(flow)
+    assert "AIzaSecret123" not in flow.request.pretty_url
+    assert flow.request.headers["x-goog-api-key"] == "AIzaSecret123"
