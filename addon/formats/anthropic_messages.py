@@ -31,7 +31,10 @@ from store.canonical import parse_json_text
 from store.model import Conversation
 
 from . import sse
-from .base import JSON_HEADERS, SSE_HEADERS, NotUnderstood, ParsedRequest, WireFormat, WireRequest, WireResponse
+from .base import (
+    JSON_HEADERS, SSE_HEADERS, NotUnderstood, ParsedRequest, WireFormat, WireRequest, WireResponse,
+    compact_json, json_object_body,
+)
 
 # Body fields that never change the answer (wire-formats.md §3).
 NON_SEMANTIC = frozenset({"stream", "metadata", "service_tier", "cache_control"})
@@ -57,7 +60,7 @@ class AnthropicMessages(WireFormat):
 
     # -- request -----------------------------------------------------------
     def parse_request(self, request: WireRequest) -> ParsedRequest:
-        body = _json_object(request.body)
+        body = json_object_body(request.body)
         model, messages = body.get("model"), body.get("messages")
         if not isinstance(model, str):
             raise NotUnderstood("no model")
@@ -114,27 +117,13 @@ class AnthropicMessages(WireFormat):
                 events = synthesised_events(reply, ids)
             body = b"".join(sse.encode(data, event=name) for name, data in events)
             return WireResponse(200, {**SSE_HEADERS, **headers}, body)
-        return WireResponse(200, {**JSON_HEADERS, **headers}, _dumps(plain_message(reply, ids)))
+        return WireResponse(200, {**JSON_HEADERS, **headers}, compact_json(plain_message(reply, ids)))
 
     def error(self, status: int, message: str, code: str) -> WireResponse:
         # `code` is butter's own error kind (e.g. butter_replay_miss); it stands
         # where Anthropic puts its error type, so clients can tell the two apart.
         body = {"type": "error", "error": {"type": code or _ERROR_TYPES.get(status, "api_error"), "message": message}}
-        return WireResponse(status, dict(JSON_HEADERS), _dumps(body))
-
-
-def _json_object(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise NotUnderstood(f"body is not JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise NotUnderstood("body is not a JSON object")
-    return body
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return WireResponse(status, dict(JSON_HEADERS), compact_json(body))
 
 
 # -- the key: canonical messages ------------------------------------------------

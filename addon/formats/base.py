@@ -11,6 +11,7 @@ or storage:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +20,22 @@ from store.model import Conversation
 
 class NotUnderstood(ValueError):
     """The request is not one butter can key; it passes through untouched."""
+
+def json_object_body(raw: bytes) -> dict:
+    """A request body that must be a JSON object; anything else is not understood."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise NotUnderstood(f"body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise NotUnderstood("body is not a JSON object")
+    return body
+
+
+def compact_json(value: Any) -> bytes:
+    """The bytes butter sends: compact JSON, UTF-8 as is."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
 
 
 @dataclass(frozen=True)

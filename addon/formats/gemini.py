@@ -26,7 +26,10 @@ from typing import Any, Iterator
 from store.model import Conversation
 
 from . import sse
-from .base import JSON_HEADERS, SSE_HEADERS, NotUnderstood, ParsedRequest, WireFormat, WireRequest, WireResponse
+from .base import (
+    JSON_HEADERS, SSE_HEADERS, NotUnderstood, ParsedRequest, WireFormat, WireRequest, WireResponse,
+    compact_json, json_object_body,
+)
 
 _PATH = re.compile(r"(?:^|/)(?:v1|v1beta|v1alpha|v1beta1)/(?P<resource>(?:[^:]*/)?)(?P<collection>models|tunedModels)/"
                    r"(?P<model>[^/:]+):(?P<verb>generateContent|streamGenerateContent)$")
@@ -55,13 +58,7 @@ class Gemini(WireFormat):
         match = _PATH.search(request.path)
         if match is None:
             raise NotUnderstood("not a Gemini generate path")
-        try:
-            raw = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise NotUnderstood(f"body is not JSON: {e}") from None
-        if not isinstance(raw, dict):
-            raise NotUnderstood("body is not a JSON object")
-        body = camel_case(raw)
+        body = camel_case(json_object_body(request.body))
         contents = body.get("contents")
         if not isinstance(contents, list) or not all(isinstance(c, dict) for c in contents):
             raise NotUnderstood("no contents list")
@@ -101,19 +98,19 @@ class Gemini(WireFormat):
         reply = _with_fresh_call_ids(reply)
         form = parsed.render_options.get("form", "sse" if parsed.stream else "plain")
         if form == "plain":
-            return WireResponse(200, dict(JSON_HEADERS), _dumps({**reply, "responseId": response_id}))
+            return WireResponse(200, dict(JSON_HEADERS), compact_json({**reply, "responseId": response_id}))
         chunks = list(_stream_chunks(reply, response_id))
         if form == "array":
-            return WireResponse(200, dict(JSON_HEADERS), b"[" + b",\r\n".join(_dumps(c) for c in chunks) + b"]")
+            return WireResponse(200, dict(JSON_HEADERS), b"[" + b",\r\n".join(compact_json(c) for c in chunks) + b"]")
         # The SDK strips exactly "data: " (with the space); no event lines, no [DONE].
-        body = b"".join(b"data: " + _dumps(c) + b"\r\n\r\n" for c in chunks)
+        body = b"".join(b"data: " + compact_json(c) + b"\r\n\r\n" for c in chunks)
         return WireResponse(200, {**SSE_HEADERS, "content-type": "text/event-stream"}, body)
 
     def error(self, status: int, message: str, code: str) -> WireResponse:
         body = {"error": {"code": status, "message": message, "status": _STATUS_NAMES.get(status, "UNKNOWN"),
                           "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code,
                                        "domain": "butter"}]}}
-        return WireResponse(status, dict(JSON_HEADERS), _dumps(body))
+        return WireResponse(status, dict(JSON_HEADERS), compact_json(body))
 
 
 # -- field names -----------------------------------------------------------------
@@ -210,10 +207,6 @@ def _canonical_contents(system: Any, contents: list[dict]) -> Iterator[dict]:
 
 
 # -- replies ---------------------------------------------------------------------------
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
 
 def _chunks_of(body: bytes) -> list[dict] | None:
     """The response objects in a body: one JSON object, a JSON array, or SSE."""

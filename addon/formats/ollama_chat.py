@@ -23,7 +23,10 @@ from typing import Any, Iterator
 
 from store.model import Conversation
 
-from .base import JSON_HEADERS, NotUnderstood, ParsedRequest, WireFormat, WireRequest, WireResponse
+from .base import (
+    JSON_HEADERS, NotUnderstood, ParsedRequest, WireFormat, WireRequest, WireResponse,
+    compact_json, json_object_body,
+)
 
 # Fields that never change the answer (wire-formats.md §6).
 NON_SEMANTIC = frozenset({"stream", "keep_alive"})
@@ -41,12 +44,7 @@ class OllamaChat(WireFormat):
 
     # -- request -----------------------------------------------------------
     def parse_request(self, request: WireRequest) -> ParsedRequest:
-        try:
-            body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise NotUnderstood(f"body is not JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise NotUnderstood("body is not a JSON object")
+        body = json_object_body(request.body)
         model, messages = body.get("model"), body.get("messages")
         if not isinstance(model, str) or not model:
             raise NotUnderstood("no model")
@@ -77,16 +75,12 @@ class OllamaChat(WireFormat):
         now = _now()
         reply = _with_fresh_call_ids(reply)
         if not parsed.stream:
-            return WireResponse(200, dict(JSON_HEADERS), _dumps(_with_time(reply, now)))
-        body = b"".join(_dumps(line) + b"\n" for line in _stream_lines(reply, now))
+            return WireResponse(200, dict(JSON_HEADERS), compact_json(_with_time(reply, now)))
+        body = b"".join(compact_json(line) + b"\n" for line in _stream_lines(reply, now))
         return WireResponse(200, dict(NDJSON_HEADERS), body)
 
     def error(self, status: int, message: str, code: str) -> WireResponse:
-        return WireResponse(status, dict(JSON_HEADERS), _dumps({"error": message}))
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return WireResponse(status, dict(JSON_HEADERS), compact_json({"error": message}))
 
 
 def _now() -> str:

@@ -21,7 +21,10 @@ from store.canonical import parse_json_text
 from store.model import Conversation
 
 from . import sse
-from .base import JSON_HEADERS, SSE_HEADERS, NotUnderstood, ParsedRequest, WireFormat, WireRequest, WireResponse
+from .base import (
+    JSON_HEADERS, SSE_HEADERS, NotUnderstood, ParsedRequest, WireFormat, WireRequest, WireResponse,
+    compact_json, json_object_body,
+)
 
 # Fields that never change the answer: out of the key (wire-formats.md §6).
 NON_SEMANTIC = frozenset({
@@ -45,7 +48,7 @@ class OpenAIChat(WireFormat):
 
     # -- request -----------------------------------------------------------
     def parse_request(self, request: WireRequest) -> ParsedRequest:
-        body = _json_object(request.body)
+        body = json_object_body(request.body)
         messages = body.get("messages")
         model = self.model_of(request, body)
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
@@ -90,25 +93,11 @@ class OpenAIChat(WireFormat):
         out = {"id": ids.completion, "object": "chat.completion", "created": ids.created}
         out.update({k: v for k, v in reply.items() if k not in ("id", "object", "created")})
         out["choices"] = [_with_call_ids(c, ids) for c in reply["choices"]]
-        return WireResponse(200, dict(JSON_HEADERS), _dumps(out))
+        return WireResponse(200, dict(JSON_HEADERS), compact_json(out))
 
     def error(self, status: int, message: str, code: str) -> WireResponse:
         body = {"error": {"message": message, "type": "butter_error", "param": None, "code": code}}
-        return WireResponse(status, dict(JSON_HEADERS), _dumps(body))
-
-
-def _json_object(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise NotUnderstood(f"body is not JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise NotUnderstood("body is not a JSON object")
-    return body
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return WireResponse(status, dict(JSON_HEADERS), compact_json(body))
 
 
 # -- canonical messages --------------------------------------------------------

@@ -33,7 +33,7 @@ from store.model import Conversation
 
 from . import sse
 from .base import (JSON_HEADERS, SSE_HEADERS, NotUnderstood, ParsedRequest, StateTable, WireFormat, WireRequest,
-                   WireResponse)
+                   WireResponse, compact_json, json_object_body)
 
 # Fields that never change the answer: out of the key (wire-formats.md §6).
 NON_SEMANTIC = frozenset({
@@ -72,7 +72,7 @@ class OpenAIResponses(WireFormat):
 
     # -- request -----------------------------------------------------------
     def parse_request(self, request: WireRequest) -> ParsedRequest:
-        body = _json_object(request.body)
+        body = json_object_body(request.body)
         model = body.get("model")
         if not isinstance(model, str):
             raise NotUnderstood("no model")
@@ -214,11 +214,11 @@ class OpenAIResponses(WireFormat):
                 response[key] = echo.get(key, ECHOED_DEFAULTS[key])
         if parsed.stream:
             return WireResponse(200, dict(SSE_HEADERS), b"".join(stream_events(response)))
-        return WireResponse(200, dict(JSON_HEADERS), _dumps(response))
+        return WireResponse(200, dict(JSON_HEADERS), compact_json(response))
 
     def error(self, status: int, message: str, code: str) -> WireResponse:
         body = {"error": {"message": message, "type": "butter_error", "param": None, "code": code}}
-        return WireResponse(status, dict(JSON_HEADERS), _dumps(body))
+        return WireResponse(status, dict(JSON_HEADERS), compact_json(body))
 
 
 FORMAT = OpenAIResponses()
@@ -234,20 +234,6 @@ def _derived_id(value: Any, salt: bytes) -> Any:
     prefix, _, rest = value.rpartition("_")
     mixed = hashlib.sha256(salt + value.encode("utf-8")).hexdigest()[:max(len(rest), 24)]
     return f"{prefix}_{mixed}" if prefix else mixed
-
-
-def _json_object(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise NotUnderstood(f"body is not JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise NotUnderstood("body is not a JSON object")
-    return body
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _input_items(value: Any) -> list[dict]:
