@@ -51,6 +51,9 @@ Public API
     Rejected(reason: str, keys: tuple[bytes, ...])
 
     propose(observations, min_observations=2) -> Proposal | Rejected
+    propose_prefix(accepted, prefix_observations) -> Proposal | Rejected
+        the reply at an earlier step of an accepted proposal's runs, on the
+        same template nodes: a later reply proves a span is a value
     choose(new, others, min_observations=2, known_failure=None)
         -> tuple[Proposal | None, list[Rejected]]
         the strategy after a miss: pair the new observation with each sibling
@@ -215,26 +218,119 @@ def _aligned_spans(texts: Sequence[str]) -> tuple[list[str | tuple[int, int]], l
 
 # -- building templates ----------------------------------------------------------------
 
-@dataclass
-class _Occurrence:
-    values: tuple[str, ...]
-    number: bool
-    hint: str | None
-    prose: bool = False  # a span of running text, not a field of structured data
+class _Slots:
+    """The slots of one proposal, shared by its messages and its reply.
+
+    A slot is a *group*: one value per observation. The same values in every
+    observation are one group, so an order id in the user's words, in a tool
+    call and in a tool result binds once. A group may later be *split* into
+    word parts (see `explain`); the split is recorded as an expansion and
+    applied to every template at the end.
+    """
+
+    def __init__(self, frozen: bool = False):
+        self.groups: dict[str, tuple[str, ...]] = {}
+        self.by_values: dict[tuple[str, ...], str] = {}
+        self.numbers: set[str] = set()
+        self.hints: dict[str, str] = {}
+        self.prose: dict[str, bool] = {}  # True while every occurrence is running text
+        self.expansions: dict[str, str] = {}  # a split group -> the template text of its parts
+        self.frozen = frozen  # no new groups: the templates are already fixed
+
+    def slot(self, values: Sequence[str], number: bool = False, hint: str | None = None,
+             prose: bool = False) -> str:
+        values = tuple(values)
+        name = self.by_values.get(values)
+        if name is None:
+            if self.frozen:
+                raise _Refuse(f"{_brief(values[0])} is no slot's value")
+            name = f"_g{len(self.groups)}"
+            self.groups[name] = values
+            self.by_values[values] = name
+            self.prose[name] = prose
+        else:
+            self.prose[name] = self.prose[name] and prose
+        if number:
+            self.numbers.add(name)
+        if hint:
+            self.hints.setdefault(name, hint)
+        return name
+
+    def live(self) -> dict[str, tuple[str, ...]]:
+        return {n: v for n, v in self.groups.items() if n not in self.expansions}
+
+    def explain(self, values: Sequence[str]) -> str | None:
+        """A template text over existing slots that renders each observation's value.
+
+        A value whole in a JSON field and in pieces elsewhere is one value:
+        the file `"lumen_raven.txt"` is `{{v1}}.txt` when the user wrote
+        `lumen_raven`, a `phone` field is `+44 {{v2}}`. When a field holds
+        the first or last words of a slot's value (`first_name` "Ana" where
+        the user wrote "Ana Ruiz"), that slot is split into word parts.
+        """
+        found = _explain_text(list(values), self.live())
+        if found is None and not self.frozen and self._split_for(tuple(values)):
+            found = _explain_text(list(values), self.live())
+        return found
+
+    def _split_for(self, values: tuple[str, ...]) -> bool:
+        for name, whole in self.live().items():
+            if name in self.numbers:
+                continue
+            if all(w.startswith(v + " ") for w, v in zip(whole, values)):
+                rest = tuple(w[len(v) + 1:] for w, v in zip(whole, values))
+                parts = (values, rest)
+            elif all(w.endswith(" " + v) for w, v in zip(whole, values)):
+                rest = tuple(w[: len(w) - len(v) - 1] for w, v in zip(whole, values))
+                parts = (rest, values)
+            else:
+                continue
+            if not all(rest) or any(p in self.by_values and self.by_values[p] == name for p in parts):
+                continue
+            prose = self.prose[name]
+            first, second = (self.slot(p, prose=prose) for p in parts)
+            self.expansions[name] = "{{" + first + "}} {{" + second + "}}"
+            return True
+        return False
+
+    def expand(self, value: Any) -> Any:
+        """`value` with every split group replaced by its parts."""
+        if not self.expansions:
+            return value
+
+        def text_of(name: str, depth: int = 0) -> str:
+            if name not in self.expansions or depth > 32:
+                return "{{" + name + "}}"
+            out = []
+            for part in parse_text(self.expansions[name]):
+                out.append(escape_literal(part) if isinstance(part, str) else text_of(part[0], depth + 1))
+            return "".join(out)
+
+        def go(v: Any) -> Any:
+            if isinstance(v, dict):
+                if v.get(MARK) == "text":
+                    out = []
+                    for part in parse_text(v["t"]):
+                        out.append(escape_literal(part) if isinstance(part, str) else text_of(part[0]))
+                    return {**v, "t": "".join(out)}
+                if v.get(MARK) == "json":
+                    return {**v, "value": go(v["value"])}
+                if MARK in v:
+                    return v
+                return {k: go(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [go(x) for x in v]
+            return v
+
+        return go(value)
 
 
 class _Builder:
-    """Collects slot occurrences while observations are lined up."""
+    """Lines up the observations' messages, creating slots where they differ."""
 
-    def __init__(self, count: int):
-        self.count = count
-        self.occurrences: list[_Occurrence] = []
+    def __init__(self, slots: _Slots):
+        self.slots = slots
 
-    def slot(self, values: Sequence[str], number: bool, hint: str | None, prose: bool = False) -> str:
-        self.occurrences.append(_Occurrence(tuple(values), number, hint, prose))
-        return f"_s{len(self.occurrences) - 1}"
-
-    # -- messages --------------------------------------------------------------
     def align(self, values: list[Any], where: str, hint: str | None, in_json: bool) -> Any:
         first = values[0]
         if all(_same(first, v) for v in values[1:]):
@@ -255,13 +351,26 @@ class _Builder:
                 raise _Refuse(f"{where}: the lists differ in length")
             return [self.align([v[i] for v in values], f"{where}[{i}]", hint, in_json) for i in range(len(first))]
         if all(_is_number(v) for v in values):
-            return number_marker(self.slot([number_text(v) for v in values], True, hint))
+            return number_marker(self.slots.slot([number_text(v) for v in values], True, hint))
         if all(isinstance(v, str) for v in values):
             parsed = [_json_container(v) for v in values]
             if all(p is not None for p in parsed):
                 return json_marker(self.align(parsed, where, hint, True), COMPACT)
-            if in_json:  # a field: the whole value is one slot
-                return text_marker("{{" + self.slot(values, False, hint) + "}}")
+            if in_json:  # a field: one value, or a text over values already seen
+                if tuple(values) not in self.slots.by_values:
+                    explained = self.slots.explain(values)
+                    if explained is not None and not _whole_placeholder(explained):
+                        for part in parse_text(explained):  # values of structured data now
+                            if isinstance(part, tuple):
+                                self.slots.prose[part[0]] = False
+                        return text_marker(explained)
+                return text_marker("{{" + self.slots.slot(values, False, hint) + "}}")
+            # Running text that differs only by values already seen (the
+            # model's "confirmation C-12345" after a tool returned it) is
+            # bound to them, not given looser slots of its own.
+            explained = _explain_text(values, self.slots.live())
+            if explained is not None:
+                return text_marker(explained)
             return text_marker(self._prose(values, where))
         raise _Refuse(f"{where}: the values differ in kind")
 
@@ -284,9 +393,14 @@ class _Builder:
             if common_shape(slot_values) == "text" and any(
                     len(v.split()) > MAX_PROSE_SLOT_WORDS for v in slot_values):
                 raise _Refuse(f"{where}: a differing span is too long to be a value ({slot_values[0][:40]!r})")
-            out.append("{{" + self.slot(slot_values, False, None, prose=True) + "}}")
+            out.append("{{" + self.slots.slot(slot_values, prose=True) + "}}")
         _check_anchor(segments, values, where)
         return "".join(out)
+
+
+def _whole_placeholder(t: str) -> bool:
+    parts = parse_text(t)
+    return len(parts) == 3 and parts[0] == "" and parts[2] == ""
 
 
 def _word_count(text: str) -> int:
@@ -343,10 +457,8 @@ def _json_container(v: Any) -> Any:
 class _Reply:
     """Builds a reply template whose differences are all slot values."""
 
-    def __init__(self, groups: dict[str, tuple[str, ...]]):
-        self.groups = groups  # provisional group name -> values per observation
-        self.by_values = {values: name for name, values in groups.items()}
-        self.hints: dict[str, str] = {}
+    def __init__(self, slots: _Slots):
+        self.slots = slots
 
     def align(self, values: list[Any], where: str, key: str | None, in_json: bool) -> Any:
         first = values[0]
@@ -379,24 +491,22 @@ class _Reply:
                 raise _Refuse(f"reply {where}: the lists differ in length")
             return [self.align([v[i] for v in values], f"{where}[{i}]", key, in_json) for i in range(len(first))]
         if all(_is_number(v) for v in values):
-            name = self.by_values.get(tuple(number_text(v) for v in values))
-            if name is None:
+            name = self.slots.by_values.get(tuple(number_text(v) for v in values))
+            if name is None or name in self.slots.expansions:
                 raise _Refuse(f"reply {where}: the number {_brief(first)} is no slot's value")
             if in_json and key:
-                self.hints.setdefault(name, key)
+                self.slots.hints.setdefault(name, key)
             return number_marker(name)
         if all(isinstance(v, str) for v in values):
             parsed = [_json_container(v) for v in values]
             if all(p is not None for p in parsed):
                 return json_marker(self.align(parsed, where, key, True), json_style(values[0], parsed[0]))
-            if in_json and key:
-                name = self.by_values.get(tuple(values))
-                if name is not None:
-                    self.hints.setdefault(name, key)
-            template = _explain_text(values, self.groups)
+            template = self.slots.explain(values) if in_json else _explain_text(values, self.slots.live())
             if template is None:
                 raise _Refuse(f"reply {where}: {_brief(first)} vs {_brief(values[1])} differ in a way "
                               "substituting the slots does not explain")
+            if in_json and key and _whole_placeholder(template):
+                self.slots.hints.setdefault(parse_text(template)[1][0], key)
             return text_marker(template)
         raise _Refuse(f"reply {where}: the values differ in kind")
 
@@ -522,48 +632,35 @@ def _propose(obs: list[Observation], min_observations: int) -> Proposal:
         start += 1
     if start == length:
         raise _Refuse("the conversations are the same")
-    builder = _Builder(len(obs))
+    slots = _Slots()
+    builder = _Builder(slots)
     templated = [builder.align([o.messages[i] for o in obs], f"message {i}", None, False)
                  for i in range(start, length)]
-    # One name per value: the same values in every observation are one slot.
-    group_of: dict[tuple[str, ...], str] = {}
-    provisional: dict[str, str] = {}
-    for n, occ in enumerate(builder.occurrences):
-        group = group_of.setdefault(occ.values, f"_g{len(group_of)}")
-        provisional[f"_s{n}"] = group
-    templated = [_rename(t, provisional) for t in templated]
-    groups = {g: values for values, g in group_of.items()}
-    reply_builder = _Reply(groups)
-    reply = reply_builder.align([o.reply for o in obs], "", None, False)
+    reply = _Reply(slots).align([o.reply for o in obs], "", None, False)
+    # A group split while the reply was explained is split everywhere.
+    templated = [slots.expand(t) for t in templated]
+    reply = slots.expand(reply)
+    used = set().union(*(slots_in(t) for t in templated), slots_in(reply))
     # Final names: a JSON key of the messages, else of the reply, else v1, v2, ...
-    hints: dict[str, str] = {}
-    for n, occ in enumerate(builder.occurrences):
-        name = _slot_name(occ.hint)
-        if name:
-            hints.setdefault(provisional[f"_s{n}"], name)
-    for g, hint in reply_builder.hints.items():
-        name = _slot_name(hint)
-        if name:
-            hints.setdefault(g, name)
     names: dict[str, str] = {}
-    used: set[str] = set()
+    taken: set[str] = set()
     counter = 0
-    for g in groups:
-        name = hints.get(g)
-        if name is None or name in used:
+    for g in slots.groups:
+        if g not in used:
+            continue
+        name = _slot_name(slots.hints.get(g))
+        if name is None or name in taken:
             base = name
             while True:
                 counter += 1
                 name = f"{base}_{counter}" if base else f"v{counter}"
-                if name not in used:
+                if name not in taken:
                     break
-        used.add(name)
+        taken.add(name)
         names[g] = name
     templated = [_rename(t, names) for t in templated]
     reply = _rename(reply, names)
-    number_groups = {provisional[f"_s{n}"] for n, occ in enumerate(builder.occurrences) if occ.number}
-    shapes = {names[g]: ("number" if g in number_groups else common_shape(values))
-              for g, values in groups.items()}
+    shapes = {names[g]: ("number" if g in slots.numbers else common_shape(slots.groups[g])) for g in names}
     nodes: list[tuple[str, dict]] = []
     for t in templated:
         if has_markers(t):
@@ -571,22 +668,7 @@ def _propose(obs: list[Observation], min_observations: int) -> Proposal:
         else:
             nodes.append(("message", t))
     # Evidence 1: each observation matches the templates and its reply is reproduced.
-    all_bindings: list[dict[str, str]] = []
-    for o in obs:
-        bindings: dict[str, str] = {}
-        for (kind, content), message in zip(nodes, o.messages[start:]):
-            if kind == "template":
-                extended = match_message(content, message, bindings)
-                if extended is None:
-                    raise _Refuse("an observation does not match the proposed template")
-                bindings = extended
-        try:
-            rendered = render_reply(reply, bindings)
-        except ValueError as e:
-            raise _Refuse(f"the reply template cannot be rendered: {e}") from None
-        if not same_reply(rendered, o.reply):
-            raise _Refuse("rendering the reply template does not reproduce a recorded reply")
-        all_bindings.append(bindings)
+    all_bindings = [_reproduce(nodes, reply, o.messages[start:], o.reply) for o in obs]
     # Evidence 2: a free-text span of prose that never reaches the reply (an
     # instruction word, not a field of a tool result) is never a slot, even
     # when the replies are identical. Identical replies only show that these
@@ -596,15 +678,77 @@ def _propose(obs: list[Observation], min_observations: int) -> Proposal:
     # (number, date, e-mail, identifier) cannot hold an instruction, and a
     # field of structured data is named by its key, so those may stay unused.
     reaching = slots_in(reply)
-    prose_only = {g for g in groups
-                  if all(occ.prose for n, occ in enumerate(builder.occurrences) if provisional[f"_s{n}"] == g)}
-    for g, values in groups.items():
-        name, shape = names[g], shapes[names[g]]
-        if name not in reaching and shape == "text" and g in prose_only:
-            values = sorted(set(values))
+    for g, name in names.items():
+        if name not in reaching and shapes[name] == "text" and slots.prose[g]:
+            values = sorted(set(slots.groups[g]))
             raise _Refuse(f"slot {{{{{name}}}}} ({', '.join(map(repr, values[:3]))}) is free text that never "
                           "reaches the reply: it stays literal")
     return Proposal(start, tuple(nodes), reply, shapes, keys, tuple(all_bindings))
+
+
+def _reproduce(nodes: Sequence[tuple[str, dict]], reply: dict, messages: Sequence[Message],
+               recorded: dict) -> dict[str, str]:
+    """The bindings of one observation, if the templates match it and render its reply exactly."""
+    bindings: dict[str, str] = {}
+    for (kind, content), message in zip(nodes, messages):
+        if kind == "template":
+            extended = match_message(content, message, bindings)
+            if extended is None:
+                raise _Refuse("an observation does not match the proposed template")
+            bindings = extended
+        elif not _same(content, message):
+            raise _Refuse("an observation does not match the proposed template")
+    try:
+        rendered = render_reply(reply, bindings)
+    except ValueError as e:
+        raise _Refuse(f"the reply template cannot be rendered: {e}") from None
+    if not same_reply(rendered, recorded):
+        raise _Refuse("rendering the reply template does not reproduce a recorded reply")
+    return bindings
+
+
+def propose_prefix(accepted: Proposal, prefix: Sequence[Observation]) -> Proposal | Rejected:
+    """The reply at an earlier step of an accepted proposal's runs, on its templates.
+
+    `prefix[i]` is run i's observation at an earlier depth (same order as
+    `accepted.keys`). An accepted proposal is evidence about its slots: each
+    of them is a value that the runs' replies carry. So a user's name that
+    the first tool call does not use (`get_order(order_id)`) is a value at
+    that first step too, once a later reply of the same runs ("Refunded Ana
+    Ruiz") shows it is one. The earlier reply must still be reproduced
+    exactly by rendering with each run's own values, over the same template
+    nodes (so it attaches to them), and may use no value of its own.
+    """
+    keys = tuple(o.key for o in prefix)
+    try:
+        if len(prefix) != len(accepted.keys) or not prefix:
+            raise _Refuse("one earlier observation per run is needed")
+        count = len(prefix[0].messages) - accepted.start
+        if not 0 < count < len(accepted.nodes) or any(len(o.messages) != len(prefix[0].messages) for o in prefix):
+            raise _Refuse("the earlier observations are not inside the accepted templates")
+        nodes = accepted.nodes[:count]
+        used = set().union(*(slots_in(content) for kind, content in nodes if kind == "template"))
+        if not used:
+            raise _Refuse("no template before this step")
+        bindings = [{k: v for k, v in b.items() if k in used} for b in accepted.bindings]
+        slots = _Slots(frozen=True)
+        for name in sorted(used):
+            values = tuple(b[name] for b in bindings)
+            if values in slots.by_values:  # two names, one value tuple: the walk binds both
+                continue
+            slots.groups[name] = values
+            slots.by_values[values] = name
+            slots.prose[name] = False
+            if accepted.slots.get(name) == "number":
+                slots.numbers.add(name)
+        reply = _Reply(slots).align([o.reply for o in prefix], "", None, False)
+        for o, expected in zip(prefix, bindings):
+            if _reproduce(nodes, reply, o.messages[accepted.start:], o.reply) != expected:
+                raise _Refuse("an earlier observation binds other values than its run")
+        shapes = {k: v for k, v in accepted.slots.items() if k in used}
+        return Proposal(accepted.start, nodes, reply, shapes, keys, tuple(bindings))
+    except _Refuse as e:
+        return Rejected(str(e), keys)
 
 
 def choose(

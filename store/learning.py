@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from .canonical import digest
-from .induction import Observation, Proposal, Rejected, choose
+from .induction import Observation, Proposal, Rejected, choose, propose_prefix
 from .lmdb_backend import LmdbBackend
 from .model import Conversation
 from .templates import bind_message, bind_reply
@@ -40,6 +40,7 @@ class InductionOutcome:
     rejected: tuple[Rejected, ...] = ()
     skipped: str = ""  # why nothing was tried
     template_nodes: tuple[bytes, ...] = field(default=())
+    earlier_replies: int = 0  # earlier steps of the same runs now answered (see `_earlier_steps`)
 
 
 def _shared_prefix(a: tuple, b: tuple) -> int:
@@ -107,9 +108,40 @@ class Learner:
         if proposal is None:
             return InductionOutcome(rejected=tuple(failures))
         ids = self._write(proposal, writes, namespace)
-        return InductionOutcome(accepted=proposal, rejected=tuple(failures), template_nodes=ids)
+        earlier = self._earlier_steps(proposal, writes, namespace)
+        return InductionOutcome(accepted=proposal, rejected=tuple(failures), template_nodes=ids,
+                                earlier_replies=earlier)
 
-    def _write(self, proposal: Proposal, exact: list[NodeWrite], namespace: str) -> tuple[bytes, ...]:
+    def _ancestor(self, node: bytes, depth: int) -> bytes | None:
+        with self.backend.snapshot() as snap:
+            record = snap.node(node)
+            while record is not None and record.depth > depth:
+                record = snap.node(record.parent) if record.parent else None
+            return record.node_id if record is not None and record.depth == depth else None
+
+    def _earlier_steps(self, proposal: Proposal, writes: list[NodeWrite], namespace: str) -> int:
+        """Replies for the earlier requests of the proposal's runs, on its template nodes.
+
+        A step whose own proposal failed only because a value reaches a later
+        reply (the customer's name, unused by the first tool call) is served
+        once the later step proves the value is one (`propose_prefix`).
+        """
+        written = 0
+        deepest = proposal.start + len(proposal.nodes)
+        for depth in range(deepest - 1, proposal.start, -1):
+            nodes = [self._ancestor(key, depth) for key in proposal.keys]
+            if any(n is None for n in nodes):
+                continue
+            prefix = [self._observation(n) for n in nodes]
+            if any(o is None for o in prefix):
+                continue  # a step the agent never asked about (after an assistant message)
+            found = propose_prefix(proposal, prefix)
+            if isinstance(found, Proposal) and self._write(found, writes, namespace, only_new=True):
+                written += 1
+        return written
+
+    def _write(self, proposal: Proposal, exact: list[NodeWrite], namespace: str,
+               only_new: bool = False) -> tuple[bytes, ...]:
         parent = exact[proposal.start].node_id
         rows = [(w.node_id, w.parent, w.depth, w.kind, w.content, namespace if w.kind == "root" else "")
                 for w in exact[: proposal.start + 1]]
@@ -120,6 +152,10 @@ class Learner:
             ids.append(node)
             parent = node
         rid = reply_id(proposal.reply)
+        if only_new:
+            with self.backend.snapshot() as snap:
+                if any(r.reply_id == rid for r in snap.replies(parent)):
+                    return ()  # derived before from the same runs: no new evidence
         # One observation per recorded run: the count is the evidence behind it.
         for _ in proposal.keys:
             self.backend.record(rows, parent, rid, proposal.reply, False, False)
