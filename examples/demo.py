@@ -121,7 +121,7 @@ def fake_model(call: Call) -> JSONReply | StreamReply:
 def run_agent(client: openai.OpenAI, shop: Shop, order_id: str, model: str, verb: str = "refund",
               stream: bool = False) -> dict:
     messages: list[dict] = [{"role": "system", "content": SYSTEM},
-                            {"role": "user", "content": f"Please {verb} order {order_id}."}]
+                            {"role": "user", "content": f"Please {verb} order {order_id} for {shop.orders[order_id]['customer']}."}]
     statuses, calls = [], []
     for _ in range(6):
         raw = client.chat.completions.with_raw_response.create(model=model, messages=messages, tools=TOOLS,
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             provider_calls = (len(provider.calls) - before) if provider else sum(s != "hit" for s in result["statuses"])
             right = is_right(result, orders[order_id], "cancel", strict=not real)
             ok &= right
-            print(f"\nlook-alike: 'Please cancel order {order_id}.' (same words but one)")
+            print(f"\nlook-alike: 'Please cancel order {order_id} for {orders[order_id]['customer']}.' (same words but one)")
             print(f"{'':>3}  {order_id:<6} {orders[order_id]['customer']:<14} {provider_calls:>14}  "
                   f"{' '.join(result['statuses']):<20} {result['answer']}  {'right' if right else 'WRONG'}")
         finally:

@@ -241,6 +241,30 @@ def test_two_recorded_customers_serve_a_third_with_every_value_and_no_provider_c
     assert len(provider.calls) == calls, "a templated run reached the provider"
 
 
+def test_a_customer_named_in_the_request_but_unused_by_the_first_call_is_served_from_the_first_step(
+        shared_proxy, through, provider, api_key, openai_model):
+    # The issue's own example: the name is in the user's words, the first
+    # call (get_order) does not use it, the final answer does. The later
+    # step proves it is a value, so the third run misses nothing.
+    through(shared_proxy)
+    sdk = openai_client(api_key)
+
+    def named(order_id: str) -> str:
+        return f"Please refund order {order_id} for {ORDERS[order_id]['customer']}."
+
+    assert outcome(run_openai(sdk, named("1234"))) == refund_outcome("1234")
+    assert outcome(run_openai(sdk, named("9876"), stream=True)) == refund_outcome("9876")
+    settle(shared_proxy, provider, api_key)
+    calls = len(provider.calls)
+    third = run_openai(sdk, named("5555"), stream=True)
+    assert outcome(third) == refund_outcome("5555")
+    assert third["cache"] == ["hit", "hit", "hit"]
+    assert len(provider.calls) == calls, "a templated run reached the provider"
+    # Another instruction around the same kind of values still goes to the provider.
+    cancelled = run_openai(sdk, "Please cancel order 5555 for " + ORDERS["5555"]["customer"] + ".")
+    assert cancelled["cache"][0] == "miss"
+
+
 def test_the_same_flow_with_a_changed_instruction_misses(shared_proxy, through, provider, api_key, openai_model):
     through(shared_proxy)
     sdk = openai_client(api_key)
