@@ -11,6 +11,7 @@ from pathlib import Path
 from .lmdb_backend import LmdbBackend
 from .model import Conversation, Hit, Miss, NodeRecord
 from .namespace import namespace_for
+from .template_index import TemplateSet
 from .learning import InductionOutcome, Learner, plan_bound_record
 from .templates import explain_mismatch, match_message
 from .tree import ServePolicy, lookup, plan_record, reply_id
@@ -33,6 +34,9 @@ class Cache:
         self.backend = LmdbBackend(path)
         self.policy = policy
         self._templates: dict[bytes, NodeRecord] = {}  # decoded template nodes, by id
+        # Each node's template children with their index, valid for one
+        # template generation of the database (see _DecodedTemplates).
+        self._template_sets: tuple[int | None, dict[bytes, tuple[TemplateSet, bool]]] = (None, {})
 
     def close(self) -> None:
         self.backend.close()
@@ -43,7 +47,14 @@ class Cache:
     def lookup(self, namespace: str, conversation: Conversation, bindings: dict[str, str] | None = None) -> Hit | Miss:
         """Exact children first, then templates; `bindings` are client-declared values."""
         with self.backend.snapshot() as snap:
-            reader = _DecodedTemplates(snap, self._templates)
+            generation = snap.template_generation()
+            sets = self._template_sets
+            if sets[0] != generation:
+                # Another process (or this one) added or deleted templates:
+                # start over. Replaced whole, so a thread holding an older
+                # snapshot never mixes its lists with newer ones.
+                sets = self._template_sets = (generation, {})
+            reader = _DecodedTemplates(snap, self._templates, sets[1])
             return lookup(conversation, namespace, reader, self.policy, match_template=match_message,
                           bindings=bindings, explain_template=explain_mismatch)
 
@@ -78,16 +89,26 @@ class Cache:
 
 
 class _DecodedTemplates:
-    """A TreeReader that decodes each template node once per process.
+    """A TreeReader that reads each node's template children once per process.
 
-    Node ids are content addresses, so a decoded node never goes stale; which
-    templates a node has is still read from the snapshot every time.
+    Node ids are content addresses, so a decoded node never goes stale. Which
+    templates a node has does change, in this process or another: the lists
+    in `sets` are only used with snapshots of the template generation they
+    were read at (the backend bumps it in the same write transaction as any
+    template edge it adds or deletes), so a lookup sees exactly what its
+    snapshot holds. Each list comes with its index (store/template_index.py)
+    so a message is matched only against templates it could fit, and, for a
+    template node, whether it has any exact child at all (the generation
+    moves with those too), so a walk below templates does not hash each
+    message to look for an exact child that cannot be there.
     """
 
     MAX = 4096
 
-    def __init__(self, snap, decoded: dict[bytes, NodeRecord]):
+    def __init__(self, snap, decoded: dict[bytes, NodeRecord],
+                 sets: dict[bytes, tuple[TemplateSet, bool]] | None = None):
         self.snap, self.decoded = snap, decoded
+        self.sets: dict[bytes, tuple[TemplateSet, bool]] = {} if sets is None else sets
 
     def __getattr__(self, name: str):  # every other read goes to the snapshot as is
         return getattr(self.snap, name)
@@ -99,9 +120,33 @@ class _DecodedTemplates:
         return self.snap.replies(node_id)
 
     def template_children(self, node_id: bytes) -> list[NodeRecord]:
+        return self._entry(node_id)[0].templates
+
+    def template_candidates(self, node_id: bytes, message) -> list[NodeRecord]:
+        return self._entry(node_id)[0].candidates(message)
+
+    def may_have_exact_child(self, node_id: bytes) -> bool:
+        if node_id not in self.decoded:
+            return True  # not known here as a template node: the generation does not cover its children
+        return self._entry(node_id)[1]
+
+    def _entry(self, node_id: bytes) -> tuple[TemplateSet, bool]:
+        found = self.sets.get(node_id)
+        if found is None:
+            templates, exact = self._read_children(node_id)
+            found = (TemplateSet(templates), exact)
+            if len(self.sets) >= self.MAX:
+                self.sets.clear()
+            self.sets[node_id] = found
+        return found
+
+    def _read_children(self, node_id: bytes) -> tuple[list[NodeRecord], bool]:
+        """The node's template children, decoded, and whether it has exact ones."""
         out = []
+        exact = False
         for child, kind in self.snap.children_of(node_id):
             if kind != "template":
+                exact = True
                 continue
             record = self.decoded.get(child)
             if record is None:
@@ -112,4 +157,4 @@ class _DecodedTemplates:
                     self.decoded.clear()
                 self.decoded[child] = record
             out.append(record)
-        return out
+        return out, exact

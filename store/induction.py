@@ -72,6 +72,7 @@ from typing import Any, Callable, Sequence
 
 from rapidfuzz.distance import Indel
 
+from .agreement import JSON_KEYS, VOLATILE_REPLY_KEYS, is_empty, json_container, same_answer
 from .canonical import canonical_json
 from .templates import (COMPACT, MARK, common_shape, escape_literal, has_markers, json_marker, json_style,
                         match_message, number_marker, number_text, parse_text, render_reply, slots_in,
@@ -79,21 +80,9 @@ from .templates import (COMPACT, MARK, common_shape, escape_literal, has_markers
 
 Message = dict[str, Any]
 
-# Reply fields that are the provider's bookkeeping, not the answer: they may
-# differ between observations and are served from the first (newest) one.
-# Ids are not among them: an adapter that keeps a reply's ids keeps them
-# because they are server state (a Responses `previous_response_id`), and one
-# run's id served to another would continue the wrong conversation upstream.
-VOLATILE_REPLY_KEYS = frozenset({
-    "usage", "usageMetadata", "system_fingerprint", "created", "created_at",
-    "modelVersion", "service_tier", "total_duration", "load_duration", "prompt_eval_count",
-    "prompt_eval_duration", "eval_count", "eval_duration",
-})
 # Reply fields that decide a branch: never a slot (which tool, who speaks, why it stopped).
 LITERAL_REPLY_KEYS = frozenset({"name", "role", "type", "finish_reason", "stop_reason", "finishReason",
                                 "done_reason", "object"})
-# Keys whose value is structured data rather than the conversation's own fields.
-JSON_KEYS = frozenset({"arguments", "args", "input", "parameters"})
 # A free-text span longer than this in prose is an instruction, not a value.
 MAX_PROSE_SLOT_WORDS = 6
 # A prose template with a free-text slot must be anchored by at least this
@@ -353,7 +342,7 @@ class _Builder:
         if all(_is_number(v) for v in values):
             return number_marker(self.slots.slot([number_text(v) for v in values], True, hint))
         if all(isinstance(v, str) for v in values):
-            parsed = [_json_container(v) for v in values]
+            parsed = [json_container(v) for v in values]
             if all(p is not None for p in parsed):
                 return json_marker(self.align(parsed, where, hint, True), COMPACT)
             if in_json:  # a field: one value, or a text over values already seen
@@ -442,16 +431,6 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _json_container(v: Any) -> Any:
-    if not isinstance(v, str) or not v.lstrip().startswith(("{", "[")):
-        return None
-    try:
-        parsed = json.loads(v)
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, (dict, list)) else None
-
-
 # -- explaining replies ---------------------------------------------------------------
 
 class _Reply:
@@ -476,7 +455,7 @@ class _Reply:
                 # A plain and a streamed recording of one answer differ in
                 # bookkeeping (`usage` only when asked for) and in empty
                 # fields (`annotations: []`): neither is meaning.
-                values = [{k: x for k, x in v.items() if not _empty(x) and k not in VOLATILE_REPLY_KEYS
+                values = [{k: x for k, x in v.items() if not is_empty(x) and k not in VOLATILE_REPLY_KEYS
                            and not k.startswith("_")} for v in values]
             if any(set(v) != set(values[0]) for v in values):
                 raise _Refuse(f"reply {where or 'body'}: the fields differ")
@@ -498,7 +477,7 @@ class _Reply:
                 self.slots.hints.setdefault(name, key)
             return number_marker(name)
         if all(isinstance(v, str) for v in values):
-            parsed = [_json_container(v) for v in values]
+            parsed = [json_container(v) for v in values]
             if all(p is not None for p in parsed):
                 return json_marker(self.align(parsed, where, key, True), json_style(values[0], parsed[0]))
             template = self.slots.explain(values) if in_json else _explain_text(values, self.slots.live())
@@ -586,28 +565,6 @@ def _slot_name(hint: str | None) -> str | None:
     if not name or not re.match(r"[A-Za-z_]", name):
         return None
     return name[:40]
-
-
-def _empty(value: Any) -> bool:
-    return value is None or value == [] or value == {}
-
-
-def _strip_volatile(reply: Any, in_json: bool = False) -> Any:
-    if isinstance(reply, dict):
-        return {k: _strip_volatile(v, in_json or k in JSON_KEYS) for k, v in reply.items()
-                if in_json or (k not in VOLATILE_REPLY_KEYS and not _empty(v) and not k.startswith("_"))}
-    if isinstance(reply, list):
-        return [_strip_volatile(v, in_json) for v in reply]
-    if isinstance(reply, str):
-        parsed = _json_container(reply)
-        if parsed is not None:
-            return {"$json": parsed}
-    return reply
-
-
-def same_reply(a: dict, b: dict) -> bool:
-    """Equal as answers: JSON strings compared as JSON, bookkeeping ignored."""
-    return canonical_json(_strip_volatile(a)) == canonical_json(_strip_volatile(b))
 
 
 # -- proposals ---------------------------------------------------------------------------
@@ -702,7 +659,7 @@ def _reproduce(nodes: Sequence[tuple[str, dict]], reply: dict, messages: Sequenc
         rendered = render_reply(reply, bindings)
     except ValueError as e:
         raise _Refuse(f"the reply template cannot be rendered: {e}") from None
-    if not same_reply(rendered, recorded):
+    if not same_answer(rendered, recorded):
         raise _Refuse("rendering the reply template does not reproduce a recorded reply")
     return bindings
 

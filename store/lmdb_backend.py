@@ -6,7 +6,8 @@ Layout (named databases, fixed-width binary keys):
     children  parent_id(16) + child_id(16) -> b"m" (message) | b"t" (template)
     replies   node_id(16) + reply_id(16)   -> JSON StoredReply (without ids)
     stats     node_id(16)                 -> JSON {"hits": n, "last_hit": ts}
-    meta      name                        -> value (schema version, namespace secret)
+    meta      name                        -> value (schema version, namespace secret,
+                                             template generation: see bump_templates)
     aux       table + 0x00 + key          -> JSON (small side tables: response-id maps,
                                              induction bookkeeping, ...; see put_aux)
 
@@ -33,6 +34,11 @@ import lmdb
 from .model import NodeRecord, StoredReply
 
 SCHEMA_VERSION = 1
+# Bumped in the same write transaction as every change to which template
+# children a node has and to which children a template node has, so a process
+# may keep those in memory and check one meta key per lookup to know they are
+# still what the database says.
+TEMPLATE_GENERATION = b"template-generation"
 INITIAL_MAP_SIZE = 256 << 20  # grows by doubling; most trees stay far below
 ID = 16
 
@@ -238,13 +244,21 @@ class LmdbBackend:
         now = time.time()
 
         def write(txn: lmdb.Transaction) -> None:
+            kinds: dict[bytes, str] = {}
+            templates_changed = False
             for node_id, parent, depth, kind, content, namespace in nodes:
+                kinds[node_id] = kind
                 record = {"parent": parent.hex() if parent else None, "depth": depth, "kind": kind,
                           "content": content, "created": now}
                 if namespace:
                     record["namespace"] = namespace
                 if txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False) and parent:
                     txn.put(parent + node_id, b"t" if kind == "template" else b"m", db=self.children)
+                    # A parent not in this path may be a template: count it as one.
+                    if kind == "template" or kinds.get(parent, "template") == "template":
+                        templates_changed = True
+            if templates_changed:
+                _bump_template_generation(txn, self.meta)
             key = reply_node + reply_id
             if refresh:
                 for old in list(_replies_in(txn, self.replies_db, reply_node)):
@@ -258,8 +272,9 @@ class LmdbBackend:
                 entry = _loads(raw)
                 entry["count"] += 1
                 entry["last_seen"] = now
-                if refresh:
+                if refresh:  # the same answer again: keep the provider's latest copy of it
                     entry["bad"] = False
+                    entry["reply"], entry["streamed"] = reply, streamed
             txn.put(key, _dumps(entry), db=self.replies_db)
 
         self._write(write)
@@ -376,6 +391,8 @@ class LmdbBackend:
                     replies += _delete_prefix(txn, self.replies_db, node_id)
                 nodes += len(ids)
                 deleted += 1
+            if deleted:
+                _bump_template_generation(txn, self.meta)  # templates may be among them
             return deleted, nodes, replies
 
         return self._write(write)
@@ -473,13 +490,15 @@ class LmdbBackend:
         """
         def write(txn: lmdb.Transaction) -> dict[str, int]:
             added = {"nodes": 0, "replies": 0, "stats": 0, "aux": 0}
+            templates_changed = False
             for node_id, record in nodes:
                 if txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False):
                     added["nodes"] += 1
                 parent = record.get("parent")
                 if parent:
-                    txn.put(bytes.fromhex(parent) + node_id, b"t" if record.get("kind") == "template" else b"m",
-                            db=self.children, overwrite=False)
+                    if txn.put(bytes.fromhex(parent) + node_id, b"t" if record.get("kind") == "template" else b"m",
+                               db=self.children, overwrite=False):
+                        templates_changed = True  # the parent's kind is not at hand: assume a template
             for table, db, rows in (("replies", self.replies_db, replies), ("stats", self.stats_db, stats)):
                 for key, value in rows:
                     raw = txn.get(key, db=db)
@@ -491,6 +510,8 @@ class LmdbBackend:
             for table, key, value in aux:
                 if txn.put(_aux_key(table, key), _dumps(value), db=self.aux, overwrite=False):
                     added["aux"] += 1
+            if templates_changed:
+                _bump_template_generation(txn, self.meta)
             return added
 
         return self._write(write)
@@ -514,6 +535,11 @@ class LmdbBackend:
         if adopted:
             self.secret = secret
         return adopted
+
+
+def _bump_template_generation(txn: lmdb.Transaction, meta: Any) -> None:
+    raw = txn.get(TEMPLATE_GENERATION, db=meta)
+    txn.put(TEMPLATE_GENERATION, str(int(raw or b"0") + 1).encode(), db=meta)
 
 
 def _aux_key(table: str, key: bytes) -> bytes:
@@ -628,3 +654,11 @@ class Snapshot:
     def template_children(self, node_id: bytes) -> list[NodeRecord]:
         kids = [cid for cid, kind in self.children_of(node_id) if kind == "template"]
         return [n for n in (self.node(cid) for cid in kids) if n is not None]
+
+    def template_generation(self) -> int:
+        """Changes whenever a node gains or loses a template child or a
+        template node gains or loses any child (0 in a database that never had
+        a template): what was read of those in a snapshot of the same
+        generation is still exact."""
+        raw = self._txn.get(TEMPLATE_GENERATION, db=self._b.meta)
+        return 0 if raw is None else int(raw)

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Protocol
 
+from .agreement import answer_id
 from .canonical import canonical_json, digest
 from .model import Conversation, Hit, Message, Miss, NodeRecord, StoredReply
 
@@ -31,20 +32,22 @@ class IdMemo:
     `0`, and a float's text always shows it is one), so one key never maps to
     two ids; `0` and `0.0` merely get two keys for the same id. Bounded by
     entries and by key characters, oldest out first.
+
+    The same class remembers template matches (`_MATCHES`, see `_matched`).
     """
 
     def __init__(self, max_entries: int = 4096, max_chars: int = 8_000_000) -> None:
         self.max_entries = max_entries
         self.max_chars = max_chars
-        self._ids: dict[tuple, tuple[bytes, int]] = {}
+        self._ids: dict[tuple, tuple[Any, int]] = {}
         self._chars = 0
         self._lock = threading.Lock()  # the writer thread computes ids too
 
-    def get(self, key: tuple) -> bytes | None:
+    def get(self, key: tuple) -> Any:
         found = self._ids.get(key)
         return found[0] if found is not None else None
 
-    def put(self, key: tuple, node_id: bytes, chars: int) -> None:
+    def put(self, key: tuple, node_id: Any, chars: int) -> None:
         if chars > self.max_chars // 16:
             return  # a huge value would evict everything else
         with self._lock:
@@ -84,7 +87,10 @@ def root_id(namespace: str, context: dict) -> bytes:
 
 
 def child_id(parent: bytes, message: Message) -> bytes:
-    text = _memo_text(message)
+    return _child_id(parent, message, _memo_text(message))
+
+
+def _child_id(parent: bytes, message: Message, text: str | None) -> bytes:
     key = ("node", parent, text)
     found = _IDS.get(key) if text is not None else None
     if found is None:
@@ -94,10 +100,52 @@ def child_id(parent: bytes, message: Message) -> bytes:
     return found
 
 
+_MATCHES = IdMemo()
+_NO_MATCH: dict = {}  # a remembered "does not fit" (the memo's own None means "not known")
+
+
+def _matched(matcher: "TemplateMatcher", template: NodeRecord, message: Message, text: str | None,
+             bindings: dict) -> dict | None:
+    """`matcher(template.content, message, bindings)`, remembered per process.
+
+    Agents resend the same prefix turn after turn, so a walk meets the same
+    message at the same template again and again. The key fixes every input
+    of the match: the matcher; the template node's id, a content address
+    (contents that share an id differ at most in `1` against `1.0` in a
+    literal, which matching compares canonically anyway); the message's memo
+    text, which tells `1` from `1.0` where a number slot would bind either;
+    and the bindings so far. The dict remembered is never changed: the walk
+    only reads bindings and copies them into a Hit.
+    """
+    if text is None:
+        return matcher(template.content, message, bindings)
+    key = ("match", matcher, template.node_id, text, tuple(bindings.items()))
+    try:
+        found = _MATCHES.get(key)
+    except TypeError:  # a binding value that cannot be a key: match every time
+        return matcher(template.content, message, bindings)
+    if found is None:
+        found = matcher(template.content, message, bindings)
+        _MATCHES.put(key, _NO_MATCH if found is None else found, len(text))
+        return found
+    return None if found is _NO_MATCH else found
+
+
+def forget_memos() -> None:
+    """Drop the per-process node-id and template-match memos (for cold timings and tests)."""
+    _IDS.clear()
+    _MATCHES.clear()
+
+
 class TreeReader(Protocol):
     def has_node(self, node_id: bytes) -> bool: ...
     def replies(self, node_id: bytes) -> list[StoredReply]: ...
     def template_children(self, node_id: bytes) -> list[NodeRecord]: ...
+    # Optional: `template_candidates(node_id, message)`, the template children
+    # in the same order minus some that cannot match `message` (an index);
+    # without it every template child is tried. Optional too:
+    # `may_have_exact_child(node_id)`, asked only of a node the walk reached
+    # through a template; False lets the walk skip hashing the message.
 
 
 @dataclass(frozen=True)
@@ -156,14 +204,17 @@ def lookup(
         return Miss("new-context", -1, None, "no recording for this model, tools and parameters")
     messages = conversation.messages
     best_miss: list[Miss] = []
-    # Where the deepest miss happened: its message, bindings and template children.
-    best_templates: list[tuple[Message, dict, list[NodeRecord]]] = []
+    # Where the deepest miss happened: its message, bindings and node (whose
+    # template children explain it).
+    best_templates: list[tuple[Message, dict, bytes]] = []
+    candidates = getattr(reader, "template_candidates", None)
+    exact_possible = getattr(reader, "may_have_exact_child", None)
 
     def note_miss(depth: int, node: bytes, path: tuple[bytes, ...], reason: str, detail: str) -> None:
         if not best_miss or depth > best_miss[0].matched:
             best_miss[:] = [Miss(reason, depth, node, detail, path)]
 
-    def walk(node: bytes, depth: int, bindings: dict, path: tuple[bytes, ...]) -> Hit | None:
+    def walk(node: bytes, depth: int, bindings: dict, path: tuple[bytes, ...], templated: bool = False) -> Hit | None:
         if depth == len(messages):
             replies = reader.replies(node)
             chosen = policy.choose(replies)
@@ -172,23 +223,24 @@ def lookup(
                 return None
             return Hit(node, chosen.reply, chosen.reply_id, dict(bindings), path)
         message = messages[depth]
-        exact = child_id(node, message)
-        if reader.has_node(exact):
-            found = walk(exact, depth + 1, bindings, path + (exact,))
-            if found is not None:
-                return found
-        templates: list[NodeRecord] = []
-        if match_template is not None:
-            templates = reader.template_children(node)
-            for template in templates:
-                extended = match_template(template.content, message, bindings)
-                if extended is None:
-                    continue
-                found = walk(template.node_id, depth + 1, extended, path + (template.node_id,))
+        text = _memo_text(message)  # once, for the exact id and for the template matches
+        if not templated or exact_possible is None or exact_possible(node):
+            exact = _child_id(node, message, text)
+            if reader.has_node(exact):
+                found = walk(exact, depth + 1, bindings, path + (exact,))
                 if found is not None:
                     return found
-        if not best_miss or depth > best_miss[0].matched:
-            best_templates[:] = [(message, bindings, templates)]
+        if match_template is not None:
+            templates = candidates(node, message) if candidates is not None else reader.template_children(node)
+            for template in templates:
+                extended = _matched(match_template, template, message, text, bindings)
+                if extended is None:
+                    continue
+                found = walk(template.node_id, depth + 1, extended, path + (template.node_id,), True)
+                if found is not None:
+                    return found
+        if match_template is not None and (not best_miss or depth > best_miss[0].matched):
+            best_templates[:] = [(message, bindings, node)]
         note_miss(depth, node, path, "diverged", f"message {depth} ({message.get('role', '?')}) is new at this point")
         return None
 
@@ -196,11 +248,13 @@ def lookup(
     if hit is not None:
         return hit
     miss = best_miss[0]
-    if explain_template is not None and miss.reason == "diverged" and best_templates and best_templates[0][2]:
-        message, at, templates = best_templates[0]
-        nearest = templates[0]
-        miss = replace(miss, template=nearest.node_id,
-                       template_failure=explain_template(nearest.content, message, at))
+    if explain_template is not None and miss.reason == "diverged" and best_templates:
+        message, at, node = best_templates[0]
+        templates = reader.template_children(node)  # all of them: the index may have skipped the nearest
+        if templates:
+            nearest = templates[0]
+            miss = replace(miss, template=nearest.node_id,
+                           template_failure=explain_template(nearest.content, message, at))
     return miss
 
 
@@ -230,4 +284,10 @@ def plan_record(conversation: Conversation, namespace: str) -> tuple[list[NodeWr
 
 
 def reply_id(reply: dict) -> bytes:
-    return digest(b"reply", canonical_json(reply))
+    """The reply's id at its node: the same for every recording of one answer.
+
+    Bookkeeping (`usage`, `system_fingerprint`, durations) is left out, so two
+    identical answers from a real provider are one reply observed twice and
+    can meet `butter_min_observations` (store/agreement.py).
+    """
+    return answer_id(reply)
