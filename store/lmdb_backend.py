@@ -33,7 +33,13 @@ import lmdb
 
 from .model import NodeRecord, StoredReply
 
-SCHEMA_VERSION = 1
+# 2: reply ids leave bookkeeping out (store/agreement.py) and template
+# changes bump TEMPLATE_GENERATION. A schema-1 database is read as it is (its
+# replies keep their old ids: a new recording of the same answer starts a
+# second count) and marked 2 on open, so an older butter, which would neither
+# bump the generation nor agree on reply ids, refuses it instead of serving
+# from stale template lists.
+SCHEMA_VERSION = 2
 # Bumped in the same write transaction as every change to which template
 # children a node has and to which children a template node has, so a process
 # may keep those in memory and check one meta key per lookup to know they are
@@ -133,6 +139,8 @@ class LmdbBackend:
             raise SchemaTooNew(
                 f"{self.path} has schema {int(schema)}; this butter reads {SCHEMA_VERSION}. Upgrade butter."
             )
+        if int(schema) < SCHEMA_VERSION:
+            self._write(lambda txn: txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self.meta))
         self.secret: bytes = bytes(secret)
 
     # -- transactions ----------------------------------------------------

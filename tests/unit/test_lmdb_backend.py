@@ -9,7 +9,7 @@ import pytest
 
 from store import Cache, Conversation, Hit
 from store import lmdb_backend
-from store.lmdb_backend import LmdbBackend, SchemaTooNew
+from store.lmdb_backend import SCHEMA_VERSION, LmdbBackend, SchemaTooNew
 
 
 def conv(n: int) -> Conversation:
@@ -34,6 +34,18 @@ def test_a_database_from_a_newer_butter_is_refused(tmp_path):
     backend.close()
     with pytest.raises(SchemaTooNew, match="Upgrade butter"):
         LmdbBackend(tmp_path / "db")
+
+
+def test_an_older_database_is_read_and_marked_with_this_schema_so_older_butters_refuse_it(tmp_path):
+    backend = LmdbBackend(tmp_path / "db")
+    backend._write(lambda txn: txn.put(b"schema", b"1", db=backend.meta))
+    backend.close()
+    reopened = LmdbBackend(tmp_path / "db")
+    try:
+        with reopened.env.begin(db=reopened.meta) as txn:
+            assert int(txn.get(b"schema")) == SCHEMA_VERSION > 1
+    finally:
+        reopened.close()
 
 
 def test_two_handles_in_one_process_share_one_environment(tmp_path):
