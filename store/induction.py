@@ -224,6 +224,7 @@ class _Slots:
         self.hints: dict[str, str] = {}
         self.prose: dict[str, bool] = {}  # True while every occurrence is running text
         self.expansions: dict[str, str] = {}  # a split group -> the template text of its parts
+        self.words: set[str] = set()  # parts of a split that were single words in every observation
         self.frozen = frozen  # no new groups: the templates are already fixed
 
     def slot(self, values: Sequence[str], number: bool = False, hint: str | None = None,
@@ -278,6 +279,10 @@ class _Slots:
                 continue
             prose = self.prose[name]
             first, second = (self.slot(p, prose=prose) for p in parts)
+            # Where a value divides is only known for values like these: parts
+            # that were single words match single words.
+            self.words.update(g for g, p in ((first, parts[0]), (second, parts[1]))
+                              if not any(ch.isspace() for v in p for ch in v))
             self.expansions[name] = "{{" + first + "}} {{" + second + "}}"
             return True
         return False
@@ -385,6 +390,13 @@ class _Builder:
             out.append("{{" + self.slots.slot(slot_values, prose=True) + "}}")
         _check_anchor(segments, values, where)
         return "".join(out)
+
+
+def _shape(slots: _Slots, group: str) -> str:
+    if group in slots.numbers:
+        return "number"
+    shape = common_shape(slots.groups[group])
+    return "word" if shape == "text" and group in slots.words else shape
 
 
 def _whole_placeholder(t: str) -> bool:
@@ -617,7 +629,7 @@ def _propose(obs: list[Observation], min_observations: int) -> Proposal:
         names[g] = name
     templated = [_rename(t, names) for t in templated]
     reply = _rename(reply, names)
-    shapes = {names[g]: ("number" if g in slots.numbers else common_shape(slots.groups[g])) for g in names}
+    shapes = {names[g]: _shape(slots, g) for g in names}
     nodes: list[tuple[str, dict]] = []
     for t in templated:
         if has_markers(t):
@@ -636,7 +648,7 @@ def _propose(obs: list[Observation], min_observations: int) -> Proposal:
     # field of structured data is named by its key, so those may stay unused.
     reaching = slots_in(reply)
     for g, name in names.items():
-        if name not in reaching and shapes[name] == "text" and slots.prose[g]:
+        if name not in reaching and shapes[name] in ("text", "word") and slots.prose[g]:
             values = sorted(set(slots.groups[g]))
             raise _Refuse(f"slot {{{{{name}}}}} ({', '.join(map(repr, values[:3]))}) is free text that never "
                           "reaches the reply: it stays literal")

@@ -20,7 +20,7 @@ same markers and rendered with the bindings of the walk.
 
 Public API
 ----------
-    SHAPES = ("number", "date", "email", "identifier", "text")
+    SHAPES = ("number", "date", "email", "identifier", "text")   and "word", for split values
     shape_of(value: str) -> str                        the most specific shape
     common_shape(values: Iterable[str]) -> str         the most specific shape all fit
     fits(shape: str, value: str) -> bool
@@ -94,6 +94,10 @@ _SHAPE_RES = {
     # A single token with at least one digit: ORD-1234, a1b2c3, a UUID. A plain
     # word ("refund") is text, so an instruction word never passes for an id.
     "identifier": re.compile(r"(?=\S*\d)[A-Za-z0-9][A-Za-z0-9_.:/#-]{0,127}"),
+    # One word (no space). Not one of SHAPES: only a value split into word
+    # parts gets it (see store/induction.py), so that "{{first}} {{last}}"
+    # never guesses where "Maria de la Cruz" divides.
+    "word": re.compile(r"\S+"),
 }
 
 

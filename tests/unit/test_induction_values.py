@@ -111,6 +111,15 @@ def test_a_name_written_whole_by_the_user_splits_into_first_and_last_name_fields
         "first_name": "Maria", "last_name": "Lopez", "phone": "+44 7001 100200"}
 
 
+def test_a_split_name_never_guesses_where_a_longer_name_divides():
+    # Taught by two-word names, "{{first_name}} {{last_name}}" cannot know
+    # whether "Maria de la Cruz" is Maria + "de la Cruz" or "Maria de la" +
+    # Cruz: the parts match single words only, so such a request misses.
+    proposal = propose(observations([signup("Ana", "Ruiz", "7235 839884"), signup("Bo", "Chen", "7674 204138")], 0))
+    assert proposal.slots["first_name"] == proposal.slots["last_name"] == "word"
+    assert walk(proposal, signup("Maria", "de la Cruz", "7001 100200")[0][0].messages) is None
+
+
 def test_the_models_own_text_is_bound_to_values_already_seen_not_given_slots_of_its_own():
     # At the last step the assistant's "Signed up Ana." is a message; "Ana" is
     # the first_name value, so an assistant message naming someone else misses.
