@@ -67,6 +67,10 @@ class Cache:
         self.backend.record(rows, node, reply_id(template), template, streamed, refresh)
         return node
 
+    def state_table(self, table: str, namespace: str) -> "NamespacedTable":
+        """A side table seen through one namespace (a wire format's server-side state)."""
+        return NamespacedTable(self.backend, table, namespace)
+
     def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2) -> InductionOutcome:
         """Learn templates from this recorded miss and its siblings (slow: off the request path)."""
         return Learner(self.backend).induce(namespace, conversation, min_observations)
@@ -86,6 +90,23 @@ class Cache:
                 for w in writes]
         self.backend.record(rows, node, reply_id(reply), reply, streamed, refresh)
         return node
+
+
+class NamespacedTable:
+    """A side table whose keys are scoped to a namespace, so one credential
+    never continues another's conversation (an adapter's `StateTable`)."""
+
+    def __init__(self, backend: LmdbBackend, table: str, namespace: str):
+        self.backend, self.table, self.namespace = backend, table, namespace
+
+    def get(self, key: str):
+        return self.backend.get_aux(self.table, self._key(key))
+
+    def put(self, key: str, value) -> None:
+        self.backend.put_aux(self.table, self._key(key), value)
+
+    def _key(self, key: str) -> bytes:
+        return f"{self.namespace}\x00{key}".encode("utf-8")
 
 
 class _DecodedTemplates:

@@ -122,14 +122,19 @@ def explain_command(args: argparse.Namespace) -> int:
         for path, fmt, parsed in candidates:
             credential = _credential(args, fmt.name, header_credential)
             namespace = cache.namespace(credential, fixed)
-            # (A Responses `previous_response_id` is not expanded here: the body is explained as it stands.)
+            not_expanded = ""
+            if fmt.keeps_state:  # a Responses `previous_response_id`: the conversation it continues, as the proxy does
+                try:
+                    parsed = fmt.expand(parsed, cache.state_table(fmt.name, namespace))
+                except NotUnderstood as e:
+                    not_expanded = str(e)
             outcome = cache.lookup(namespace, parsed.conversation, bindings) if bindings else \
                 cache.lookup(namespace, parsed.conversation)
             depth = len(parsed.conversation.messages) + 1 if not hasattr(outcome, "matched") else outcome.matched
             if best is None or depth > best[0]:
-                best = (depth, path, fmt, parsed, namespace, outcome, credential)
+                best = (depth, path, fmt, parsed, namespace, outcome, credential, not_expanded)
         assert best is not None
-        _, path, fmt, parsed, namespace, outcome, credential = best
+        _, path, fmt, parsed, namespace, outcome, credential, not_expanded = best
         result = explain(cache.backend, namespace, parsed.conversation, outcome, cache.policy,
                          max_siblings=args.siblings)
         deepest = cache.backend.node(result.node) if result.node else None
@@ -152,6 +157,7 @@ def explain_command(args: argparse.Namespace) -> int:
         "other_namespaces": result.other_namespaces, "nearest": result.nearest, "replies": result.replies, "templates": result.templates,
         "template": template_node, "template_failure": template_failure,
         "bindings": bindings_used if result.hit else {},
+        "not_expanded": not_expanded,
         "reply": {"id": served.reply_id, "count": served.count, "score": served.score} if served else None,
     }
 
@@ -168,6 +174,8 @@ def explain_command(args: argparse.Namespace) -> int:
                            + "  (the reply is rendered with these values)")
             return "\n".join(out)
         out.append(f"result    MISS ({result.reason}): {result.detail}")
+        if not_expanded:
+            out.append(f"state     {not_expanded} (explained as the body stands; the proxy would pass it through)")
         if result.matched < 0:
             if result.other_namespaces:
                 out.append("where     this exact context is recorded, but in another namespace: "

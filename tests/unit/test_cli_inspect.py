@@ -140,3 +140,38 @@ def test_node_summary_of_a_root_names_api_model_and_tools(db):
     finally:
         cache.close()
     assert node_summary(roots[0]).startswith("openai-chat  m")
+
+
+def test_explain_follows_a_responses_previous_response_id_as_the_proxy_does(tmp_path, capsys):
+    from addon.formats.base import WireRequest
+    from addon.formats.openai_responses import FORMAT as RESPONSES
+
+    def parse(body: dict):
+        return RESPONSES.parse_request(WireRequest("POST", "/v1/responses", {}, {}, json.dumps(body).encode()))
+
+    base = {"model": "gpt-4.1-mini"}
+    first_input = [{"role": "user", "content": "Please refund order 1234."}]
+    first_reply = {"id": "resp_first", "object": "response", "status": "completed", "model": "gpt-4.1-mini",
+                   "output": [{"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+                               "content": [{"type": "output_text", "text": "Which amount?", "annotations": []}]}]}
+    follow_input = [{"role": "user", "content": "All of it."}]
+    cache = Cache(tmp_path / "db")
+    try:
+        first = parse({**base, "input": first_input})
+        canonical = RESPONSES.reply_from_body(json.dumps(first_reply).encode(), False)
+        cache.record("ns:shop", first.conversation, canonical)
+        RESPONSES.remember(first, canonical, cache.state_table(RESPONSES.name, "ns:shop"))
+        # The stateless request the follow-up stands for, recorded with its answer.
+        whole = RESPONSES.expand(parse({**base, "previous_response_id": "resp_first", "input": follow_input}),
+                                 cache.state_table(RESPONSES.name, "ns:shop"))
+        cache.record("ns:shop", whole.conversation, canonical)
+    finally:
+        cache.close()
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({**base, "previous_response_id": "resp_first", "input": follow_input}))
+    assert main(["--db", str(tmp_path / "db"), "explain", str(request), "--namespace", "shop", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hit"] is True
+    request.write_text(json.dumps({**base, "previous_response_id": "resp_unknown", "input": follow_input}))
+    assert main(["--db", str(tmp_path / "db"), "explain", str(request), "--namespace", "shop", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["hit"] is False and "resp_unknown" in data["not_expanded"]
