@@ -16,7 +16,12 @@ that differ:
   of structure (another field, another tool) refuses the proposal;
 - slots whose values agree in every observation are one name, so an order id
   in the user's words, in a tool call and in a tool result binds once; names
-  come from JSON keys where there are any (`order_id`), else `v1`, `v2`, ...
+  come from JSON keys where there are any (`order_id`), else `v1`, `v2`, ...;
+- a JSON field or the model's own text that differs only by values already
+  seen is written over them (`{{v1}}.txt`, `+44 {{v2}}`), and a field that
+  holds the first or last words of a value splits it into word parts
+  (`{{first_name}} {{last_name}}`, each matching one word): one value in
+  several forms is one slot (`_Slots`).
 
 The reply is then explained: every difference between the observations'
 replies must be a slot value substituted in place (values may come from any
@@ -37,6 +42,11 @@ The proposal is accepted only if (evidence):
 - a prose template with a free-text slot keeps at least three literal words,
   and in every observation no fewer literal words than its free-text slots
   hold: `{{v1}}my {{v2}}` (two tasks sharing one word) is never a template.
+
+An accepted proposal is evidence about the earlier steps of its runs too:
+`propose_prefix` gives each earlier request (the first `get_order`, which
+does not use the customer's name the final answer repeats) its reply on the
+same template nodes, reproduced exactly, with no slot of its own.
 
 Public API
 ----------
