@@ -207,8 +207,11 @@ class Butter:
             self._forward_and_record(flow, state, refresh=True, status="record")
             return
         declared = state.bindings or None
+        # Read before the lookup: a write that was queued when the lookup
+        # began may commit (and leave `pending`) while it runs.
+        writes_queued = bool(self.pending)
         result = self.cache.lookup(state.namespace, conversation, declared)
-        if not isinstance(result, Hit) and self.pending:
+        if not isinstance(result, Hit) and (writes_queued or self.pending):
             # A reply recorded a moment ago may still be in the writer's queue:
             # wait for it rather than miss what this process already knows.
             await asyncio.wrap_future(self._drain_future())
