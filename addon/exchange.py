@@ -33,7 +33,9 @@ def read_request(fmt: WireFormat, request: http.Request) -> tuple[str | None, Pa
     # `dict(request.query)` parses the URL even when it has no query at all.
     query = dict(request.query) if "?" in request.path else {}
     credential, headers, query = credentials.split(header_dict(request.headers), query)
-    body = request.get_content(strict=False) or b""
+    # Without a content-encoding `get_content` returns the raw body, after a
+    # header lookup (a rescan, and a KeyError raised and caught).
+    body = (request.get_content(strict=False) if "content-encoding" in headers else request.raw_content) or b""
     wire = WireRequest(request.method, request.path.split("?", 1)[0], query, headers, body)
     return credential, fmt.parse_request(wire)
 
@@ -47,7 +49,11 @@ def header_dict(headers: http.Headers) -> dict[str, str]:
     """
     folded: dict[str, str] = {}
     spelling: dict[str, str] = {}  # lower-case name -> the first spelling seen
-    for name, value in headers.items(multi=True):
+    # The raw fields, decoded as `items(multi=True)` decodes them, minus its
+    # generator and per-item calls.
+    for raw_name, raw_value in headers.fields:
+        name = raw_name.decode("utf-8", "surrogateescape")
+        value = raw_value.decode("utf-8", "surrogateescape")
         first = spelling.setdefault(name.lower(), name)
         if first in folded:
             folded[first] = f"{folded[first]}, {value}"

@@ -40,8 +40,9 @@ if str(ROOT) not in sys.path:
 
 from addon.formats.openai_chat import FORMAT  # noqa: E402
 from bench import bulk_load, loadgen, workload  # noqa: E402
+from bench.eval import lookup_timing  # noqa: E402
 from store import Cache, Hit  # noqa: E402
-from store.tree import child_id, root_id  # noqa: E402
+from store.tree import child_id, forget_memos, root_id  # noqa: E402
 
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 BUTTER = ROOT / "addon" / "butter.py"
@@ -136,7 +137,10 @@ def measure_lookups(db: Path, conversations: int, sample: int, rounds: int, seed
     """Per-request lookup time over a random sample of the tree's conversations.
 
     `lookup` is `Cache.lookup` (hash each message, walk the tree, choose the
-    reply), what the addon pays per request; `reads` is the LMDB part alone
+    reply) with the per-process id memo emptied first, what the addon pays the
+    first time it sees a conversation, so every size is timed alike (a 1k tree's
+    sample would otherwise fit the memo and a 1M tree's would not); `warm` is
+    the same lookup repeated at once, from the memo; `reads` is the LMDB part alone
     (the same node and reply reads with ids computed beforehand). Each is
     the pass with the lowest median of `rounds`, the usual guard against a
     busy machine; parsing the request is not included (it does not depend on
@@ -156,16 +160,21 @@ def measure_lookups(db: Path, conversations: int, sample: int, rounds: int, seed
                 node = child_id(node, message)
                 path.append(node)
             paths[i] = path
-        lookup_rounds, read_rounds = [], []
+        lookup_rounds, warm_rounds, read_rounds = [], [], []
         for _ in range(rounds):
-            times = []
+            times, warm = [], []
             for i in picks:
+                forget_memos()
                 t0 = time.perf_counter_ns()
                 result = cache.lookup(ns, parsed[i])
-                times.append(time.perf_counter_ns() - t0)
-                if not isinstance(result, Hit):
+                t1 = time.perf_counter_ns()
+                again = cache.lookup(ns, parsed[i])
+                warm.append(time.perf_counter_ns() - t1)
+                times.append(t1 - t0)
+                if not isinstance(result, Hit) or not isinstance(again, Hit):
                     raise RuntimeError(f"conversation {i} missed: {result}")
             lookup_rounds.append(times)
+            warm_rounds.append(warm)
             times = []
             for i in picks:
                 path = paths[i]
@@ -184,7 +193,7 @@ def measure_lookups(db: Path, conversations: int, sample: int, rounds: int, seed
         return {"mean_us": round(statistics.fmean(chosen) / 1000, 2),
                 "p50_us": round(statistics.median(chosen) / 1000, 2)}
 
-    return {"lookup": best(lookup_rounds), "reads": best(read_rounds), "sampled": sample}
+    return {"lookup": best(lookup_rounds), "warm": best(warm_rounds), "reads": best(read_rounds), "sampled": sample}
 
 
 # -- (a) hits vs the floor, through mitmdump -------------------------------------
@@ -339,16 +348,32 @@ def table(report: dict) -> str:
     if store:
         base = store[0]
         out.append("")
-        out.append("(b) store lookup per request, in process (Cache.lookup: hash + walk + reply; best of rounds);")
-        out.append("    ratios are of the p50 against the smallest tree; `reads` is the LMDB part alone")
+        out.append("(b) store lookup per request, in process (Cache.lookup: hash + walk + reply; best of rounds),")
+        out.append("    id memo emptied before each; `warm` repeats it from the memo; ratios are of the p50")
+        out.append("    against the smallest tree; `reads` is the LMDB part alone")
         out.append(f"    {'nodes':>10} {'convs':>8} {'db MB':>7} {'fill s':>7} {'p50 us':>7} {'mean us':>8} "
-                   f"{'ratio':>6} {'reads p50':>10} {'ratio':>6}")
+                   f"{'ratio':>6} {'warm p50':>9} {'reads p50':>10} {'ratio':>6}")
         for s in store:
             out.append(f"    {s['nodes']:>10,} {s['conversations']:>8,} {s['db_bytes'] / 1e6:>7.0f} "
                        f"{s['populate_seconds']:>7.1f} {s['lookup']['p50_us']:>7.1f} {s['lookup']['mean_us']:>8.1f} "
-                       f"{s['lookup_ratio']:>6.2f} {s['reads']['p50_us']:>10.1f} {s['reads_ratio']:>6.2f}")
+                       f"{s['lookup_ratio']:>6.2f} {s['warm']['p50_us']:>9.1f} {s['reads']['p50_us']:>10.1f} "
+                       f"{s['reads_ratio']:>6.2f}")
         worst = max(s["lookup_ratio"] for s in store)
         out.append(f"    worst lookup ratio {worst:.2f} (target <= {TARGET_LOOKUP_RATIO}: "
+                   f"{'ok' if worst <= TARGET_LOOKUP_RATIO else 'ABOVE'})")
+    templates = report.get("templates")
+    if templates:
+        out.append("")
+        out.append("(c) template lookups vs exact lookups, in process (Cache.lookup on trees of the same shape:")
+        out.append("    own workflows, 2 recorded runs per flow; exact tree looked up with recorded values,")
+        out.append("    template tree with fresh ones; `cold` clears the per-process memos before each lookup)")
+        out.append(f"    {'flows per node':>14} {'ratio':>6} {'cold ratio':>11}")
+        for flows, ratio in templates["ratios_by_flows"].items():
+            cold = templates["ratios_cold_by_flows"].get(flows)
+            out.append(f"    {flows:>14} {ratio:>6.2f} {cold:>11.2f}" if ratio and cold else f"    {flows:>14} -")
+        worst = max([r for r in templates["ratios_by_flows"].values() if r]
+                    + [r for r in templates["ratios_cold_by_flows"].values() if r])
+        out.append(f"    worst ratio {worst:.2f} (target <= {TARGET_LOOKUP_RATIO}: "
                    f"{'ok' if worst <= TARGET_LOOKUP_RATIO else 'ABOVE'})")
     by_size = report.get("hits_by_size")
     if by_size:
@@ -358,6 +383,10 @@ def table(report: dict) -> str:
         for r in by_size:
             out.append(f"    {r['nodes']:>10,} {r['rps']:>8.0f} {r['p50_ms']:>8.2f} {r['p50_ratio']:>6.2f}")
     return "\n".join(out)
+
+
+class _Done(Exception):
+    """Only part (c) was asked for."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", type=int, default=2000, help="lookups per tree size for (b)")
     p.add_argument("--rounds", type=int, default=3, help="passes over the sample; the best counts")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--only", choices=["hits", "store"], help="run only part (a) or part (b)")
+    p.add_argument("--only", choices=["hits", "store", "templates"], help="run only part (a), (b) or (c)")
     p.add_argument("--no-e2e", action="store_true", help="skip the per-size hit runs through mitmdump")
     p.add_argument("--workdir", type=Path, help="where databases go (default: a temporary directory, removed)")
     p.add_argument("--profile", action="store_true",
@@ -395,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     profile_text = ""
     try:
+        if args.only in (None, "templates"):
+            say("(c) template lookups vs exact lookups (bench/eval/lookup_timing.py)")
+            report["templates"] = lookup_timing.measure()
+        if args.only == "templates":
+            raise _Done
         dbs: list[tuple[int, Path, int]] = []
         sizes = args.sizes if args.only != "hits" else args.sizes[:1]
         say("building trees (bulk load through Cache.record, batched transactions)")
@@ -429,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows:
                 r["p50_ratio"] = round(r["p50_ms"] / rows[0]["p50_ms"], 3)
             report["hits_by_size"] = rows
+    except _Done:
+        pass
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -11,7 +11,7 @@ miss needs. Neither does any I/O of its own.
 """
 from __future__ import annotations
 
-import json
+import marshal
 import threading
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Protocol
@@ -26,12 +26,13 @@ class IdMemo:
 
     Every lookup hashes the context (tools included) and every message again,
     and agents resend the same prefix turn after turn. The key is the value's
-    sorted-key JSON *without* number normalisation, about half the cost of
-    `canonical_json`. It is sound: that text fixes the canonical bytes (they
-    differ from it only where an integral float such as `0.0` is written as
-    `0`, and a float's text always shows it is one), so one key never maps to
-    two ids; `0` and `0.0` merely get two keys for the same id. Bounded by
-    entries and by key characters, oldest out first.
+    `marshal` bytes (`_memo_text`), several times cheaper than any JSON text
+    of it (`canonical_json` costs more still). It is sound: marshal's
+    bytes load back into an equal value of the same types (`1`, `1.0` and
+    `True` apart, key order kept), and the canonical bytes are a function of
+    that value, so one key never maps to two ids. Equal values may still get
+    two keys (key order, `0` and `0.0`, objects shared or not): a memo miss,
+    never a wrong id. Bounded by entries and by key bytes, oldest out first.
 
     The same class remembers template matches (`_MATCHES`, see `_matched`).
     """
@@ -68,11 +69,18 @@ class IdMemo:
 _IDS = IdMemo()
 
 
-def _memo_text(value: Any) -> str | None:
+def _memo_text(value: Any) -> bytes | None:
+    """The memo key of a JSON value (see IdMemo); None when it has none.
+
+    marshal copies strings as they are where JSON escapes them character by
+    character, and it is the ~10 keys a hit computes that make it matter.
+    It refuses anything but the exact builtin types (ValueError): such a
+    value is simply not memoised, and canonical_json decides as before.
+    """
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError):
-        return None  # canonical_json raises the same way: let it
+        return marshal.dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
 def root_id(namespace: str, context: dict) -> bytes:
@@ -90,7 +98,7 @@ def child_id(parent: bytes, message: Message) -> bytes:
     return _child_id(parent, message, _memo_text(message))
 
 
-def _child_id(parent: bytes, message: Message, text: str | None) -> bytes:
+def _child_id(parent: bytes, message: Message, text: bytes | None) -> bytes:
     key = ("node", parent, text)
     found = _IDS.get(key) if text is not None else None
     if found is None:
@@ -104,7 +112,7 @@ _MATCHES = IdMemo()
 _NO_MATCH: dict = {}  # a remembered "does not fit" (the memo's own None means "not known")
 
 
-def _matched(matcher: "TemplateMatcher", template: NodeRecord, message: Message, text: str | None,
+def _matched(matcher: "TemplateMatcher", template: NodeRecord, message: Message, text: bytes | None,
              bindings: dict) -> dict | None:
     """`matcher(template.content, message, bindings)`, remembered per process.
 
@@ -244,7 +252,12 @@ def lookup(
         note_miss(depth, node, path, "diverged", f"message {depth} ({message.get('role', '?')}) is new at this point")
         return None
 
-    hit = walk(root, 0, dict(bindings or {}), (root,))
+    try:
+        hit = walk(root, 0, dict(bindings or {}), (root,))
+    finally:
+        # `walk` refers to itself through its closure: a cycle that would keep
+        # this lookup's request, snapshot and reply alive until the next GC.
+        walk = note_miss = None  # type: ignore[assignment]
     if hit is not None:
         return hit
     miss = best_miss[0]

@@ -117,3 +117,89 @@ async def test_hits_are_logged_as_one_summary_line_not_one_info_line_each(tmp_pa
         addon.done()
     summaries = [r.getMessage() for r in caplog.records if "hits," in r.getMessage()]
     assert len(summaries) == 1 and summaries[0].startswith("butter: 3 hits, 1 misses in the last")
+
+
+# -- the second round of shortcuts (bench/README.md, "Last measured") -----------
+
+def test_the_direct_response_equals_response_make_field_for_field():
+    from addon.cache_addon import _make_response
+
+    cases = [
+        (200, b'{"a":1}', {"content-type": "application/json", "butter-cache": "hit", "butter-node": "ab" * 16}),
+        (404, b"", {}),
+        (599, b"x", {"X-Caf\u00e9": "\u00fc", "Content-Type": "text/plain"}),
+        # framing headers: left to `make`, which rewrites or keeps them its own way
+        (200, b"abc", {"Content-Length": "99"}),
+        (200, b"abc", {"transfer-encoding": "chunked"}),
+        (200, b"abc", {"content-encoding": "gzip"}),
+    ]
+    for status, body, headers in cases:
+        fast, slow = _make_response(status, body, dict(headers)), http.Response.make(status, body, dict(headers))
+        fast.timestamp_start, fast.timestamp_end = slow.timestamp_start, slow.timestamp_end
+        assert fast.get_state() == slow.get_state()
+        assert fast.trailers is None and bytes(fast.headers) == bytes(slow.headers)
+
+
+def test_compact_json_gives_the_bytes_json_dumps_gives():
+    import json
+
+    from addon.formats.base import compact_json
+
+    values = [{"b": 1, "a": [1.0, 2, "\u00e9\u2028\"\x00"], "c": None, "d": True}, "x", 3, 1.5, float("nan"),
+              {1: 2, 2.5: 1, None: 3, True: 4}, [], {}, {"a": float("-inf")}, 10**30, (1, 2)]
+    for value in values:
+        assert compact_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    for bad in ({"a": object()}, {"a": {1, 2}}):
+        try:
+            compact_json(bad)
+        except TypeError:
+            continue
+        raise AssertionError("compact_json must refuse what json.dumps refuses")
+
+
+def test_memo_keys_tell_apart_what_canonical_json_tells_apart():
+    from store.tree import _memo_text
+
+    distinct = [1, 1.0, True, "1", [1], (1,), {"a": 1}, {"a": 1.0}, {"a": True}, {1: "a"}, {"1": "a"}, -0.0, 0]
+    keys = [_memo_text(v) for v in distinct]
+    assert len(set(keys)) == len(keys)
+    assert _memo_text({"a": 1, "b": 2}) != _memo_text({"b": 2, "a": 1})  # only a second key for the same id
+
+    class Sub(dict):
+        pass
+
+    assert _memo_text(Sub(a=1)) is None  # not the exact builtin types: not memoised, computed as before
+    assert root_id("a", Sub(model="m")) == slow_root("a", {"model": "m"})
+
+
+async def test_a_request_without_butter_headers_and_one_with_them_are_both_honoured(tmp_path):
+    addon = Butter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, butter_db=str(tmp_path / "db"))
+        assert (await send(addon, llm_flow())).response.headers["butter-cache"] == "miss"
+        plain = await send(addon, llm_flow(), reply=None)
+        assert plain.response.headers["butter-cache"] == "hit"
+        off = llm_flow()
+        off.request.headers["Butter-Mode"] = "off"  # any spelling of a butter header takes the full path
+        off.request.headers["butter-disable-induction"] = "true"
+        await send(addon, off)
+        assert off.response.headers["butter-cache"] == "bypass (mode off)"
+        assert "butter-mode" not in off.request.headers and "butter-disable-induction" not in off.request.headers
+        bad = llm_flow()
+        bad.request.headers["BUTTER-NAMESPACE"] = "no spaces allowed"
+        await send(addon, bad, reply=None)
+        assert bad.response.status_code == 400 and bad.response.headers["butter-cache"] == "refused"
+        addon.done()
+
+
+def test_read_request_still_decodes_a_compressed_body():
+    import gzip
+
+    fmt = formats.recognise("POST", "/v1/chat/completions")
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    plain = tutils.treq(method=b"POST", host="api.openai.com", port=443, scheme=b"https", path=b"/v1/chat/completions",
+                        content=raw, headers=http.Headers(content_type="application/json"))
+    packed = tutils.treq(method=b"POST", host="api.openai.com", port=443, scheme=b"https", path=b"/v1/chat/completions",
+                         content=gzip.compress(raw),
+                         headers=http.Headers(content_type="application/json", content_encoding="gzip"))
+    assert exchange.read_request(fmt, packed)[1].conversation == exchange.read_request(fmt, plain)[1].conversation
