@@ -27,6 +27,7 @@ from addon import exchange, formats
 from addon import feedback  # the butter.local endpoint
 from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
 from store import Cache, Hit, ServePolicy, admin, default_db_path
+from store.cache import NamespacedTable
 from store.inspect import MISSES_TABLE, miss_key
 from store.model import Miss
 from store.templates import RenderError, render_reply
@@ -281,9 +282,9 @@ class Butter:
             return False
         return True
 
-    def _state_table(self, state: FlowState) -> "AuxStateTable":
+    def _state_table(self, state: FlowState) -> NamespacedTable:
         assert self.cache is not None
-        return AuxStateTable(self.cache, state.fmt.name, state.namespace)
+        return self.cache.state_table(state.fmt.name, state.namespace)
 
     def _forward_and_record(self, flow: http.HTTPFlow, state: FlowState, refresh: bool, status: str) -> None:
         state.record, state.refresh, state.status = True, refresh, status
@@ -551,19 +552,3 @@ def _move_query_key_to_header(request: http.Request) -> None:
     if "x-goog-api-key" not in request.headers:
         request.headers["x-goog-api-key"] = key
 
-
-class AuxStateTable:
-    """A format's `StateTable`: one LMDB side table, keys scoped to a namespace
-    so one credential never continues another's conversation."""
-
-    def __init__(self, cache: Cache, table: str, namespace: str):
-        self.cache, self.table, self.namespace = cache, table, namespace
-
-    def get(self, key: str):
-        return self.cache.backend.get_aux(self.table, self._key(key))
-
-    def put(self, key: str, value) -> None:
-        self.cache.backend.put_aux(self.table, self._key(key), value)
-
-    def _key(self, key: str) -> bytes:
-        return f"{self.namespace}\x00{key}".encode("utf-8")

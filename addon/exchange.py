@@ -162,6 +162,4 @@ def store_reply(cache: Cache, fmt: WireFormat, namespace: str, parsed: ParsedReq
 def _state_table(cache: Cache, fmt: WireFormat, namespace: str):
     if not getattr(fmt, "keeps_state", False):
         return None
-    from addon.cache_addon import AuxStateTable  # the live addon's table, so both agree on keys
-
-    return AuxStateTable(cache, fmt.name, namespace)
+    return cache.state_table(fmt.name, namespace)  # the live addon's table, so both agree on keys
