@@ -7,9 +7,11 @@ observations (`butter_min_observations`, induction's evidence) and a reply's
 id in the tree are computed on the answer alone, so two identical answers
 count as two observations of one reply.
 
-What is *not* bookkeeping: ids an adapter keeps because they are server
-state (a Responses id that a later `previous_response_id` names): one run's
-id served to another would continue the wrong conversation upstream.
+Ids are left out of the comparison but never lost: a reply is stored and
+served with the ids it was recorded with (a Responses id that a later
+`previous_response_id` names), and a template hit gets ids derived from its
+own values (the adapter's `bound_reply`), so one run's id never continues
+another run's conversation upstream.
 
 Public API
 ----------
@@ -32,8 +34,18 @@ VOLATILE_REPLY_KEYS = frozenset({
     "usage", "usageMetadata", "system_fingerprint", "created", "created_at",
     "modelVersion", "service_tier", "total_duration", "load_duration", "prompt_eval_count",
     "prompt_eval_duration", "eval_count", "eval_duration",
+    # Ids a reply keeps (OpenAI Responses: the response, its items, its
+    # calls). Every provider call mints new ones, so they never say whether
+    # two answers agree. They are still served: as recorded on an exact hit
+    # (a stateful client names them next turn, and the provider may know
+    # them), derived from the bound values on a template hit (the adapter's
+    # `bound_reply`), so one run's ids never reach another run's conversation.
+    "id", "call_id",
 })
-JSON_KEYS = frozenset({"arguments", "args", "input", "parameters"})
+# Structured data: tool-call arguments (OpenAI `arguments`, Gemini `args`,
+# Anthropic `input`) and tool results given as objects (Gemini
+# `functionResponse.response`). Their fields are values, not prose.
+JSON_KEYS = frozenset({"arguments", "args", "input", "parameters", "response"})
 _PARSED = "\x00json"  # wraps a JSON string's parsed value; no provider writes this key
 
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,8 +336,13 @@ def test_the_cli_reads_and_exports_while_a_proxy_is_mid_recording(start_proxy, t
     assert (kinds.count("node"), kinds.count("reply")) == (7, 3)
     assert answer["text"] == "Refunded 17.0 for order 9876 (Bo Chen)."
 
-    # Once the stream has ended the proxy records it; a miss path waits on
-    # the writer, so a request to the same point proves the write landed.
+    # Once the stream has ended the proxy records it. Its `response` hook runs
+    # after the client has the last byte, so wait (no timing assertion) for
+    # the record's log line; a request to the same point then proves it landed.
+    deadline = time.monotonic() + 30
+    while proxy.log_text().count("butter: recorded ") < 4:
+        assert time.monotonic() < deadline, proxy.log_text()[-2000:]
+        time.sleep(0.05)
     again = client(api_key).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "Please refund order 9876."}])
     assert again.headers["butter-cache"] == "hit"

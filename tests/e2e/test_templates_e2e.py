@@ -403,3 +403,79 @@ def test_ollama_two_recorded_customers_serve_a_third_with_every_value(shared_pro
     assert third["answer"] == "Refunded 99.9 for order 5555 (Cy Diaz)."
     assert third["calls"] == [("get_order", {"order_id": "5555"}), ("refund", {"order_id": "5555", "amount": 99.9})]
     assert verdicts == ["hit"] * 3 and len(provider.calls) == calls
+
+
+# -- OpenAI Responses ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stateful", [False, True], ids=["stateless", "stateful"])
+def test_responses_two_recorded_customers_serve_a_third_with_ids_of_its_own(
+        shared_proxy, through, provider, api_key, stateful):
+    # Induced, not declared: the recorded runs' response and call ids differ,
+    # and are bookkeeping to induction; a served run gets ids derived from
+    # its own values, so a stateful client's next turn continues its own
+    # conversation and never one the provider holds for a recorded customer.
+    from tests.fakes.openai_responses import FakeResponsesModel, run_agent
+
+    through(shared_proxy)
+    provider.handler = FakeResponsesModel()
+    sdk = openai.OpenAI(api_key=api_key, max_retries=0, timeout=20)
+    recorded = [run_agent(sdk, order_id, stateful=stateful, encrypted_reasoning=False) for order_id in ("1234", "9876")]
+    settle(shared_proxy, provider, api_key)
+    calls = len(provider.calls)
+    served = run_agent(sdk, "5555", mode="helper", stateful=stateful, encrypted_reasoning=False)
+    assert served["cache"] == ["hit", "hit", "hit"] and len(provider.calls) == calls
+    o = ORDERS["5555"]
+    assert served["answer"] == f"Refunded {o['amount']} for order 5555 ({o['customer']})."
+    assert served["calls"] == [("get_order", {"order_id": "5555"}),
+                               ("refund", {"order_id": "5555", "amount": o["amount"]})]
+    assert not set(served["ids"]) & {i for run in recorded for i in run["ids"]}
+
+
+# -- Gemini (a model without thought signatures) ------------------------------------------------
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_gemini_two_recorded_customers_serve_a_third_with_every_value(shared_proxy, through, provider, api_key, stream):
+    # Gemini 2.5's calls carry a thought signature minted per call, which no
+    # other run may be handed: those replay exactly. Gemini 2.0 signs nothing,
+    # so its runs differ only in values and are templated like the others.
+    from google import genai
+    from google.genai import types
+
+    from tests.fakes import gemini as gemini_fake
+
+    through(shared_proxy)
+    provider.handler = gemini_fake.handler
+    sdk = genai.Client(api_key="AIza-test-" + uuid.uuid4().hex, http_options=types.HttpOptions(
+        timeout=20_000, retry_options=types.HttpRetryOptions(attempts=1)))
+    for order_id in ("1234", "9876"):
+        gemini_fake.run_agent(sdk, order_id, model="gemini-2.0-flash", stream=order_id == "9876")
+    settle(shared_proxy, provider, api_key)
+    calls = len(provider.calls)
+    served = gemini_fake.run_agent(sdk, "5555", model="gemini-2.0-flash", stream=stream)
+    assert served["cache"] == ["hit", "hit", "hit"] and len(provider.calls) == calls
+    o = ORDERS["5555"]
+    assert served["answer"] == f"Refunded {o['amount']} for order 5555 ({o['customer']})."
+    assert served["calls"] == [("get_order", {"order_id": "5555"}),
+                               ("refund", {"order_id": "5555", "amount": o["amount"]})]
+
+
+def test_gemini_calls_with_thought_signatures_are_never_templated(shared_proxy, through, provider, api_key):
+    # A thought signature is minted for one call of one conversation; a
+    # template would hand one run's signature to another. The runs differ in
+    # it, so induction finds nothing it can substitute, and a new customer's
+    # run goes to the provider (its answers still right).
+    from google import genai
+    from google.genai import types
+
+    from tests.fakes import gemini as gemini_fake
+
+    through(shared_proxy)
+    provider.handler = gemini_fake.handler
+    sdk = genai.Client(api_key="AIza-test-" + uuid.uuid4().hex, http_options=types.HttpOptions(
+        timeout=20_000, retry_options=types.HttpRetryOptions(attempts=1)))
+    for order_id in ("1234", "9876"):
+        gemini_fake.run_agent(sdk, order_id, model="gemini-2.5-flash")
+    settle(shared_proxy, provider, api_key)
+    served = gemini_fake.run_agent(sdk, "5555", model="gemini-2.5-flash")
+    assert served["cache"] == ["miss", "miss", "miss"]
+    assert served["calls"][0] == ("get_order", {"order_id": "5555"})

@@ -62,7 +62,12 @@ def unsigned_calls(contents: list[dict]) -> list[str]:
     return bad
 
 
-def decide(contents: list[dict]) -> list[dict]:
+def thinks(model: str) -> bool:
+    """Gemini 2.5 and later think, and sign their function calls; 2.0 does neither."""
+    return not model.startswith("gemini-2.0")
+
+
+def decide(contents: list[dict], signed: bool = True) -> list[dict]:
     """The parts the model 'writes' for this history."""
     results = [_field(p, "functionResponse") for c in contents for p in c.get("parts") or []
                if _field(p, "functionResponse")]
@@ -70,12 +75,12 @@ def decide(contents: list[dict]) -> list[dict]:
     order_id = re.search(r"\d+", first_text).group(0)
     if not results:
         return [{"functionCall": {"id": secrets.token_hex(4), "name": "get_order", "args": {"order_id": order_id}},
-                 "thoughtSignature": _signature()}]
+                 **({"thoughtSignature": _signature()} if signed else {})}]
     if len(results) == 1:
         order = results[0]["response"]
         return [{"functionCall": {"id": secrets.token_hex(4), "name": "refund",
                                   "args": {"order_id": order["order_id"], "amount": order["amount"]}},
-                 "thoughtSignature": _signature()}]
+                 **({"thoughtSignature": _signature()} if signed else {})}]
     order = results[0]["response"]
     return [{"text": f"Refunded {order['amount']} for order {order['order_id']} ({order['customer']})."}]
 
@@ -98,7 +103,8 @@ def stream_chunks(parts: list[dict], model: str) -> list[dict]:
     for part in parts:
         if "text" in part:
             pieces.extend({"text": w} for w in re.findall(r"\S+\s*", part["text"]))
-            pieces.append({"text": "", "thoughtSignature": _signature()})
+            if thinks(model):
+                pieces.append({"text": "", "thoughtSignature": _signature()})
         else:
             pieces.append(part)
     chunks = []
@@ -115,12 +121,12 @@ def handler(call: Call) -> JSONReply | StreamReply:
     body = call.json
     if match is None or not isinstance(body, dict):
         return JSONReply({"error": {"code": 404, "message": "no such method", "status": "NOT_FOUND"}}, status=404)
-    unsigned = unsigned_calls(body["contents"])
+    model = match["model"]
+    unsigned = unsigned_calls(body["contents"]) if thinks(model) else []
     if unsigned:
         return JSONReply({"error": {"code": 400, "status": "INVALID_ARGUMENT",
                                     "message": f"Function call is missing a thought_signature: {unsigned}"}}, status=400)
-    parts = decide(body["contents"])
-    model = match["model"]
+    parts = decide(body["contents"], signed=thinks(model))
     if match["verb"] == "generateContent":
         return JSONReply(response(parts, model))
     chunks = stream_chunks(parts, model)
