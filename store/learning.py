@@ -9,7 +9,9 @@ finds its inputs in the tree and writes its outputs back:
 - a set of observations that failed the evidence is remembered
   (`induction-failed`) and not tried again until new evidence arrives;
 - an accepted proposal becomes template nodes under the exact node where the
-  observations diverge, with the reply template at the last one.
+  observations diverge, with the reply template at the last one, and the
+  same runs' earlier requests get their replies on those nodes when the
+  accepted later step proves their values (`propose_prefix`).
 
 Nothing here runs on a request's path: the addon calls `Learner.induce` on a
 worker thread after the miss's own record is written.
