@@ -24,15 +24,6 @@ def llm_flow(body: dict | bytes = BODY, path: str = "/v1/chat/completions", key:
     return tflow.tflow(req=request)
 
 
-@pytest.fixture
-def butter(tmp_path):
-    addon = Butter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, butter_db=str(tmp_path / "db"))
-        yield addon, tctx
-    addon.done()
-
-
 async def send(addon: Butter, flow: http.HTTPFlow, reply: dict | None = REPLY, status: int = 200) -> http.HTTPFlow:
     """One exchange: hooks in mitmproxy's order, the provider answering if asked."""
     addon.requestheaders(flow)

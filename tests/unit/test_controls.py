@@ -10,10 +10,10 @@ import json
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
 from addon import controls
-from addon.cache_addon import Butter
+from tests.unit.exchange import send
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -33,30 +33,8 @@ def flow(headers: dict[str, str] | None = None, key: str = "sk-unit-a", path: st
     return tflow.tflow(req=request)
 
 
-async def send(addon: Butter, f: http.HTTPFlow, answer: dict | None = None) -> http.HTTPFlow:
-    """mitmproxy's hook order; the provider answers `answer` if butter forwards."""
-    addon.requestheaders(f)
-    await addon.request(f)
-    if f.response is None:
-        assert answer is not None, "butter forwarded a request the test expected it to answer"
-        f.response = http.Response.make(200, json.dumps(answer).encode(), {"content-type": "application/json"})
-        addon.responseheaders(f)
-        addon.response(f)
-        addon._drain_future().result()
-    return f
-
-
 def content(f: http.HTTPFlow) -> str:
     return json.loads(f.response.content)["choices"][0]["message"]["content"]
-
-
-@pytest.fixture
-def butter(tmp_path):
-    addon = Butter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, butter_db=str(tmp_path / "db"))
-        yield addon, tctx
-    addon.done()
 
 
 # -- the parser -------------------------------------------------------------------

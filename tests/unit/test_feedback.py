@@ -6,12 +6,12 @@ import threading
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
-from addon.cache_addon import Butter
 from store import Cache, Conversation, Hit, Miss, ServePolicy, StoredReply, admin
 from store import feedback as rules
 from store.tree import reply_id
+from tests.unit.exchange import send
 
 CONV = Conversation({"api": "t", "model": "m"}, ({"role": "user", "content": "refund 1234"},))
 NS = "ns:unit"
@@ -161,29 +161,8 @@ def completion(text: str) -> dict:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
 
 
-async def send(addon: Butter, f: http.HTTPFlow, answer: dict | None = None) -> http.HTTPFlow:
-    addon.requestheaders(f)
-    await addon.request(f)
-    if f.response is None:
-        assert answer is not None, "butter forwarded a request it should have answered"
-        f.response = http.Response.make(200, json.dumps(answer).encode(), {"content-type": "application/json"})
-        addon.responseheaders(f)
-        addon.response(f)
-        addon._drain_future().result()
-    return f
-
-
 def answer_of(f: http.HTTPFlow) -> dict:
     return json.loads(f.response.content)
-
-
-@pytest.fixture
-def butter(tmp_path):
-    addon = Butter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, butter_db=str(tmp_path / "db"))
-        yield addon, tctx
-    addon.done()
 
 
 async def test_hits_name_their_node_and_reply(butter):

@@ -15,7 +15,7 @@ import httpx2
 import openai
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import tflow, tutils
 
 from addon.cache_addon import Butter
 from addon.formats import NotUnderstood, WireRequest, recognise, sse
@@ -347,15 +347,6 @@ def responses_flow(body: dict, key: str = "sk-unit-a") -> http.HTTPFlow:
                           content=json.dumps(body).encode(),
                           headers=http.Headers(authorization=f"Bearer {key}", content_type="application/json"))
     return tflow.tflow(req=request)
-
-
-@pytest.fixture
-def butter(tmp_path):
-    addon = Butter()
-    with taddons.context(addon) as tctx:
-        tctx.configure(addon, butter_db=str(tmp_path / "db"))
-        yield addon, tctx
-    addon.done()
 
 
 async def exchange(addon: Butter, flow: http.HTTPFlow, model: FakeResponsesModel | None) -> http.HTTPFlow:

@@ -355,6 +355,19 @@ def request_body(user: str) -> dict:
             "messages": [{"role": "system", "content": fake.SYSTEM}, {"role": "user", "content": user}]}
 
 
+async def exchange(addon: Butter, user: str) -> http.HTTPFlow:
+    """One request through the addon's hooks; the scripted model answers if butter forwards."""
+    flow = llm_flow(request_body(user))
+    addon.requestheaders(flow)
+    await addon.request(flow)
+    if flow.response is None:
+        answer = fake.handler(Call("POST", "/", {}, {}, flow.request.content)).body
+        flow.response = http.Response.make(200, json.dumps(answer).encode(), {"content-type": "application/json"})
+        addon.responseheaders(flow)
+        addon.response(flow)
+    return flow
+
+
 async def test_a_slow_induction_delays_no_response(tmp_path, monkeypatch):
     addon = Butter()
     induction_started, release = threading.Event(), threading.Event()
@@ -371,29 +384,22 @@ async def test_a_slow_induction_delays_no_response(tmp_path, monkeypatch):
 
         monkeypatch.setattr(addon.cache, "induce", slow_induce)
 
-        async def exchange(user: str) -> http.HTTPFlow:
-            flow = llm_flow(request_body(user))
-            addon.requestheaders(flow)
-            await addon.request(flow)
-            if flow.response is None:
-                answer = fake.handler(Call("POST", "/", {}, {}, flow.request.content)).body
-                flow.response = http.Response.make(200, json.dumps(answer).encode(), {"content-type": "application/json"})
-                addon.responseheaders(flow)
-                addon.response(flow)
+        async def answered(user: str) -> http.HTTPFlow:
+            flow = await exchange(addon, user)
             events.append(f"answered {flow.response.headers['butter-cache']}")
             return flow
 
-        await exchange("Please refund order 1234.")
+        await answered("Please refund order 1234.")
         assert induction_started.wait(10), "the recorded miss never reached induction"
         # Induction is now stuck; the proxy must go on answering, hits and misses alike.
-        await exchange("Please refund order 1234.")
-        await exchange("Please refund order 9876.")
-        await exchange("Please refund order 9876.")
+        await answered("Please refund order 1234.")
+        await answered("Please refund order 9876.")
+        await answered("Please refund order 9876.")
         assert events == ["answered miss", "answered hit", "answered miss", "answered hit"]
         release.set()
         addon.inducer.submit(lambda: None).result(timeout=30)
         assert events[4:] == ["induction finished", "induction finished"]
-        third = await exchange("Please refund order 5555.")
+        third = await answered("Please refund order 5555.")
         assert events[-1] == "answered hit", "the two runs learned no template"
         args = json.loads(json.loads(third.response.content)["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
         assert args == {"order_id": "5555"}
@@ -405,13 +411,7 @@ async def test_induction_can_be_switched_off_by_option_and_by_header(tmp_path):
     with taddons.context(addon) as tctx:
         tctx.configure(addon, butter_db=str(tmp_path / "db"), butter_induction=False)
         for user in ("Please refund order 1234.", "Please refund order 9876."):
-            flow = llm_flow(request_body(user))
-            addon.requestheaders(flow)
-            await addon.request(flow)
-            flow.response = http.Response.make(200, json.dumps(fake.handler(Call("POST", "/", {}, {}, flow.request.content)).body).encode(),
-                                               {"content-type": "application/json"})
-            addon.responseheaders(flow)
-            addon.response(flow)
+            await exchange(addon, user)
         addon._drain_future().result()
         addon.inducer.submit(lambda: None).result()
         assert list(addon.cache.backend.iter_aux("induction-failed")) == []
@@ -432,13 +432,7 @@ async def test_a_miss_near_a_template_is_explained_in_the_debug_log(tmp_path, ca
     with taddons.context(addon) as tctx:
         tctx.configure(addon, butter_db=str(tmp_path / "db"))
         for user in ("Please refund order 1234.", "Please refund order 9876."):
-            flow = llm_flow(request_body(user))
-            addon.requestheaders(flow)
-            await addon.request(flow)
-            flow.response = http.Response.make(200, json.dumps(fake.handler(Call("POST", "/", {}, {}, flow.request.content)).body).encode(),
-                                               {"content-type": "application/json"})
-            addon.responseheaders(flow)
-            addon.response(flow)
+            await exchange(addon, user)
             addon._drain_future().result()
             addon.inducer.submit(lambda: None).result()
         caplog.set_level(logging.DEBUG, logger="butter")
