@@ -382,6 +382,8 @@ class Butter:
 
     def response(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)
+        if state is not None:
+            exchange.hide_query_credentials(flow.request)  # sent: mitmdump prints the URL after this hook
         if state is None or not state.record or flow.is_replay == "response" or flow.response is None:
             return
         if not 200 <= flow.response.status_code < 300 or state.parsed is None:
@@ -399,6 +401,8 @@ class Butter:
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)
+        if state is not None:
+            exchange.hide_query_credentials(flow.request)
         if state is not None and state.record:
             log.info("butter: not recorded: %s", flow.error.msg if flow.error else "the exchange failed")
 

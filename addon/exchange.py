@@ -5,6 +5,7 @@ a flow recorded with `mitmdump -w` becomes exactly the branch the addon would
 have recorded had it seen the same traffic:
 
     read_request(fmt, request)          -> (credential, ParsedRequest)  raises NotUnderstood
+    upstream_of(scheme, host, port)     -> the server, as the tree's root names it
     is_streamed(response)               -> does the body arrive as a stream
     reply_of(fmt, response, body, s)    -> canonical reply, or None (not recordable)
     store_reply(cache, fmt, ns, parsed, reply, ...) -> node id: THE record path
@@ -15,7 +16,7 @@ adapters see headers and query with every secret removed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mitmproxy import http
 
@@ -23,13 +24,16 @@ from addon import bindings as template_headers  # the proxy's own header rules
 from addon import controls, credentials, formats
 from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireRequest
 from addon.formats.base import StateTable
-from store import Cache
+from store import Cache, Conversation
+
+# The root's context names the server the reply came from (see upstream_of).
+UPSTREAM_KEY = "upstream"
 
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl", "application/ndjson")
 
 
 def read_request(fmt: WireFormat, request: http.Request) -> tuple[str | None, ParsedRequest]:
-    """The credential (for the namespace only) and the parsed request."""
+    """The credential (for the namespace only) and the parsed request, keyed by its upstream."""
     # `dict(request.query)` parses the URL even when it has no query at all.
     query = dict(request.query) if "?" in request.path else {}
     credential, headers, query = credentials.split(header_dict(request.headers), query)
@@ -37,7 +41,43 @@ def read_request(fmt: WireFormat, request: http.Request) -> tuple[str | None, Pa
     # header lookup (a rescan, and a KeyError raised and caught).
     body = (request.get_content(strict=False) if "content-encoding" in headers else request.raw_content) or b""
     wire = WireRequest(request.method, request.path.split("?", 1)[0], query, headers, body)
-    return credential, fmt.parse_request(wire)
+    return credential, with_upstream(fmt.parse_request(wire), upstream_of(request.scheme, request.host, request.port))
+
+
+def upstream_of(scheme: str, host: str, port: int) -> str:
+    """The server a request goes to, as it stands in the tree's root: `https://api.openai.com:443`.
+
+    Read where the proxy sees it before forwarding: in regular and upstream
+    mode the host the client asked for, in reverse mode the reverse target.
+    A reply recorded from one server is then never served for another, in
+    any namespace: a keyless or shared cache cannot be poisoned from a server
+    of one's own. Host names are case-free; the port is always written.
+    """
+    host = host.lower().rstrip(".")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"{scheme.lower()}://{host}:{port}"
+
+
+def with_upstream(parsed: ParsedRequest, upstream: str) -> ParsedRequest:
+    """The request with its upstream in the context that picks the root."""
+    conversation = parsed.conversation
+    context = {**conversation.context, UPSTREAM_KEY: upstream}
+    return replace(parsed, conversation=Conversation(context, conversation.messages))
+
+
+def hide_query_credentials(request: http.Request) -> None:
+    """Take credential parameters out of a request's URL once it has been sent.
+
+    For the proxy's own `response`/`error` hooks, which run before mitmdump
+    prints the flow's URL (and before `-w` keeps it): the provider got the
+    key, the terminal and the saved flow do not.
+    """
+    if "?" not in request.path:
+        return
+    names = [name for name in request.query if credentials.is_secret_query(name)]
+    for name in names:
+        del request.query[name]
 
 
 def header_dict(headers: http.Headers) -> dict[str, str]:

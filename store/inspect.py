@@ -182,7 +182,7 @@ def summarise(message: Message, width: int = 60) -> str:
 
 
 def summarise_context(context: dict) -> str:
-    """A root's context on one line: api, model, tool names, parameters."""
+    """A root's context on one line: api, model, server, tool names, parameters."""
     params = dict(context.get("params") or {})
     tools = params.pop("tools", None) or context.get("tools") or []
     names = []
@@ -193,6 +193,8 @@ def summarise_context(context: dict) -> str:
             for decl in tool.get("functionDeclarations") or []:  # Gemini
                 names.append(str(decl.get("name", "?")))
     bits = [str(context.get("api", "?")), str(context.get("model", "?"))]
+    if context.get("upstream"):
+        bits.append(f"at {context['upstream']}")
     if names:
         bits.append("tools: " + ", ".join(n for n in names if n))
     rest = {k: v for k, v in params.items() if k not in ("tools",)}

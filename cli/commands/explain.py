@@ -26,6 +26,11 @@ DEFAULT_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/responses", "/api/
 # The environment variable each provider's SDK reads its key from.
 KEY_ENV = {"openai": ("OPENAI_API_KEY",), "anthropic": ("ANTHROPIC_API_KEY",),
            "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "ollama": ()}
+# The server each format's SDK talks to by default, when neither --url nor
+# --upstream names one: the root of the tree holds the upstream.
+DEFAULT_UPSTREAMS = {"openai": "https://api.openai.com",
+                     "anthropic": "https://api.anthropic.com",
+                     "gemini": "https://generativelanguage.googleapis.com", "ollama": "http://localhost:11434"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "failed. Read-only.")
     add_common(parser)
     parser.add_argument("request", metavar="REQUEST.json", help="the request body (JSON), or - for stdin")
-    parser.add_argument("--url", help="the request URL (picks the wire format; a ?key= is used as credential)")
+    parser.add_argument("--url", help="the request URL, e.g. https://api.openai.com/v1/chat/completions (picks the "
+                                      "server and the wire format; a ?key= is used as credential)")
+    parser.add_argument("--upstream", metavar="URL",
+                        help="the server the agent talks to, e.g. https://my-gateway.example:8443 (default: from "
+                             "--url, else the format's usual provider: api.openai.com, api.anthropic.com, ...)")
     parser.add_argument("--path", help="the request path, e.g. /v1/chat/completions (default: guessed)")
     parser.add_argument("--header", "-H", action="append", default=[], metavar="K:V",
                         help="a request header (repeatable), e.g. 'Authorization: Bearer sk-…' or "
@@ -76,6 +85,7 @@ def _credential(args: argparse.Namespace, fmt_name: str, credential: str | None)
 
 def explain_command(args: argparse.Namespace) -> int:
     from addon import credentials, formats  # the proxy's own adapters
+    from addon.exchange import with_upstream
     from addon.formats import NotUnderstood, WireRequest
 
     raw = sys.stdin.buffer.read() if args.request == "-" else _read(args.request)
@@ -90,6 +100,8 @@ def explain_command(args: argparse.Namespace) -> int:
         parts = urlsplit(args.url)
         paths = (parts.path or "/",)
         query = dict(parse_qsl(parts.query))
+        if parts.scheme and parts.hostname and not args.upstream:
+            args.upstream = args.url
     elif args.path:
         path, _, qs = args.path.partition("?")
         paths, query = (path,), dict(parse_qsl(qs))
@@ -99,6 +111,7 @@ def explain_command(args: argparse.Namespace) -> int:
 
     candidates = []
     errors = []
+    upstream = _upstream(args.upstream) if args.upstream else None
     for path in paths:
         fmt = formats.recognise("POST", path)
         if fmt is None:
@@ -106,6 +119,7 @@ def explain_command(args: argparse.Namespace) -> int:
             continue
         try:
             parsed = fmt.parse_request(WireRequest("POST", path, clean_query, clean_headers, raw))
+            parsed = with_upstream(parsed, upstream or _default_upstream(fmt.name))
         except NotUnderstood as e:
             errors.append(f"{path} ({fmt.name}): {e}")
             continue
@@ -148,6 +162,7 @@ def explain_command(args: argparse.Namespace) -> int:
     data = {
         "hit": result.hit, "reason": result.reason, "detail": result.detail,
         "format": fmt.name, "path": path, "model": parsed.conversation.context.get("model"),
+        "upstream": parsed.conversation.context.get("upstream"),
         "namespace": namespace, "credential_given": credential is not None,
         "messages": len(messages), "matched": result.matched,
         "node": result.node, "node_summary": node_summary(deepest) if deepest else None,
@@ -162,7 +177,8 @@ def explain_command(args: argparse.Namespace) -> int:
     }
 
     def human() -> str:
-        out = [f"request   {fmt.name} {data['model']}, {len(messages)} message(s), namespace {namespace}"
+        out = [f"request   {fmt.name} {data['model']} at {data['upstream']}, {len(messages)} message(s), "
+               f"namespace {namespace}"
                + ("" if credential or fixed else "  (no credential: give --api-key or --namespace)")]
         if result.hit:
             out.append(f"result    HIT: served from node {short_id(result.node)}"
@@ -181,7 +197,8 @@ def explain_command(args: argparse.Namespace) -> int:
                 out.append("where     this exact context is recorded, but in another namespace: "
                            + ", ".join(result.other_namespaces) + " (another API key, or --namespace?)")
             elif result.nearest:
-                out.append("where     no root for this context: model, tools or parameters differ from the recordings")
+                out.append("where     no root for this context: server, model, tools or parameters differ from the "
+                           "recordings (another server? give --url or --upstream)")
             for near in result.nearest:
                 out.append(f"nearest   root {short_id(near['node'])}  {near['summary']}  "
                            f"(similarity {near['similarity']:.2f}, first difference at {near['first_difference']})")
@@ -222,6 +239,24 @@ def _bindings(raw: str | None) -> dict[str, str] | None:
     if not isinstance(value, dict):
         raise CliError("butter-bindings must be a flat JSON object")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def _upstream(url: str) -> str:
+    from addon.exchange import upstream_of
+
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CliError(f"--upstream {url!r} is not an http(s) URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as e:
+        raise CliError(f"--upstream {url!r}: {e}") from e
+    return upstream_of(parts.scheme, parts.hostname, port)
+
+
+def _default_upstream(fmt_name: str) -> str:
+    family = next((f for f in DEFAULT_UPSTREAMS if fmt_name.startswith(f)), "openai")
+    return _upstream(DEFAULT_UPSTREAMS[family])
 
 
 def _read(name: str) -> bytes:

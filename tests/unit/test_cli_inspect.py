@@ -11,7 +11,8 @@ from store import Cache, Conversation
 from store.inspect import (diff_lines, first_difference, load_index, node_summary, stats_rows, summarise,
                            tokens_of)
 
-CONTEXT = {"api": "openai-chat", "model": "m", "params": {}, "headers": {}}
+# As the proxy keys a request to api.openai.com (the server explain assumes by default).
+CONTEXT = {"api": "openai-chat", "model": "m", "params": {}, "headers": {}, "upstream": "https://api.openai.com:443"}
 
 
 def user(text: str) -> dict:
@@ -146,8 +147,11 @@ def test_explain_follows_a_responses_previous_response_id_as_the_proxy_does(tmp_
     from addon.formats.base import WireRequest
     from addon.formats.openai_responses import FORMAT as RESPONSES
 
-    def parse(body: dict):
-        return RESPONSES.parse_request(WireRequest("POST", "/v1/responses", {}, {}, json.dumps(body).encode()))
+    from addon.exchange import with_upstream
+
+    def parse(body: dict):  # as the proxy parses a request to api.openai.com
+        parsed = RESPONSES.parse_request(WireRequest("POST", "/v1/responses", {}, {}, json.dumps(body).encode()))
+        return with_upstream(parsed, CONTEXT["upstream"])
 
     base = {"model": "gpt-4.1-mini"}
     first_input = [{"role": "user", "content": "Please refund order 1234."}]
