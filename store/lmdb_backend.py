@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import lmdb
 
 from .model import NodeRecord, StoredReply
+from .private_files import FILE_MODE, open_private, private_dir, private_files
 
 # 2: reply ids leave bookkeeping out (store/agreement.py) and template
 # changes bump TEMPLATE_GENERATION. A schema-1 database is read as it is (its
@@ -75,8 +76,9 @@ def _acquire_env(path: str) -> lmdb.Environment:
             env, refs = _open_envs[path]
             _open_envs[path] = (env, refs + 1)
             return env
-        os.makedirs(path, exist_ok=True)
-        env = lmdb.open(path, map_size=INITIAL_MAP_SIZE, max_dbs=8, subdir=True, max_readers=256)
+        private_dir(path)  # every prompt and the namespace secret: owner only (store/private_files.py)
+        env = lmdb.open(path, map_size=INITIAL_MAP_SIZE, max_dbs=8, subdir=True, max_readers=256, mode=FILE_MODE)
+        private_files(path)  # also the files an older butter (or another tool) created world-readable
         env.reader_check()
         _open_envs[path] = (env, 1)
         return env
@@ -171,7 +173,7 @@ class LmdbBackend:
     def _grow(self) -> None:
         # A file lock keeps two processes from resizing at once; the size is
         # re-read under it so a resize another process just did is not doubled.
-        with open(os.path.join(self.path, "resize.lock"), "w") as lock:
+        with open(open_private(os.path.join(self.path, "resize.lock"), os.O_WRONLY | os.O_CREAT), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.env.set_mapsize(0)
             self.env.set_mapsize(self.env.info()["map_size"] * 2)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cli.output import CliError, Progress, add_common, db_path, emit, open_cache, run
 from store import portable
+from store.private_files import open_private
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,10 +78,10 @@ def export_command(args: argparse.Namespace) -> int:
                 target = Path(args.out)
                 tmp = target.with_name(target.name + ".partial")
                 # Written beside and renamed: a failed export never leaves half a file.
-                # A file carrying the namespace secret is readable by its owner only.
-                mode = 0o600 if args.with_secret else 0o666
+                # Every prompt (and with --with-secret the namespace secret):
+                # readable by its owner only, whatever the umask.
                 try:
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+                    fd = open_private(tmp)
                     with open(fd, "w", encoding="utf-8", newline="\n") as out:
                         header = portable.write_export(cache.backend, out, namespace=args.namespace,
                                                        with_secret=args.with_secret, on_record=advance)
