@@ -325,14 +325,18 @@ class Butter:
         log.info("butter: refused a request: %s", message)
 
     async def _answer_butter_local(self, flow: http.HTTPFlow) -> None:
-        action = feedback.route(flow.request.method, flow.request.path, flow.request.get_content(strict=False) or b"")
-        if isinstance(action, feedback.Health):
-            answer = feedback.health(self.cache.backend.path if self.cache else None, ctx.options.butter_mode,
-                                     ctx.options.butter_namespace, ctx.options.butter_min_observations)
-        elif isinstance(action, feedback.Vote):
-            answer = await self._vote(action)
-        else:
-            answer = action
+        try:
+            action = feedback.route(flow.request.method, flow.request.path, flow.request.raw_content or b"")
+            if isinstance(action, feedback.Health):
+                answer = feedback.health(self.cache.backend.path if self.cache else None, ctx.options.butter_mode,
+                                         ctx.options.butter_namespace, ctx.options.butter_min_observations)
+            elif isinstance(action, feedback.Vote):
+                answer = await self._vote(action)
+            else:
+                answer = action
+        except Exception as e:  # still answered here: butter.local is never forwarded (nor looked up in DNS)
+            self._log_once(f"butter.local:{type(e).__name__}", "butter: a butter.local request failed: %r", e)
+            answer = feedback.problem(500, f"butter could not answer: {type(e).__name__}")
         status, body, headers = answer.encoded()
         self._respond(flow, WireResponse(status, headers, body), {})
 

@@ -16,6 +16,7 @@ in plain values; the addon runs the action against the store.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from store.admin import VoteResult
 from store.feedback import VERDICTS, FeedbackError, UnknownTarget, parse_verdict
 
 RESERVED_HOSTS = frozenset({"butter.local"})
+# A vote is under 200 bytes; anything far bigger is refused before it is parsed.
+MAX_BODY = 64 * 1024
 ENDPOINTS = ("GET /health", "POST /feedback")
 _HEX_ID = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -71,6 +74,8 @@ def route(method: str, path: str, body: bytes) -> Vote | Health | Answer:
     if path == "/feedback":
         if method != "POST":
             return _not_allowed("POST")
+        if len(body) > MAX_BODY:
+            return problem(413, f"the body is {len(body)} bytes; a vote is a small JSON object (at most {MAX_BODY} bytes)")
         return _parse_vote(body)
     return problem(404, f"butter.local has no {path}; endpoints: {', '.join(ENDPOINTS)}")
 
@@ -83,7 +88,7 @@ def _not_allowed(allowed: str) -> Answer:
 def _parse_vote(body: bytes) -> Vote | Answer:
     try:
         data = json.loads(body or b"")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep to parse
         return problem(400, 'the body must be JSON: {"node": "<hex>", "score": "good" or "bad"}')
     if not isinstance(data, dict):
         return problem(400, "the body must be a JSON object")
@@ -115,7 +120,10 @@ def vote_failed(error: FeedbackError) -> Answer:
 
 
 def health(db: str | None, mode: str, namespace: str, min_observations: int) -> Answer:
+    """Is butter up, and how is it set. The database by its folder's name only:
+    any client of the proxy can ask, and an absolute path tells it about the
+    machine (user names, project layout) that it has no need to know."""
     if db is None:
         return problem(503, "butter has no open tree")
-    return Answer(200, {"butter": "ok", "db": db, "mode": mode, "namespace": namespace or None,
+    return Answer(200, {"butter": "ok", "db": os.path.basename(db.rstrip(os.sep)) or None, "mode": mode, "namespace": namespace or None,
                         "min_observations": min_observations, "endpoints": list(ENDPOINTS)})

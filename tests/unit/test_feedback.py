@@ -8,6 +8,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
+from addon import feedback
 from store import Cache, Conversation, Hit, Miss, ServePolicy, StoredReply, admin
 from store import feedback as rules
 from store.tree import reply_id
@@ -198,7 +199,36 @@ async def test_health_answers_json_about_the_running_proxy(butter, tmp_path):
     body = answer_of(f)
     assert f.response.status_code == 200 and f.response.headers["content-type"] == "application/json"
     assert body["butter"] == "ok" and body["mode"] == "auto" and body["min_observations"] == 2
-    assert body["db"] == str((tmp_path / "db").resolve())
+    assert body["db"] == "db"  # the folder's name: no client learns the machine's paths
+    assert str(tmp_path) not in f.response.text
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 100_000 + b"]" * 100_000,  # nested far past the parser's recursion limit, but small
+    b'{"node": ' * 5_000 + b"1" + b"}" * 5_000,
+])
+async def test_a_deeply_nested_feedback_body_is_a_400_from_butter_never_forwarded(butter, body):
+    addon, _ = butter
+    small = body[: feedback.MAX_BODY]  # within the size limit, so it reaches the parser
+    f = await send(addon, local_flow("POST", "/feedback", small))
+    assert f.response.status_code == 400 and f.is_replay == "response"
+
+
+async def test_a_huge_feedback_body_is_a_413_from_butter_never_forwarded(butter):
+    addon, _ = butter
+    f = await send(addon, local_flow("POST", "/feedback", b'{"node": "' + b"a" * 5_000_000 + b'"}'))
+    assert f.response.status_code == 413 and f.is_replay == "response"
+
+
+async def test_a_butter_local_request_butter_fails_on_is_still_answered_by_butter(butter, monkeypatch):
+    addon, _ = butter
+
+    def broken(*args):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(feedback, "route", broken)
+    f = await send(addon, local_flow("POST", "/feedback", b"{}"))
+    assert f.response.status_code == 500 and f.is_replay == "response"
 
 
 @pytest.mark.parametrize("method,path,body,status,words", [
