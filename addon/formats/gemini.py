@@ -15,14 +15,13 @@ and round-trips as the exact string the provider sent.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
 import secrets
 from typing import Any, Iterator
 
+from store.canonical import base64_digest
 from store.model import Conversation
 
 from . import sse
@@ -148,12 +147,10 @@ def camel_case(value: Any) -> Any:
 def media_digest(data: Any) -> str:
     """The content hash that stands for inline bytes in the key and the tree."""
     if isinstance(data, str):
-        try:
-            raw = base64.b64decode(data.replace("-", "+").replace("_", "/") + "=" * (-len(data) % 4), validate=False)
-        except (binascii.Error, ValueError):
-            raw = data.encode("utf-8")
-    else:
-        raw = json.dumps(data, sort_keys=True).encode("utf-8")
+        # Google reads standard and URL-safe base64, padded or not; anything
+        # else keys apart from any valid bytes (base64_digest).
+        return base64_digest(data, urlsafe=True)
+    raw = json.dumps(data, sort_keys=True).encode("utf-8")
     return hashlib.sha256(raw).hexdigest()
 
 

@@ -12,15 +12,13 @@ renders as either form.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 import re
 import secrets
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+from store.canonical import base64_digest
 from store.model import Conversation
 
 from .base import (
@@ -91,11 +89,7 @@ def image_digest(image: Any) -> Any:
     """The content hash that stands for a base64 image in the key and the tree."""
     if not isinstance(image, str):
         return image
-    try:
-        raw = base64.b64decode(image, validate=False)
-    except (binascii.Error, ValueError):
-        raw = image.encode("utf-8")
-    return {"sha256": hashlib.sha256(raw).hexdigest()}
+    return {"sha256": base64_digest(image)}  # invalid base64 keys apart from any valid bytes
 
 
 def _canonical_messages(messages: list[dict]) -> Iterator[dict]:

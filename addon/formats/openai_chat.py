@@ -8,16 +8,13 @@ recording renders as either form.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 import re
 import secrets
 import time
 from typing import Any, Iterator
 
-from store.canonical import parse_json_text
+from store.canonical import base64_digest, json_argument, parse_json_text
 from store.model import Conversation
 
 from . import sse
@@ -134,9 +131,9 @@ def _canonical_messages(messages: list[dict]) -> Iterator[dict]:
                         call["ref"] = aliases[raw_id]
                     fn = call.get("function")
                     if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                        parsed = parse_json_text(fn["arguments"])
-                        # Whitespace and key order inside arguments are not meaning.
-                        fn = dict(fn, arguments=parsed if parsed is not None else fn["arguments"])
+                        # Whitespace and key order inside arguments are not meaning;
+                        # invalid JSON is keyed by its text, never like a valid value.
+                        fn = dict(fn, arguments=json_argument(fn["arguments"]))
                         call["function"] = fn
                     calls.append(call)
                 if calls:
@@ -165,14 +162,6 @@ def _canonical_content(value: Any) -> Any:
     return value
 
 
-def _digest_base64(data: str) -> str:
-    try:
-        raw = base64.b64decode(data, validate=False)
-    except (binascii.Error, ValueError):
-        raw = data.encode("utf-8")
-    return hashlib.sha256(raw).hexdigest()
-
-
 def _media_by_hash(part: dict) -> dict:
     """The part with its inline bytes replaced by their content hash.
 
@@ -189,7 +178,7 @@ def _media_by_hash(part: dict) -> dict:
             out["media_type"] = head[len("data:"):].split(";", 1)[0]
         elif field == "url":
             return inner  # a real URL is itself the key
-        out["sha256"] = _digest_base64(data)
+        out["sha256"] = base64_digest(data)  # invalid base64 keys apart from any valid bytes
         return out
 
     kind = part.get("type")

@@ -21,14 +21,13 @@ are filled in from the request being answered.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
 from collections import ChainMap
 from typing import Any, Iterator, MutableMapping
 
-from store.canonical import canonical_json, digest, parse_json_text
+from store.canonical import base64_digest, canonical_json, digest, json_argument, parse_json_text
 from store.model import Conversation
 
 from . import sse
@@ -344,9 +343,9 @@ def _canonical_item(item: dict, aliases: Aliases) -> dict:
             if content:
                 out["content"] = content
         elif key == "arguments" and isinstance(value, str):
-            # Whitespace and key order inside arguments are not meaning.
-            parsed = parse_json_text(value)
-            out["arguments"] = parsed if parsed is not None else value
+            # Whitespace and key order inside arguments are not meaning;
+            # invalid JSON is keyed by its text, never like a valid value.
+            out["arguments"] = json_argument(value)
         elif key == "output" and isinstance(value, list):
             out["output"] = _canonical_content(value, "tool")
         else:
@@ -381,13 +380,11 @@ def _hash_media(part: dict) -> dict:
         if match is None and key == "image_url":
             continue  # a URL or file reference is already short and stable
         payload = value[match.end():] if match else value
-        try:
-            data = base64.b64decode(payload, validate=False) if (match is None or match.group(2)) else payload.encode()
-        except ValueError:
-            data = payload.encode()
         part = dict(part)
         del part[key]
-        part[f"{key}_sha256"] = hashlib.sha256(data).hexdigest()
+        # Invalid base64 keys apart from any valid bytes (base64_digest).
+        part[f"{key}_sha256"] = (base64_digest(payload) if (match is None or match.group(2))
+                                 else hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest())
         if match and match.group(1):
             part[f"{key}_media_type"] = match.group(1).lower()
     return part
