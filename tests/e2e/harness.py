@@ -50,7 +50,9 @@ class Proxy:
         args += ["--listen-host", "127.0.0.1", "--set", f"confdir={confdir}"]
         if butter:
             args += ["--set", f"butter_db={db}", "--set", f"butter_mode={mode}"]
-        args += ["--set", "termlog_verbosity=info", "--set", "flow_detail=0"]
+        args += ["--set", "termlog_verbosity=info"]
+        if "flow_detail" not in (options or {}):
+            args += ["--set", "flow_detail=0"]
         if upstream_ca:
             args += ["--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}"]
         for key, value in (options or {}).items():
