@@ -15,6 +15,7 @@ import time
 from typing import Callable
 
 from addon import credentials
+from addon.exchange import upstream_of, with_upstream
 from addon.formats import WireRequest
 from addon.formats.openai_chat import FORMAT
 from store import Cache, Conversation
@@ -25,10 +26,16 @@ PATH = "/v1/chat/completions"
 HEADERS = {"authorization": f"Bearer {workload.API_KEY}", "content-type": "application/json"}
 
 
+# The bench's clients talk to api.openai.com (through the intercept or the
+# reverse listener): the server the tree's roots name.
+UPSTREAM = upstream_of("https", "api.openai.com", 443)
+
+
 def parse(body: bytes) -> Conversation:
     """The conversation butter keys a request on, computed as the addon does."""
     _, headers, query = credentials.split(HEADERS, {})
-    return FORMAT.parse_request(WireRequest("POST", PATH, query, headers, body)).conversation
+    parsed = FORMAT.parse_request(WireRequest("POST", PATH, query, headers, body))
+    return with_upstream(parsed, UPSTREAM).conversation
 
 
 def namespace(cache: Cache) -> str:

@@ -94,7 +94,10 @@ class EvalEnv:
         from store import Hit
 
         cache = self._cache()
+        from addon.exchange import upstream_of, with_upstream
+
         parsed = FORMAT.parse_request(WireRequest("POST", "/v1/chat/completions", {}, {}, json.dumps(body).encode()))
+        parsed = with_upstream(parsed, upstream_of("https", "api.openai.com", 443))  # where the agents' SDK goes
         result = cache.lookup(cache.namespace(api_key), parsed.conversation)
         if isinstance(result, Hit):
             return "hit now (learned after this request was measured)"
