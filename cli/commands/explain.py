@@ -71,16 +71,25 @@ def _headers(pairs: list[str]) -> dict[str, str]:
     return headers
 
 
-def _credential(args: argparse.Namespace, fmt_name: str, credential: str | None) -> str | None:
-    if args.api_key:
-        return args.api_key
-    if credential:
-        return credential
-    family = next((f for f in KEY_ENV if fmt_name.startswith(f)), "openai")
-    for name in KEY_ENV[family]:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
+def _credential(args: argparse.Namespace, fmt_name: str, headers: dict[str, str], query: dict[str, str]) -> str | None:
+    """The namespace credential as the proxy computes it: every credential header
+    and parameter, with the provider key from --api-key or, when none is given,
+    the SDK's environment variable."""
+    from addon import credentials
+
+    headers = dict(headers)
+    has_key = any(headers.get(h) for h in credentials.PRIMARY_HEADERS) or any(
+        query.get(q) for q in credentials.PRIMARY_QUERY)
+    key = args.api_key
+    if key is None and not has_key:
+        family = next((f for f in KEY_ENV if fmt_name.startswith(f)), "openai")
+        key = next((os.environ[name] for name in KEY_ENV[family] if os.environ.get(name)), None)
+    if key:
+        for name in credentials.PRIMARY_HEADERS:
+            headers.pop(name, None)
+        query = {k: v for k, v in query.items() if k.lower() not in credentials.PRIMARY_QUERY}
+        headers["authorization"] = f"Bearer {key}"
+    return credentials.split(headers, query)[0]
 
 
 def explain_command(args: argparse.Namespace) -> int:
@@ -105,7 +114,7 @@ def explain_command(args: argparse.Namespace) -> int:
     elif args.path:
         path, _, qs = args.path.partition("?")
         paths, query = (path,), dict(parse_qsl(qs))
-    header_credential, clean_headers, clean_query = credentials.split(headers, query)
+    _, clean_headers, clean_query = credentials.split(headers, query)
     bindings = _bindings(headers.get("butter-bindings"))
     fixed = args.namespace or headers.get("butter-namespace", "")
 
@@ -134,7 +143,7 @@ def explain_command(args: argparse.Namespace) -> int:
         cache.policy = ServePolicy(min_observations=args.min_observations)
         best = None
         for path, fmt, parsed in candidates:
-            credential = _credential(args, fmt.name, header_credential)
+            credential = _credential(args, fmt.name, headers, query)
             namespace = cache.namespace(credential, fixed)
             not_expanded = ""
             if fmt.keeps_state:  # a Responses `previous_response_id`: the conversation it continues, as the proxy does

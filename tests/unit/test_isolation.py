@@ -171,3 +171,29 @@ def test_the_rest_of_the_query_stays_in_the_key():
     credential, _, query = credentials.split({}, {"api-version": "2024-06-01", "alt": "sse", "beta": "true",
                                                   "api_key": "s"})
     assert credential == "s" and query == {"api-version": "2024-06-01", "alt": "sse", "beta": "true"}
+
+
+# -- explain rebuilds the root as the proxy does ---------------------------------------
+
+async def test_explain_finds_a_recording_only_with_its_server_and_every_credential(butter, tmp_path, capsys):
+    addon, _ = butter
+    headers = {"authorization": "Bearer sk-shared", "x-litellm-api-key": "tenant-a"}
+    await served(addon, flow(host="gateway.example", port=8443, headers=headers))
+    db = addon.cache.backend.path
+    addon.done()
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps(BODY))
+
+    def explain(*args: str) -> dict:
+        assert main(["--db", db, "explain", str(request), "--json", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    url = "https://gateway.example:8443/v1/chat/completions"
+    found = explain("--url", url, "-H", "x-litellm-api-key: tenant-a", "--api-key", "sk-shared")
+    assert found["hit"] is True and found["upstream"] == "https://gateway.example:8443"
+    assert explain("--upstream", "gateway.example:8443", "-H", "x-litellm-api-key: tenant-a",
+                   "-H", "Authorization: Bearer sk-shared")["hit"] is True
+    assert explain("--url", url, "-H", "x-litellm-api-key: tenant-b", "--api-key", "sk-shared")["hit"] is False
+    assert explain("--url", url, "--api-key", "sk-shared")["hit"] is False
+    elsewhere = explain("-H", "x-litellm-api-key: tenant-a", "--api-key", "sk-shared")
+    assert elsewhere["hit"] is False and elsewhere["upstream"] == "https://api.openai.com:443"
