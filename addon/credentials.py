@@ -8,9 +8,11 @@ What counts as a credential is decided by name, not by a list of providers,
 so a gateway's key butter has never heard of still separates tenants:
 
 - headers: `authorization`, `x-api-key`, `api-key`, `x-goog-api-key`,
-  `cookie`, and any name that contains `auth` or ends in `-api-key`/`apikey`,
+  `cookie`, and any name that contains `auth` or ends in `-key`/`apikey`,
   `-token`, `-secret`, `-password` (`x-litellm-api-key`, `helicone-auth`,
-  `cf-aig-authorization`, `x-portkey-api-key`, `x-amz-security-token`, ...);
+  `cf-aig-authorization`, `x-portkey-api-key`, `ocp-apim-subscription-key`,
+  `x-amz-security-token`, ...), except `idempotency-key`, which is fresh on
+  every request;
 - query parameters: `key`, `api_key`, `apikey`, `token`, `access_token`,
   `sig`, `signature`, `auth`, and any name that contains `auth` or
   `credential` or ends in `_key`, `_token`, `_secret`, `_signature`,
@@ -33,8 +35,10 @@ PRIMARY_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 PRIMARY_QUERY = ("key", "api_key", "apikey", "api-key")
 # Identifying but not secret: dropped as well, they never change the answer.
 DROPPED_HEADERS = ("openai-organization", "openai-project")
-# Not every `-key`: `idempotency-key` is fresh on every request and no secret.
-_SECRET_HEADER_NAME = re.compile(r"auth|(?:^|[-_])(?:api[-_]?key|token|secret|password)$|apikey$|^cookie$")
+_SECRET_HEADER_NAME = re.compile(r"auth|(?:^|[-_])(?:key|token|secret|password)$|apikey$|^cookie$")
+# `-key` headers that are no secret: fresh on every request (so they must not
+# split the cache) or part of the HTTP machinery.
+_NOT_SECRET_HEADERS = frozenset({"idempotency-key", "x-idempotency-key", "sec-websocket-key"})
 _SECRET_QUERY_NAMES = frozenset({"key", "api_key", "apikey", "token", "access_token", "sig", "signature", "auth",
                                  "password", "secret"})
 _SECRET_QUERY_NAME = re.compile(r"auth|credential|_(?:key|token|secret|signature|password)$|apikey$")
@@ -47,7 +51,7 @@ INFRASTRUCTURE_COOKIES = re.compile(r"__cf_bm|_cfuvid|cf_clearance|__cflb|__cfru
 @lru_cache(maxsize=1024)
 def is_secret_header(name: str) -> bool:
     """Does a header of this (lower-case) name carry a credential?"""
-    return name == "proxy-authorization" or _SECRET_HEADER_NAME.search(name) is not None
+    return name not in _NOT_SECRET_HEADERS and _SECRET_HEADER_NAME.search(name) is not None
 
 
 @lru_cache(maxsize=1024)

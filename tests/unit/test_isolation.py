@@ -84,7 +84,7 @@ def test_the_root_context_names_the_server():
 # -- 2. credentials in headers butter has no list for --------------------------------
 
 GATEWAY_HEADERS = ["x-litellm-api-key", "x-portkey-api-key", "helicone-auth", "cf-aig-authorization",
-                   "x-my-gateway-token", "x-tenant-auth", "x-company-api-key"]
+                   "x-my-gateway-token", "x-tenant-auth", "x-company-api-key", "ocp-apim-subscription-key"]
 
 
 @pytest.mark.parametrize("header", GATEWAY_HEADERS)
