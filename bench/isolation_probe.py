@@ -14,6 +14,8 @@ a tenant who wants another tenant's replies, or a secret, would try:
   a gateway's header (`x-litellm-api-key`, `helicone-auth`, a session cookie, ...);
 - query credentials: the same, with `?api_key=`, `?token=`, `?sig=` ... on
   OpenAI Chat and Anthropic paths;
+- validity twins: a request a provider would reject (tool-call arguments
+  `abc`, invalid base64) after its valid twin (`"abc"`, the valid image);
 - butter.local: /health must not show the database path; nested and huge
   feedback bodies must be answered by butter, never forwarded.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -60,7 +63,10 @@ from tests.fakes.tls import make_ca_and_cert  # noqa: E402
 OPENAI = "api.openai.com"
 OTHER_HOSTS = ["openrouter.ai", "api.groq.com", "example.openai.azure.com"]
 GATEWAY_HEADERS = ["x-litellm-api-key", "x-portkey-api-key", "helicone-auth", "cf-aig-authorization",
-                   "x-api-token", "x-tenant-auth", "x-company-api-key"]
+                   "x-api-token", "x-tenant-auth", "x-company-api-key", "ocp-apim-subscription-key"]
+# (valid, invalid) twins a lenient canonical form would key alike.
+VALIDITY_TWINS = [("tool arguments", '"abc"', "abc"), ("tool arguments", '"null"', "null"),
+                  ("tool arguments", "1e400", "Infinity"), ("image base64", "iVBORw0KGgo=", "iVBO!Rw0K Ggo=")]
 QUERY_NAMES = ["api_key", "api-key", "apikey", "key", "access_token", "token", "sig", "signature", "auth"]
 
 
@@ -73,6 +79,7 @@ class Request:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     api: str = "openai"  # or "anthropic"
+    twin: tuple[str, str] | None = None  # (what, value): a validity twin's body
 
 
 @dataclass
@@ -84,9 +91,11 @@ class Probe:
 
 
 def fake_model(call: Call):
-    """Answers that say who they were made for: the server and the tenant."""
+    """Answers that say who they were made for: the server and a hash of the
+    tenant's credentials (never the credentials: a reply is stored as sent)."""
     body = call.json
-    who = f"{call.headers.get('host')} {sorted(call.query.items())} {len(call.headers)}"
+    tenant = hashlib.sha256(json.dumps([sorted(call.query.items()), sorted(call.headers.items())]).encode())
+    who = f"{call.headers.get('host')} tenant {tenant.hexdigest()[:12]}"
     if call.path.endswith("/v1/messages"):
         return JSONReply(anthropic_messages.message([{"type": "text", "text": f"for {who}"}], body["model"]))
     return JSONReply(openai_chat.completion({"content": f"for {who}"}, body["model"]))
@@ -99,11 +108,23 @@ def body_for(api: str, nonce: str) -> dict:
     return {"model": "gpt-4o-mini", "messages": question}
 
 
+def twin_body(what: str, value: str, nonce: str) -> dict:
+    ask = {"role": "user", "content": f"Look up account {nonce}."}
+    if what == "image base64":
+        return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": f"What is in this picture ({nonce})?"},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{value}"}}]}]}
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": value}}
+    return {"model": "gpt-4o-mini", "messages": [ask, {"role": "assistant", "tool_calls": [call]},
+                                                 {"role": "tool", "tool_call_id": "call_1", "content": "found"}]}
+
+
 def send(http: httpx.Client, request: Request, nonce: str) -> str:
     headers = dict(request.headers)
     if request.api == "anthropic":
         headers.setdefault("anthropic-version", "2023-06-01")
-    answer = http.post(request.url, json=body_for(request.api, nonce), headers=headers)
+    body = twin_body(*request.twin, nonce) if request.twin else body_for(request.api, nonce)
+    answer = http.post(request.url, json=body, headers=headers)
     if answer.status_code != 200:
         raise RuntimeError(f"{request.url}: {answer.status_code} {answer.text[:200]}")
     return answer.headers.get("butter-cache", "")
@@ -150,6 +171,13 @@ def query_probes() -> list[Probe]:
     return probes
 
 
+def validity_probes() -> list[Probe]:
+    """Not tenants: a request a provider would reject must never be served the reply to its valid twin."""
+    url, key = f"https://{OPENAI}/v1/chat/completions", {"authorization": f"Bearer {secret()}"}
+    return [Probe("validity twins", f"{what}: {valid} -> {invalid}", Request(url, key, twin=(what, valid)),
+                  Request(url, key, twin=(what, invalid))) for what, valid, invalid in VALIDITY_TWINS]
+
+
 def secrets_of(probes: list[Probe]) -> list[str]:
     found = set()
     for probe in probes:
@@ -180,7 +208,7 @@ def run_probes(http: httpx.Client, probes: list[Probe], rows: dict) -> None:
 def butter_local(http: httpx.Client, provider: FakeProvider, db: Path) -> dict:
     calls = len(provider.calls)
     health = http.get("http://butter.local/health")
-    nested = http.post("http://butter.local/feedback", content=b"[" * 60_000 + b"]" * 60_000,
+    nested = http.post("http://butter.local/feedback", content=b"[" * 30_000 + b"]" * 30_000,
                        headers={"content-type": "application/json"})
     huge = http.post("http://butter.local/feedback", content=b'{"node": "' + b"a" * 2_000_000 + b'"}',
                      headers={"content-type": "application/json"})
@@ -222,6 +250,8 @@ def main() -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="butter-isolation-"))
     work.mkdir(parents=True, exist_ok=True)
     old_umask = os.umask(0o022)  # a usual umask: butter must not depend on a strict one
+    # mitmdump cuts flow_detail=1 URLs at the terminal's width: a wide one shows every query.
+    os.environ["COLUMNS"] = "4000"
     ca, cert, key = make_ca_and_cert(work / "tls")
     provider = FakeProvider(cert, key, fake_model)
     proxies: list[Proxy] = []
@@ -238,7 +268,7 @@ def main() -> int:
                        upstream_ca=ca, options={**options, "butter_namespace": "team"})
         proxies.append(shared)
         probes = (host_probes(secret(), "hosts (same key)") + host_probes(None, "hosts (no key)")
-                  + header_probes() + query_probes())
+                  + header_probes() + query_probes() + validity_probes())
         shared_probes = shared_namespace_probes()
         with httpx.Client(proxy=per_key.url, verify=str(per_key.ca_cert), timeout=30) as http:
             run_probes(http, probes, rows)
@@ -279,6 +309,7 @@ def main() -> int:
     total = sum(r["probes"] for r in rows.values())
     print(f"{'total':28} {total:>5} {sum(r['cross_tenant_hits'] for r in rows.values()):>17} "
           f"{sum(r['control_hits'] for r in rows.values()):>9}/{total}")
+    print("(validity twins: a hit is the invalid twin served the valid one's reply)")
     print(f"\nsecrets tried: {len(all_secrets)}; found in: "
           + ", ".join(f"{place} {n}" for place, n in found.items()))
     print(f"butter.local: /health shows the db path: {'yes' if local['health_shows_db_path'] else 'no'}; "

@@ -122,6 +122,7 @@ def test_an_api_key_in_the_query_never_reaches_the_database_exports_show_or_the_
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     provider.handler = anthropic_messages.handler
+    monkeypatch.setenv("COLUMNS", "4000")  # mitmdump cuts flow_detail=1 URLs at the terminal's width
     db = tmp_path / "query-db"
     proxy = start_proxy(db, options={"flow_detail": "1"})  # mitmdump's default: one line per flow, URL included
     through(proxy)
