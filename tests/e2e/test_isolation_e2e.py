@@ -150,3 +150,17 @@ def test_an_api_key_in_the_query_never_reaches_the_database_exports_show_or_the_
     files = [p for p in db.iterdir() if p.is_file()] + [proxy.log, export]
     assert not secret_bytes_in(files, [tenant_a, tenant_b])
     assert tenant_a not in shown.stdout and tenant_b not in shown.stdout
+
+
+# -- 6. butter.local tells no path and forwards nothing -----------------------------------
+
+def test_butter_local_hides_the_database_path_and_answers_bad_feedback_bodies_itself(shared_proxy, provider):
+    calls = len(provider.calls)
+    with httpx2.Client(proxy=shared_proxy.url, verify=str(shared_proxy.ca_cert), timeout=20) as http:
+        health = http.get("http://butter.local/health")
+        nested = http.post("http://butter.local/feedback", content=b"[" * 30_000 + b"]" * 30_000)
+        huge = http.post("https://butter.local/feedback", content=b'{"node": "' + b"a" * 2_000_000 + b'"}')
+    assert health.status_code == 200 and health.json()["db"] == shared_proxy.db.name
+    assert str(shared_proxy.db.parent) not in health.text
+    assert nested.status_code == 400 and huge.status_code == 413
+    assert len(provider.calls) == calls
