@@ -284,7 +284,8 @@ class Butter:
 
     def _state_table(self, state: FlowState) -> NamespacedTable:
         assert self.cache is not None
-        return self.cache.state_table(state.fmt.name, state.namespace)
+        upstream = state.parsed.conversation.context.get("upstream", "") if state.parsed else ""
+        return self.cache.state_table(state.fmt.name, state.namespace, upstream)
 
     def _forward_and_record(self, flow: http.HTTPFlow, state: FlowState, refresh: bool, status: str) -> None:
         state.record, state.refresh, state.status = True, refresh, status

@@ -156,7 +156,7 @@ def record_flow(cache: Cache, flow: http.HTTPFlow, *, fixed_namespace: str = "",
     except NotUnderstood:
         return FlowOutcome("skipped", "not-understood", fmt.name)
     namespace = cache.namespace(credential, wanted.namespace or fixed_namespace)
-    state = _state_table(cache, fmt, namespace)
+    state = _state_table(cache, fmt, namespace, parsed)
     if state is not None:
         # Server-side state (a Responses `previous_response_id`): flows are
         # read in the order they happened, so an earlier flow's reply is
@@ -199,7 +199,8 @@ def store_reply(cache: Cache, fmt: WireFormat, namespace: str, parsed: ParsedReq
     return node
 
 
-def _state_table(cache: Cache, fmt: WireFormat, namespace: str):
+def _state_table(cache: Cache, fmt: WireFormat, namespace: str, parsed: ParsedRequest):
     if not getattr(fmt, "keeps_state", False):
         return None
-    return cache.state_table(fmt.name, namespace)  # the live addon's table, so both agree on keys
+    # The live addon's table, so both agree on keys.
+    return cache.state_table(fmt.name, namespace, parsed.conversation.context.get(UPSTREAM_KEY, ""))

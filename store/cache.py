@@ -67,9 +67,9 @@ class Cache:
         self.backend.record(rows, node, reply_id(template), template, streamed, refresh)
         return node
 
-    def state_table(self, table: str, namespace: str) -> "NamespacedTable":
-        """A side table seen through one namespace (a wire format's server-side state)."""
-        return NamespacedTable(self.backend, table, namespace)
+    def state_table(self, table: str, namespace: str, upstream: str = "") -> "NamespacedTable":
+        """A side table seen through one namespace and server (a wire format's server-side state)."""
+        return NamespacedTable(self.backend, table, namespace, upstream)
 
     def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2) -> InductionOutcome:
         """Learn templates from this recorded miss and its siblings (slow: off the request path)."""
@@ -94,10 +94,13 @@ class Cache:
 
 class NamespacedTable:
     """A side table whose keys are scoped to a namespace, so one credential
-    never continues another's conversation (an adapter's `StateTable`)."""
+    never continues another's conversation (an adapter's `StateTable`), nor
+    a conversation another server holds: ids one server made up say nothing
+    about another's."""
 
-    def __init__(self, backend: LmdbBackend, table: str, namespace: str):
+    def __init__(self, backend: LmdbBackend, table: str, namespace: str, upstream: str = ""):
         self.backend, self.table, self.namespace = backend, table, namespace
+        self._scope = f"{namespace}\x00{upstream}" if upstream else namespace  # `clear` drops `namespace\x00...`
 
     def get(self, key: str):
         return self.backend.get_aux(self.table, self._key(key))
@@ -106,7 +109,7 @@ class NamespacedTable:
         self.backend.put_aux(self.table, self._key(key), value)
 
     def _key(self, key: str) -> bytes:
-        return f"{self.namespace}\x00{key}".encode("utf-8")
+        return f"{self._scope}\x00{key}".encode("utf-8")
 
 
 class _DecodedTemplates:

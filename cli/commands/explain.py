@@ -148,7 +148,8 @@ def explain_command(args: argparse.Namespace) -> int:
             not_expanded = ""
             if fmt.keeps_state:  # a Responses `previous_response_id`: the conversation it continues, as the proxy does
                 try:
-                    parsed = fmt.expand(parsed, cache.state_table(fmt.name, namespace))
+                    parsed = fmt.expand(parsed, cache.state_table(fmt.name, namespace,
+                                                                  parsed.conversation.context.get("upstream", "")))
                 except NotUnderstood as e:
                     not_expanded = str(e)
             outcome = cache.lookup(namespace, parsed.conversation, bindings) if bindings else \

@@ -164,10 +164,10 @@ def test_explain_follows_a_responses_previous_response_id_as_the_proxy_does(tmp_
         first = parse({**base, "input": first_input})
         canonical = RESPONSES.reply_from_body(json.dumps(first_reply).encode(), False)
         cache.record("ns:shop", first.conversation, canonical)
-        RESPONSES.remember(first, canonical, cache.state_table(RESPONSES.name, "ns:shop"))
+        RESPONSES.remember(first, canonical, cache.state_table(RESPONSES.name, "ns:shop", CONTEXT["upstream"]))
         # The stateless request the follow-up stands for, recorded with its answer.
         whole = RESPONSES.expand(parse({**base, "previous_response_id": "resp_first", "input": follow_input}),
-                                 cache.state_table(RESPONSES.name, "ns:shop"))
+                                 cache.state_table(RESPONSES.name, "ns:shop", CONTEXT["upstream"]))
         cache.record("ns:shop", whole.conversation, canonical)
     finally:
         cache.close()

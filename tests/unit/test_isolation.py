@@ -197,3 +197,23 @@ async def test_explain_finds_a_recording_only_with_its_server_and_every_credenti
     assert explain("--url", url, "--api-key", "sk-shared")["hit"] is False
     elsewhere = explain("-H", "x-litellm-api-key: tenant-a", "--api-key", "sk-shared")
     assert elsewhere["hit"] is False and elsewhere["upstream"] == "https://api.openai.com:443"
+
+
+async def test_a_responses_id_one_server_made_up_is_not_followed_on_another(butter):
+    """The record of which conversation a `previous_response_id` continues is per server too."""
+    addon, tctx = butter
+    tctx.configure(addon, butter_namespace="team")
+    first = {"model": "gpt-4.1-mini", "input": "Please refund order 1234."}
+    reply = {"id": "resp_made_up_by_attacker", "object": "response", "created_at": 1, "status": "completed",
+             "model": "gpt-4.1-mini", "output": [{"id": "msg_1", "type": "message", "status": "completed",
+                                                  "role": "assistant", "content": [
+                                                      {"type": "output_text", "text": "Which amount?", "annotations": []}]}]}
+    attacker = flow(host="attacker.example", path="/v1/responses", body=first)
+    await send(addon, attacker, reply)
+    follow = {"model": "gpt-4.1-mini", "previous_response_id": "resp_made_up_by_attacker", "input": "All of it."}
+    same_server = flow(host="attacker.example", path="/v1/responses", body=follow)
+    await send(addon, same_server, {**reply, "id": "resp_2"})
+    assert same_server.response.headers["butter-cache"] == "miss"  # followed where it was made
+    elsewhere = flow(path="/v1/responses", body=follow)
+    await send(addon, elsewhere, {**reply, "id": "resp_3"})
+    assert elsewhere.response.headers["butter-cache"] == "bypass (not understood)"  # unknown here: passed through
