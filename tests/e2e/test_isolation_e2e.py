@@ -5,6 +5,7 @@ never reach the database, exports or the log."""
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import uuid
@@ -76,7 +77,7 @@ def test_a_shared_namespace_is_not_shared_across_servers(start_proxy, through, p
 def test_a_keyless_request_is_not_served_a_reply_from_another_server(shared_proxy, provider):
     provider.handler = poisoning_handler
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"keyless {uuid.uuid4().hex}"}]}
-    with httpx2.Client(proxy=shared_proxy.url, verify=str(shared_proxy.ca_cert), timeout=20) as http:
+    with httpx2.Client(proxy=shared_proxy.url, verify=ssl.create_default_context(cafile=str(shared_proxy.ca_cert)), timeout=20) as http:
         poisoned = http.post(f"https://{ATTACKER_HOST}/v1/chat/completions", json=body)
         genuine = http.post("https://api.openai.com/v1/chat/completions", json=body)
     assert "POISONED" in poisoned.text
@@ -156,7 +157,7 @@ def test_an_api_key_in_the_query_never_reaches_the_database_exports_show_or_the_
 
 def test_butter_local_hides_the_database_path_and_answers_bad_feedback_bodies_itself(shared_proxy, provider):
     calls = len(provider.calls)
-    with httpx2.Client(proxy=shared_proxy.url, verify=str(shared_proxy.ca_cert), timeout=20) as http:
+    with httpx2.Client(proxy=shared_proxy.url, verify=ssl.create_default_context(cafile=str(shared_proxy.ca_cert)), timeout=20) as http:
         health = http.get("http://butter.local/health")
         nested = http.post("http://butter.local/feedback", content=b"[" * 30_000 + b"]" * 30_000)
         huge = http.post("https://butter.local/feedback", content=b'{"node": "' + b"a" * 2_000_000 + b'"}')
