@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .lmdb_backend import LmdbBackend
+from .shared_backend import open_backend
 from .model import Conversation, Hit, Miss, NodeRecord
 from .namespace import namespace_for
 from .template_index import TemplateSet
@@ -31,7 +32,7 @@ def default_db_path() -> str:
 
 class Cache:
     def __init__(self, path: str | os.PathLike[str], policy: ServePolicy = ServePolicy()):
-        self.backend = LmdbBackend(path)
+        self.backend: LmdbBackend = open_backend(path)  # an LMDB directory or a redis:// shared store
         self.policy = policy
         self._templates: dict[bytes, NodeRecord] = {}  # decoded template nodes, by id
         # Each node's template children with their index, valid for one
@@ -46,6 +47,13 @@ class Cache:
 
     def lookup(self, namespace: str, conversation: Conversation, bindings: dict[str, str] | None = None) -> Hit | Miss:
         """Exact children first, then templates; `bindings` are client-declared values."""
+        result = self._lookup(namespace, conversation, bindings)
+        if isinstance(result, Miss) and self.backend.catch_up():
+            # A shared store: another proxy may have recorded this a moment ago.
+            result = self._lookup(namespace, conversation, bindings)
+        return result
+
+    def _lookup(self, namespace: str, conversation: Conversation, bindings: dict[str, str] | None) -> Hit | Miss:
         with self.backend.snapshot() as snap:
             generation = snap.template_generation()
             sets = self._template_sets
