@@ -31,8 +31,10 @@ def default_db_path() -> str:
 
 
 class Cache:
-    def __init__(self, path: str | os.PathLike[str], policy: ServePolicy = ServePolicy()):
-        self.backend: LmdbBackend = open_backend(path)  # an LMDB directory or a redis:// shared store
+    def __init__(self, path: str | os.PathLike[str], policy: ServePolicy = ServePolicy(), *,
+                 backend: LmdbBackend | None = None):
+        # An LMDB directory or a redis:// shared store; or a backend opened by the caller.
+        self.backend: LmdbBackend = backend if backend is not None else open_backend(path)
         self.policy = policy
         self._templates: dict[bytes, NodeRecord] = {}  # decoded template nodes, by id
         # Each node's template children with their index, valid for one

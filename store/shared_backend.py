@@ -110,7 +110,7 @@ class SharedBackend(LmdbBackend):
         epoch = _text(r.get(self.location.key("epoch")))
         r.set(self.location.key("secret"), self.secret.hex(), nx=True)
         shared_secret = bytes.fromhex(_text(r.get(self.location.key("secret"))))
-        if shared_secret != self.secret and not self.adopt_secret(shared_secret):
+        if shared_secret != self.secret and not LmdbBackend.adopt_secret(self, shared_secret):
             raise SharedStoreError(f"the replica at {self.path} has recordings made under another namespace "
                                    f"secret than {tree}'s: move it aside (it is rebuilt from the shared store)")
         if cursor.get("epoch") not in (None, epoch):
@@ -130,6 +130,18 @@ class SharedBackend(LmdbBackend):
             total += got
             if got < READ_BATCH:
                 return total
+
+    def adopt_secret(self, secret: bytes) -> bool:
+        """`butter import --with-secret`: the fleet takes the secret, while the shared tree is empty."""
+        if secret == self.secret:
+            return True
+        try:
+            if self._writer.xlen(self._stream) or not LmdbBackend.adopt_secret(self, secret):
+                return False
+            self._writer.set(self.location.key("secret"), secret.hex())
+            return True
+        except self._redis_errors:
+            return False
 
     # -- reading other replicas' writes -------------------------------------------
     def _read_once(self, r: Any, block: int | None) -> int:

@@ -193,3 +193,26 @@ def test_the_redis_password_is_never_stored_nor_logged(tmp_path, caplog):
         assert "s3cret" not in cache.backend.display
     finally:
         server.stop()
+
+
+def test_the_cli_migrates_an_lmdb_tree_into_the_shared_store_and_reads_it_there(tmp_path, shared_store_url, capsys):
+    from cli.main import main
+
+    lmdb_db = tmp_path / "lmdb"
+    local = Cache(lmdb_db)
+    ns = local.namespace("sk-team")
+    local.record(ns, conv("refund order 1234"), {"text": "done"})
+    local.close()
+    export = tmp_path / "tree.jsonl"
+    assert main(["--db", str(lmdb_db), "export", "--with-secret", "--out", str(export)]) == 0
+    url = shared_store_url("cli")
+    assert main(["--db", url, "import", str(export)]) == 0
+    capsys.readouterr()
+    assert main(["--db", url, "stats", "--json"]) == 0
+    assert '"nodes"' in capsys.readouterr().out
+    proxy_replica = Cache(shared_store_url("proxy"))  # another machine's replica
+    try:
+        assert proxy_replica.namespace("sk-team") == ns, "the imported secret is the fleet's"
+        assert isinstance(proxy_replica.lookup(ns, conv("refund order 1234")), Hit)
+    finally:
+        proxy_replica.close()
