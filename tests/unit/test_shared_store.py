@@ -216,3 +216,26 @@ def test_the_cli_migrates_an_lmdb_tree_into_the_shared_store_and_reads_it_there(
         assert isinstance(proxy_replica.lookup(ns, conv("refund order 1234")), Hit)
     finally:
         proxy_replica.close()
+
+
+def test_the_cli_inspects_and_steers_a_shared_tree_and_every_replica_sees_the_change(shared_store_url, capsys):
+    from cli.main import main
+
+    proxy = Cache(shared_store_url("proxy"))
+    ns = proxy.namespace(None)
+    proxy.record(ns, conv("refund order 1234"), {"text": "done"})
+    proxy.record(ns, conv("cancel order 77"), {"text": "cancelled"})
+    node = plan_record(conv("refund order 1234"), ns)[1].hex()
+    url = shared_store_url("cli")
+    try:
+        assert main(["--db", url, "tree"]) == 0
+        assert "refund order 1234" in capsys.readouterr().out
+        assert main(["--db", url, "show", node[:12]]) == 0
+        assert "done" in capsys.readouterr().out
+        assert main(["--db", url, "feedback", node[:12], "bad"]) == 0
+        assert eventually(lambda: isinstance(proxy.lookup(ns, conv("refund order 1234")), Miss))
+        other = plan_record(conv("cancel order 77"), ns)[1].hex()
+        assert main(["--db", url, "forget", other[:12]]) == 0
+        assert eventually(lambda: not proxy.backend.has_node(bytes.fromhex(other)))
+    finally:
+        proxy.close()
