@@ -9,6 +9,7 @@ import pytest
 
 from store import Cache, Conversation, Hit, Miss, ServePolicy, admin
 from store.shared_backend import SharedStoreError
+from store.trust import TrustRules
 from store.tree import plan_record
 from tests.fakes.redis_server import RedisServer
 
@@ -96,7 +97,7 @@ def test_every_kind_of_write_converges_to_the_same_tree_on_every_replica(replica
     assert isinstance(a.lookup(ns, conv("order 2", "looking", "and?")), Miss), "a forget travels"
 
 
-def test_a_template_learned_on_one_replica_is_used_by_another(replicas):
+def test_a_template_learned_on_one_replica_reaches_another_with_its_trust(replicas, shared_store_url):
     a, b = replicas("a"), replicas("b")
     ns = a.namespace(None)
     for order, name in (("1234", "Ana Ruiz"), ("5678", "Bo Chen")):
@@ -104,9 +105,16 @@ def test_a_template_learned_on_one_replica_is_used_by_another(replicas):
         a.record(ns, c, {"text": f"Refunded order {order} for {name}."})
         a.induce(ns, c)
     b.lookup(ns, conv("warm the replica"))  # any lookup first: b's template lists are now cached
-    found = eventually(lambda: b.lookup(ns, conv("Please refund order 9012 for Cy Dee.")))
-    assert isinstance(found, Hit), getattr(found, "detail", found)
-    assert found.bindings
+    third = conv("Please refund order 9012 for Cy Dee.")
+    # The template arrives on probation, as learned: b verifies rather than serves it.
+    found = eventually(lambda: b.lookup(ns, third).reason == "verify" and b.lookup(ns, third))
+    assert isinstance(found, Miss) and found.verify.trust == "probation", found
+    unchecked = Cache(shared_store_url("c"), trust=TrustRules(verify=False))
+    try:
+        served = unchecked.lookup(ns, third)
+        assert isinstance(served, Hit) and served.bindings, getattr(served, "detail", served)
+    finally:
+        unchecked.close()
 
 
 def test_writes_made_while_redis_is_down_reach_the_others_when_it_returns(tmp_path, caplog):
