@@ -249,9 +249,9 @@ class LmdbBackend:
             names = {v: k for k, v in self._db_names().items()}
             templates = False
             for action, table, key, value in op[1]:
-                if table == "meta":
-                    continue  # schema, secret, generation and cursor are each replica's own
                 db, key = names[table], bytes.fromhex(key)
+                if table == "meta" and key in _REPLICA_OWN_META:
+                    continue
                 if action == "put":
                     txn.put(key, bytes.fromhex(value), db=db)
                 else:
@@ -653,6 +653,10 @@ class LmdbBackend:
         return adopted
 
 
+# Each replica's own: its schema mark, its template generation (bumped locally
+# when applied writes touch the tree) and where it is in the shared log. The
+# secret is agreed through the shared store itself (store/shared_backend.py).
+_REPLICA_OWN_META = frozenset({b"schema", b"secret", TEMPLATE_GENERATION, b"shared-cursor"})
 _NOT_SHARED = ["local"]  # `_write(op=...)`: this replica's own bookkeeping, never journaled
 
 
