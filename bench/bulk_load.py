@@ -57,7 +57,7 @@ def populate(cache: Cache, conversations: int, batch: int = 5000,
         def write_batch(txn) -> None:
             calls = 0
 
-            def in_this_txn(fn):
+            def in_this_txn(fn, op=None):  # op: a shared store's journal entry, not used here
                 nonlocal calls
                 calls += 1
                 return fn(txn)

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from store import Cache, default_db_path
 from store.lmdb_backend import ID, LmdbBackend
+from store.shared_location import is_shared
+from store.shared_location import parse as parse_shared
 
 T = TypeVar("T")
 
@@ -53,8 +55,10 @@ def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def db_path(args: argparse.Namespace) -> Path:
-    return Path(getattr(args, "db", None) or default_db_path()).expanduser()
+def db_path(args: argparse.Namespace) -> Path | str:
+    """`--db`: an LMDB directory, or a `redis://` shared store's URL (kept as given)."""
+    raw = getattr(args, "db", None) or default_db_path()
+    return raw if is_shared(raw) else Path(raw).expanduser()
 
 
 def database_exists(path: Path) -> bool:
@@ -71,12 +75,13 @@ def open_cache(args: argparse.Namespace, *, create: bool = False) -> Iterator[Ca
     not look like an empty cache.
     """
     path = db_path(args)
-    if not create and not database_exists(path):
+    if not create and not is_shared(path) and not database_exists(path):
         raise CliError(f"no butter database at {path} (set --db or $BUTTER_DB)")
     try:
         cache = Cache(path)
-    except Exception as e:  # SchemaTooNew, permissions, a file where a folder should be
-        raise CliError(f"cannot open {path}: {e}") from e
+    except Exception as e:  # SchemaTooNew, permissions, a file where a folder should be, Redis down
+        shown = parse_shared(path).display if is_shared(path) else path  # never a password
+        raise CliError(f"cannot open {shown}: {e}") from e
     try:
         yield cache
     finally:

@@ -32,6 +32,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet -e '.[test]'
     touch "$stamp"
 fi
+# Services the tests run for real: redis-server for the shared store
+# (Debian's package; installed only when missing and we may: root with apt).
+if ! command -v redis-server >/dev/null 2>&1 && ! command -v valkey-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing redis-server (apt-get)" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } >/dev/null 2>&1 ||
+            echo "setup: could not install redis-server; the shared-store tests will fail" >&2
+    else
+        echo "setup: redis-server is missing; install it (apt-get install redis-server) for the shared-store tests" >&2
+    fi
+fi
 # Node SDKs for the Node end-to-end tests, when Node and npm are here.
 if [ -f tests/node/package.json ] && command -v npm >/dev/null 2>&1; then
     if [ ! -d tests/node/node_modules ] || [ tests/node/package.json -nt tests/node/node_modules ]; then

@@ -99,6 +99,9 @@ class LmdbBackend:
         self.path = str(Path(path).expanduser().resolve())
         self.env = _acquire_env(self.path)
         self._closed = False
+        # A shared store (store/shared_backend.py) sets this to hear of every
+        # committed write as replayable operations (see `_write` and `apply_ops`).
+        self.journal: Callable[[list[list]], None] | None = None
         for attempt in range(8):
             try:
                 self.nodes = self.env.open_db(b"nodes")
@@ -158,17 +161,106 @@ class LmdbBackend:
         finally:
             txn.abort()
 
-    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Run `fn` in one write transaction, growing the map when it is full."""
+    def _write(self, fn: Callable[[lmdb.Transaction], T], op: list | None = None) -> T:
+        """Run `fn` in one write transaction, growing the map when it is full.
+
+        With a journal, the committed write is reported as operations another
+        replica can replay: `op` when the caller names a logical one (counters
+        that must add up across replicas), else every put and delete `fn` made.
+        """
         for _ in range(32):
+            effects: list[list] = []
             try:
                 with self.env.begin(write=True) as txn:
-                    return fn(txn)
+                    if self.journal is None:
+                        return fn(txn)
+                    result = fn(txn if op is not None else _JournaledTxn(txn, self._db_names(), effects))
+                break
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)
             except lmdb.MapFullError:
                 self._grow()
-        raise RuntimeError(f"could not complete a write to {self.path}")
+        else:
+            raise RuntimeError(f"could not complete a write to {self.path}")
+        if op is _NOT_SHARED:
+            return result
+        ops = [op] if op is not None else ([["raw", effects]] if effects else [])
+        if ops:
+            self.journal(ops)
+        return result
+
+    def _db_names(self) -> dict[Any, str]:
+        return {self.nodes: "nodes", self.children: "children", self.replies_db: "replies",
+                self.stats_db: "stats", self.meta: "meta", self.aux: "aux"}
+
+    # -- replaying another replica's writes (store/shared_backend.py) -------------
+    def catch_up(self) -> bool:
+        """Read other replicas' news before a miss (a shared store); a plain LMDB has none."""
+        return False
+
+    def shared_cursor(self) -> dict:
+        """Where this replica is in the shared log: {"id", "epoch", "origin"}."""
+        with self._read() as txn:
+            raw = txn.get(b"shared-cursor", db=self.meta)
+        return {} if raw is None else _loads(raw)
+
+    def set_shared_cursor(self, cursor: dict) -> None:
+        self._write(lambda txn: txn.put(b"shared-cursor", _dumps(cursor), db=self.meta), op=_NOT_SHARED)
+
+    def apply_ops(self, entries: list[tuple[str, list[list]]], newer: Callable[[str, str], bool]) -> int:
+        """Replay other replicas' operations, in one write transaction with the cursor.
+
+        `entries` are (log id, ops) in log order; an entry at or before the
+        cursor (read inside the transaction, so two processes sharing this
+        replica never both apply it) is skipped. Returns how many were applied.
+        """
+        def write(txn: lmdb.Transaction) -> int:
+            raw = txn.get(b"shared-cursor", db=self.meta)
+            cursor = {} if raw is None else _loads(raw)
+            applied, last, templates = 0, cursor.get("id", "0-0"), False
+            for entry_id, ops in entries:
+                if not newer(entry_id, last):
+                    continue
+                for op in ops:
+                    templates |= self._apply_op(txn, op)
+                applied, last = applied + 1, entry_id
+            if applied:
+                cursor["id"] = last
+                txn.put(b"shared-cursor", _dumps(cursor), db=self.meta)
+            if templates:
+                _bump_template_generation(txn, self.meta)
+            return applied
+
+        return self._write(write, op=_NOT_SHARED)
+
+    def _apply_op(self, txn: lmdb.Transaction, op: list) -> bool:
+        """One operation inside `apply_ops`; True when template lists may have changed."""
+        kind = op[0]
+        if kind == "record":
+            nodes, reply_node, rid, reply, streamed, refresh = op[1:]
+            rows = [(bytes.fromhex(n), bytes.fromhex(p) if p else None, d, k, c, ns) for n, p, d, k, c, ns in nodes]
+            self._record_in(txn, rows, bytes.fromhex(reply_node), bytes.fromhex(rid), reply, streamed, refresh)
+            return False  # _record_in bumps the generation itself when it adds template edges
+        if kind == "hits":
+            self._add_hits_in(txn, {bytes.fromhex(k): n for k, n in op[1].items()})
+            return False
+        if kind == "aux_counts":
+            self._add_aux_counts_in(txn, op[1], {bytes.fromhex(k): n for k, n in op[2].items()})
+            return False
+        if kind == "raw":
+            names = {v: k for k, v in self._db_names().items()}
+            templates = False
+            for action, table, key, value in op[1]:
+                db, key = names[table], bytes.fromhex(key)
+                if table == "meta" and key in _REPLICA_OWN_META:
+                    continue
+                if action == "put":
+                    txn.put(key, bytes.fromhex(value), db=db)
+                else:
+                    txn.delete(key, db=db)
+                templates |= table in ("children", "nodes")
+            return templates
+        raise ValueError(f"unknown shared operation {kind!r}")
 
     def _grow(self) -> None:
         # A file lock keeps two processes from resizing at once; the size is
@@ -251,43 +343,47 @@ class LmdbBackend:
         `refresh` the node's other replies are dropped, so record mode leaves
         exactly what the provider said last.
         """
+        op = None
+        if self.journal is not None:
+            op = ["record", [[n.hex(), p.hex() if p else None, d, k, c, ns] for n, p, d, k, c, ns in nodes],
+                  reply_node.hex(), reply_id.hex(), reply, streamed, refresh]
+        self._write(lambda txn: self._record_in(txn, nodes, reply_node, reply_id, reply, streamed, refresh), op=op)
+
+    def _record_in(self, txn: lmdb.Transaction, nodes: list, reply_node: bytes, reply_id: bytes, reply: dict,
+                   streamed: bool, refresh: bool) -> None:
         now = time.time()
-
-        def write(txn: lmdb.Transaction) -> None:
-            kinds: dict[bytes, str] = {}
-            templates_changed = False
-            for node_id, parent, depth, kind, content, namespace in nodes:
-                kinds[node_id] = kind
-                record = {"parent": parent.hex() if parent else None, "depth": depth, "kind": kind,
-                          "content": content, "created": now}
-                if namespace:
-                    record["namespace"] = namespace
-                if txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False) and parent:
-                    txn.put(parent + node_id, b"t" if kind == "template" else b"m", db=self.children)
-                    # A parent not in this path may be a template: count it as one.
-                    if kind == "template" or kinds.get(parent, "template") == "template":
-                        templates_changed = True
-            if templates_changed:
-                _bump_template_generation(txn, self.meta)
-            key = reply_node + reply_id
-            if refresh:
-                for old in list(_replies_in(txn, self.replies_db, reply_node)):
-                    if old.reply_id != reply_id:
-                        txn.delete(reply_node + old.reply_id, db=self.replies_db)
-            raw = txn.get(key, db=self.replies_db)
-            if raw is None:
-                entry = {"reply": reply, "count": 1, "first_seen": now, "last_seen": now,
-                         "streamed": streamed, "score": 0, "bad": False}
-            else:
-                entry = _loads(raw)
-                entry["count"] += 1
-                entry["last_seen"] = now
-                if refresh:  # the same answer again: keep the provider's latest copy of it
-                    entry["bad"] = False
-                    entry["reply"], entry["streamed"] = reply, streamed
-            txn.put(key, _dumps(entry), db=self.replies_db)
-
-        self._write(write)
+        kinds: dict[bytes, str] = {}
+        templates_changed = False
+        for node_id, parent, depth, kind, content, namespace in nodes:
+            kinds[node_id] = kind
+            record = {"parent": parent.hex() if parent else None, "depth": depth, "kind": kind,
+                      "content": content, "created": now}
+            if namespace:
+                record["namespace"] = namespace
+            if txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False) and parent:
+                txn.put(parent + node_id, b"t" if kind == "template" else b"m", db=self.children)
+                # A parent not in this path may be a template: count it as one.
+                if kind == "template" or kinds.get(parent, "template") == "template":
+                    templates_changed = True
+        if templates_changed:
+            _bump_template_generation(txn, self.meta)
+        key = reply_node + reply_id
+        if refresh:
+            for old in list(_replies_in(txn, self.replies_db, reply_node)):
+                if old.reply_id != reply_id:
+                    txn.delete(reply_node + old.reply_id, db=self.replies_db)
+        raw = txn.get(key, db=self.replies_db)
+        if raw is None:
+            entry = {"reply": reply, "count": 1, "first_seen": now, "last_seen": now,
+                     "streamed": streamed, "score": 0, "bad": False}
+        else:
+            entry = _loads(raw)
+            entry["count"] += 1
+            entry["last_seen"] = now
+            if refresh:  # the same answer again: keep the provider's latest copy of it
+                entry["bad"] = False
+                entry["reply"], entry["streamed"] = reply, streamed
+        txn.put(key, _dumps(entry), db=self.replies_db)
 
     # -- side tables -------------------------------------------------------
     # Features that need a little state of their own (Responses API id maps,
@@ -307,6 +403,17 @@ class LmdbBackend:
             raw = txn.get(_aux_key(table, key), db=self.aux)
         return None if raw is None else _loads(raw)
 
+    def update_aux(self, table: str, key: bytes, change: Callable[[Any | None], Any]) -> Any:
+        """Read one side-table value, let `change` (pure) give the new one, write it,
+        in one write transaction: two processes updating one key never lose an
+        update (template trust, store/trust_ledger.py). Returns the new value."""
+        def write(txn: lmdb.Transaction) -> Any:
+            raw = txn.get(_aux_key(table, key), db=self.aux)
+            value = change(None if raw is None else _loads(raw))
+            txn.put(_aux_key(table, key), _dumps(value), db=self.aux)
+            return value
+        return self._write(write)
+
     def delete_aux(self, table: str, key: bytes) -> bool:
         return self._write(lambda txn: txn.delete(_aux_key(table, key), db=self.aux))
 
@@ -322,20 +429,20 @@ class LmdbBackend:
 
     def add_hits(self, hits: dict[bytes, int]) -> None:
         """Fold in-memory hit counters into the stats table in one transaction."""
-        now = time.time()
-
-        def write(txn: lmdb.Transaction) -> None:
-            for node_id, n in hits.items():
-                if txn.get(node_id, db=self.nodes) is None:
-                    continue  # forgotten or pruned since it was served: no orphan stats
-                raw = txn.get(node_id, db=self.stats_db)
-                entry = {"hits": 0} if raw is None else _loads(raw)
-                entry["hits"] = entry.get("hits", 0) + n
-                entry["last_hit"] = now
-                txn.put(node_id, _dumps(entry), db=self.stats_db)
-
         if hits:
-            self._write(write)
+            op = ["hits", {k.hex(): n for k, n in hits.items()}] if self.journal is not None else None
+            self._write(lambda txn: self._add_hits_in(txn, hits), op=op)
+
+    def _add_hits_in(self, txn: lmdb.Transaction, hits: dict[bytes, int]) -> None:
+        now = time.time()
+        for node_id, n in hits.items():
+            if txn.get(node_id, db=self.nodes) is None:
+                continue  # forgotten or pruned since it was served: no orphan stats
+            raw = txn.get(node_id, db=self.stats_db)
+            entry = {"hits": 0} if raw is None else _loads(raw)
+            entry["hits"] = entry.get("hits", 0) + n
+            entry["last_hit"] = now
+            txn.put(node_id, _dumps(entry), db=self.stats_db)
 
     # -- steering: feedback and deletion (store/admin.py decides, this applies) --
     def rescore(
@@ -451,18 +558,19 @@ class LmdbBackend:
 
     def add_aux_counts(self, table: str, counts: dict[bytes, int]) -> None:
         """Add to counters kept in a side table as {"n": total, "last": time}, in one transaction."""
-        now = time.time()
-
-        def write(txn: lmdb.Transaction) -> None:
-            for key, n in counts.items():
-                raw = txn.get(_aux_key(table, key), db=self.aux)
-                entry = {"n": 0} if raw is None else _loads(raw)
-                entry["n"] = entry.get("n", 0) + n
-                entry["last"] = now
-                txn.put(_aux_key(table, key), _dumps(entry), db=self.aux)
-
         if counts:
-            self._write(write)
+            op = (["aux_counts", table, {k.hex(): n for k, n in counts.items()}]
+                  if self.journal is not None else None)
+            self._write(lambda txn: self._add_aux_counts_in(txn, table, counts), op=op)
+
+    def _add_aux_counts_in(self, txn: lmdb.Transaction, table: str, counts: dict[bytes, int]) -> None:
+        now = time.time()
+        for key, n in counts.items():
+            raw = txn.get(_aux_key(table, key), db=self.aux)
+            entry = {"n": 0} if raw is None else _loads(raw)
+            entry["n"] = entry.get("n", 0) + n
+            entry["last"] = now
+            txn.put(_aux_key(table, key), _dumps(entry), db=self.aux)
 
     def dump(self) -> Iterator[tuple[str, bytes, Any]]:
         """Every row of nodes, replies, stats and aux as (table, key, JSON value),
@@ -545,6 +653,60 @@ class LmdbBackend:
         if adopted:
             self.secret = secret
         return adopted
+
+
+# Each replica's own: its schema mark, its template generation (bumped locally
+# when applied writes touch the tree) and where it is in the shared log. The
+# secret is agreed through the shared store itself (store/shared_backend.py).
+_REPLICA_OWN_META = frozenset({b"schema", b"secret", TEMPLATE_GENERATION, b"shared-cursor"})
+_NOT_SHARED = ["local"]  # `_write(op=...)`: this replica's own bookkeeping, never journaled
+
+
+class _JournaledTxn:
+    """A write transaction that notes every put and delete it makes (for `journal`).
+
+    Values are noted as stored, so a replay writes the same bytes; cursors
+    are wrapped too, since `_delete_prefix` deletes through one.
+    """
+
+    def __init__(self, txn: lmdb.Transaction, names: dict[Any, str], effects: list[list]):
+        self._txn, self._names, self._effects = txn, names, effects
+
+    def __getattr__(self, name: str) -> Any:  # get, stat, ...: reads pass straight through
+        return getattr(self._txn, name)
+
+    def put(self, key: bytes, value: bytes, db: Any = None, **kw: Any) -> bool:
+        done = self._txn.put(key, value, db=db, **kw)
+        if done:
+            self._effects.append(["put", self._names[db], bytes(key).hex(), bytes(value).hex()])
+        return done
+
+    def delete(self, key: bytes, value: bytes = b"", db: Any = None) -> bool:
+        done = self._txn.delete(key, value, db=db)
+        if done:
+            self._effects.append(["delete", self._names[db], bytes(key).hex(), None])
+        return done
+
+    def cursor(self, db: Any = None) -> "_JournaledCursor":
+        return _JournaledCursor(self._txn.cursor(db=db), self._names[db], self._effects)
+
+
+class _JournaledCursor:
+    def __init__(self, cur: lmdb.Cursor, table: str, effects: list[list]):
+        self._cur, self._table, self._effects = cur, table, effects
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def __iter__(self) -> Iterator:
+        return iter(self._cur)
+
+    def delete(self, dupdata: bool = False) -> bool:
+        key = bytes(self._cur.key())
+        done = self._cur.delete(dupdata)
+        if done:
+            self._effects.append(["delete", self._table, key.hex(), None])
+        return done
 
 
 def _bump_template_generation(txn: lmdb.Transaction, meta: Any) -> None:
@@ -664,6 +826,11 @@ class Snapshot:
     def template_children(self, node_id: bytes) -> list[NodeRecord]:
         kids = [cid for cid, kind in self.children_of(node_id) if kind == "template"]
         return [n for n in (self.node(cid) for cid in kids) if n is not None]
+
+    def get_aux(self, table: str, key: bytes) -> Any | None:
+        """A side-table value read in this snapshot (a template's trust, on the hit path)."""
+        raw = self._txn.get(_aux_key(table, key), db=self._b.aux)
+        return None if raw is None else _loads(raw)
 
     def template_generation(self) -> int:
         """Changes whenever a node gains or loses a template child or a

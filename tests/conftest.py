@@ -100,3 +100,24 @@ def through(monkeypatch: pytest.MonkeyPatch) -> Callable[[Proxy], None]:
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     return use
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["RedisServer"]:
+    """One real redis-server for the session; each test takes its own prefix (see shared_store_url)."""
+    from tests.fakes.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def shared_store_url(redis_server, tmp_path: Path) -> Callable[[str], str]:
+    """`url("a")`: this test's shared tree on the session's Redis, seen through replica `a`."""
+    prefix = "t" + uuid.uuid4().hex[:12]
+
+    def url(replica: str = "a") -> str:
+        return f"{redis_server.url}?prefix={prefix}&local={tmp_path / ('replica-' + replica)}"
+
+    return url

@@ -29,7 +29,7 @@ def stats(args: argparse.Namespace) -> int:
     with open_cache(args) as cache:
         rows = stats_rows(load_index(cache.backend))
         usage = cache.backend.usage()
-        path = cache.backend.path
+        path = getattr(cache.backend, "display", cache.backend.path)  # a shared store: its URL, without password
     if args.namespace:
         rows = [r for r in rows if r["namespace"] == args.namespace]
     if args.model:

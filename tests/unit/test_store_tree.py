@@ -14,9 +14,12 @@ def conv(*texts: str, context: dict = CONTEXT) -> Conversation:
                                        for i, t in enumerate(texts)))
 
 
-@pytest.fixture
-def cache(tmp_path):
-    c = Cache(tmp_path / "db")
+@pytest.fixture(params=["lmdb", "shared"])
+def cache(request, tmp_path):
+    # The same contract on both backends: an LMDB directory, and a replica of
+    # a shared store on a real redis-server (store/shared_backend.py).
+    where = request.getfixturevalue("shared_store_url")() if request.param == "shared" else tmp_path / "db"
+    c = Cache(where)
     yield c
     c.close()
 

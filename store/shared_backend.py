@@ -1,0 +1,286 @@
+"""One tree for a fleet of proxies: a local LMDB replica kept in step through Redis.
+
+Every proxy (and the CLI) reads and writes its own LMDB replica, so a hit
+costs what it costs without a shared store. Each committed write is also
+appended to one Redis stream (`butter:{prefix}:log`) as replayable
+operations (`LmdbBackend.journal`); every replica reads the stream and
+applies what other replicas wrote (`LmdbBackend.apply_ops`).
+
+Why a log of operations rather than the tree's keys in Redis:
+- node ids are content addresses, so replaying a path twice is harmless;
+- counters (observations, hits, misses) travel as deltas and add up across
+  proxies instead of overwriting each other;
+- a proxy whose Redis is down keeps serving from its replica and queues its
+  writes (bounded), and catches up from its cursor when Redis returns.
+
+Staleness is bounded: a background reader applies new entries as they
+arrive (blocking read, typically well under 10 ms on a LAN), and a lookup
+that would miss first catches up once (`catch_up`), so a workflow recorded
+through one proxy is served by every other on the next request after the
+write reached Redis. The stream is never trimmed (a replica that starts
+empty rebuilds from it); see docs/shared-store.md.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from .lmdb_backend import LmdbBackend
+from .shared_location import SharedLocation, parse
+
+log = logging.getLogger("butter")
+
+MAX_QUEUED = 50_000  # write batches kept while Redis is unreachable; beyond, the oldest are dropped (and counted)
+READ_BATCH = 500
+BLOCK_MS = 250
+CATCH_UP_TIMEOUT = 0.25  # seconds a lookup may spend asking Redis for news before it misses
+RETRY_SECONDS = 1.0
+
+
+class SharedStoreError(RuntimeError):
+    """The shared store cannot be used as asked (unreachable on first use, another tree's replica)."""
+
+
+def newer(a: str, b: str) -> bool:
+    """Is stream id `a` after `b`? ("ms-seq")"""
+    am, _, aseq = a.partition("-")
+    bm, _, bseq = b.partition("-")
+    return (int(am), int(aseq or 0)) > (int(bm), int(bseq or 0))
+
+
+class SharedBackend(LmdbBackend):
+    """An LmdbBackend whose writes reach, and who receives, every other replica's."""
+
+    def __init__(self, location: str, *, background: bool = True):
+        import redis  # only needed for a shared store
+
+        self.location: SharedLocation = parse(location)
+        super().__init__(self.location.local)
+        self.display = self.location.display
+        self._redis_errors = (redis.RedisError, OSError)
+        common = dict(username=self.location.username, password=self.location.password,
+                      socket_connect_timeout=2.0, health_check_interval=0)
+        url = self.location.client_url()
+        self._writer = redis.Redis.from_url(url, socket_timeout=5.0, **common)
+        self._reader = redis.Redis.from_url(url, socket_timeout=BLOCK_MS / 1000 + 5.0, **common)
+        self._quick = redis.Redis.from_url(url, socket_timeout=CATCH_UP_TIMEOUT, **common)
+        self._stream = self.location.key("log")
+        self._queue: deque[str] = deque()
+        self._queue_lock = threading.Condition()
+        self._apply_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.dropped = 0  # write batches lost to a full queue while Redis was down
+        self._down_since: float | None = None
+        cursor = self.shared_cursor()
+        self.origin = cursor.get("origin") or secrets.token_hex(8)
+        try:
+            self._join(cursor)
+        except SharedStoreError:
+            super().close()
+            raise
+        except self._redis_errors as e:
+            if not cursor.get("epoch"):
+                super().close()
+                raise SharedStoreError(f"cannot reach the shared store {self.display}: {e}") from e
+            # Synced before: serve from the replica and catch up when Redis returns.
+            self._mark_down(e)
+        self.journal = self._enqueue
+        self._threads: list[threading.Thread] = []
+        if background:
+            for target, name in ((self._publish_loop, "butter-shared-publish"), (self._read_loop, "butter-shared-read")):
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    # -- joining the tree --------------------------------------------------------
+    def _join(self, cursor: dict) -> None:
+        """Agree with the shared store on the namespace secret and on which log this replica follows."""
+        r = self._writer
+        tree = self.display  # host, port, database and prefix: which tree, never who may read it
+        if cursor.get("tree") not in (None, tree):
+            raise SharedStoreError(f"the replica at {self.path} belongs to another tree ({cursor['tree']}) than "
+                                   f"{tree}: give this store its own local= folder")
+        r.set(self.location.key("epoch"), secrets.token_hex(8), nx=True)
+        epoch = _text(r.get(self.location.key("epoch")))
+        r.set(self.location.key("secret"), self.secret.hex(), nx=True)
+        shared_secret = bytes.fromhex(_text(r.get(self.location.key("secret"))))
+        if shared_secret != self.secret and not LmdbBackend.adopt_secret(self, shared_secret):
+            raise SharedStoreError(f"the replica at {self.path} has recordings made under another namespace "
+                                   f"secret than {tree}'s: move it aside (it is rebuilt from the shared store)")
+        if cursor.get("epoch") not in (None, epoch):
+            # The same tree, emptied or replaced: follow its new log from the start.
+            log.warning("butter: the shared store %s was reset; following its new log from the start", tree)
+            cursor = {}
+        wanted = {**cursor, "tree": tree, "epoch": epoch, "origin": self.origin, "id": cursor.get("id", "0-0")}
+        if wanted != cursor:
+            self.set_shared_cursor(wanted)
+        self._catch_up_all(r)
+
+    def _catch_up_all(self, r: Any) -> int:
+        """Apply everything the log holds past this replica's cursor (start-up, reconnect)."""
+        total = 0
+        while True:
+            got = self._read_once(r, block=None)
+            total += got
+            if got < READ_BATCH:
+                return total
+
+    def adopt_secret(self, secret: bytes) -> bool:
+        """`butter import --with-secret`: the fleet takes the secret, while the shared tree is empty."""
+        if secret == self.secret:
+            return True
+        try:
+            if self._writer.xlen(self._stream) or not LmdbBackend.adopt_secret(self, secret):
+                return False
+            self._writer.set(self.location.key("secret"), secret.hex())
+            return True
+        except self._redis_errors:
+            return False
+
+    # -- reading other replicas' writes -------------------------------------------
+    def _read_once(self, r: Any, block: int | None) -> int:
+        """One XREAD from the cursor; returns how many entries it read (applied or own)."""
+        with self._apply_lock:
+            last = self.shared_cursor().get("id", "0-0")
+        reply = r.xread({self._stream: last}, count=READ_BATCH, block=block)
+        if not reply:
+            return 0
+        entries = []
+        for entry_id, fields in reply[0][1]:
+            entry_id = _text(entry_id)
+            own = _text(fields.get(b"o", b"")) == self.origin
+            entries.append((entry_id, [] if own else json.loads(fields[b"ops"])))
+        with self._apply_lock:
+            self.apply_ops(entries, newer)
+        return len(entries)
+
+    def catch_up(self) -> bool:
+        """Before a miss: has another proxy just written what this request needs?
+
+        One short non-blocking read (skipped while Redis is known down), so a
+        miss costs at most CATCH_UP_TIMEOUT more, and usually ~0.1 ms.
+        """
+        if self._down_since is not None or self._closed:
+            return False
+        try:
+            before = self.shared_cursor().get("id")
+            self._read_once(self._quick, block=None)
+            return self.shared_cursor().get("id") != before
+        except self._redis_errors as e:
+            self._mark_down(e)
+            return False
+
+    def _read_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._down_since is not None:
+                    self._writer.ping()
+                    self._join(self.shared_cursor())
+                    self._mark_up()
+                self._read_once(self._reader, block=BLOCK_MS)
+            except self._redis_errors as e:
+                self._mark_down(e)
+                self._stop.wait(RETRY_SECONDS)
+            except Exception as e:  # a bad entry must not stop the replica for good
+                log.error("butter: the shared store reader failed: %r", e)
+                self._stop.wait(RETRY_SECONDS)
+
+    # -- sending this replica's writes ---------------------------------------------
+    def _enqueue(self, ops: list[list]) -> None:
+        payload = json.dumps(ops, separators=(",", ":"), ensure_ascii=False)
+        with self._queue_lock:
+            if len(self._queue) >= MAX_QUEUED:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append(payload)
+            self._queue_lock.notify()
+        if not self._threads:  # no background thread (tests, one-shot tools): send now
+            self._flush_queue()
+
+    def _publish_loop(self) -> None:
+        while not self._stop.is_set() or self._queue:
+            with self._queue_lock:
+                if not self._queue:
+                    self._queue_lock.wait(0.5)
+                    continue
+            if not self._flush_queue():
+                if self._stop.is_set():
+                    return  # closing with Redis down: close() says what stayed behind
+                self._stop.wait(RETRY_SECONDS)
+
+    def _flush_queue(self) -> bool:
+        """Send queued batches, oldest first; False if Redis refused (they stay queued)."""
+        while True:
+            with self._queue_lock:
+                batch = list(self._queue)[:100]
+            if not batch:
+                return True
+            try:
+                pipe = self._writer.pipeline(transaction=False)
+                for payload in batch:
+                    pipe.xadd(self._stream, {"o": self.origin, "ops": payload})
+                pipe.execute()
+            except self._redis_errors as e:
+                self._mark_down(e)
+                return False
+            with self._queue_lock:
+                for _ in batch:
+                    if self._queue:
+                        self._queue.popleft()
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- health ------------------------------------------------------------------
+    def _mark_down(self, error: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("butter: shared store %s unreachable (%s); serving from the local replica, "
+                        "writes queued until it returns", self.display, type(error).__name__)
+
+    def _mark_up(self) -> None:
+        if self._down_since is not None:
+            log.warning("butter: shared store %s is back after %.0f s; %d write batch(es) to send", self.display,
+                        time.monotonic() - self._down_since, len(self._queue))
+            self._down_since = None
+
+    @property
+    def reachable(self) -> bool:
+        return self._down_since is None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._stop.set()
+        with self._queue_lock:
+            self._queue_lock.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=BLOCK_MS / 1000 + 6)
+        if self._queue and not self._flush_queue():
+            log.error("butter: %d write batch(es) could not reach the shared store %s before closing; "
+                      "they are in the local replica at %s", len(self._queue), self.display, self.path)
+        for client in (self._writer, self._reader, self._quick):
+            try:
+                client.close()
+            except Exception:
+                pass
+        super().close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def open_backend(location: str | os.PathLike[str]) -> LmdbBackend:
+    """An LMDB directory, or a `redis://` / `rediss://` shared store."""
+    from .shared_location import is_shared
+
+    if is_shared(location):
+        return SharedBackend(str(location))
+    return LmdbBackend(location)
