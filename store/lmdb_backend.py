@@ -462,6 +462,56 @@ class LmdbBackend:
         if counts:
             self._write(write)
 
+    # -- the web view (store/webview.py): cheap whole-database reads ----------
+    def iter_roots(self) -> Iterator[NodeRecord]:
+        """Every root, decoding only rows that can be one (a 100 k-node tree
+        has a handful of roots; decoding every node would take most of a second)."""
+        with self._read() as txn:
+            for key, value in txn.cursor(db=self.nodes):
+                if b'"parent":null' in value:
+                    node = _node_from(bytes(key), _loads(value))
+                    if node.kind == "root":
+                        yield node
+
+    def find_raw(self, needle: bytes, limit: int) -> list[bytes]:
+        """Node ids whose stored JSON, or one of whose replies', contains
+        `needle` (ASCII case folded), first found first, at most `limit`."""
+        needle, found = needle.lower(), []
+        with self._read() as txn:
+            for db, width in ((self.nodes, ID), (self.replies_db, ID)):
+                for key, value in txn.cursor(db=db):
+                    node_id = bytes(key[:width])
+                    if needle in bytes(value).lower() and node_id not in found:
+                        found.append(node_id)
+                        if len(found) >= limit:
+                            return found
+        return found
+
+    def generation(self) -> int:
+        """Changes with every committed write, from any process: what a live view polls."""
+        return int(self.env.info()["last_txnid"])
+
+    def append_ring(self, table: str, rows: list[tuple[bytes, Any]], keep: int) -> None:
+        """Add rows to a side table used as a ring: keys sort by age (oldest
+        first), and only the newest `keep` rows stay. One transaction."""
+        prefix = _aux_key(table, b"")
+
+        def write(txn: lmdb.Transaction) -> None:
+            for key, value in rows:
+                txn.put(_aux_key(table, key), _dumps(value), db=self.aux)
+            cur = txn.cursor(db=self.aux)
+            keys = []
+            if cur.set_range(prefix):
+                for key in cur.iternext(keys=True, values=False):
+                    if not bytes(key).startswith(prefix):
+                        break
+                    keys.append(bytes(key))
+            for key in keys[: max(len(keys) - keep, 0)]:
+                txn.delete(key, db=self.aux)
+
+        if rows:
+            self._write(write)
+
     def dump(self) -> Iterator[tuple[str, bytes, Any]]:
         """Every row of nodes, replies, stats and aux as (table, key, JSON value),
         in one read transaction, so an export taken while proxies record is
@@ -662,6 +712,10 @@ class Snapshot:
     def template_children(self, node_id: bytes) -> list[NodeRecord]:
         kids = [cid for cid, kind in self.children_of(node_id) if kind == "template"]
         return [n for n in (self.node(cid) for cid in kids) if n is not None]
+
+    def stats(self, node_id: bytes) -> dict:
+        raw = self._txn.get(node_id, db=self._b.stats_db)
+        return {} if raw is None else _loads(raw)
 
     def template_generation(self) -> int:
         """Changes whenever a node gains or loses a template child or a
