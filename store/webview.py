@@ -23,7 +23,7 @@ import struct
 from typing import Any, Iterable
 
 from . import admin
-from .inspect import (message_of, node_detail, node_summary, role_of, served_reply, summarise_context, text_of,
+from .inspect import (message_of, unmark, node_detail, node_summary, role_of, served_reply, summarise_context, text_of,
                       tokens_of, tool_calls_of, tool_names, _clip)
 from .lmdb_backend import LmdbBackend
 from .model import NodeRecord, StoredReply
@@ -191,7 +191,7 @@ def detail(backend: LmdbBackend, node_id: bytes, policy: ServePolicy = ServePoli
     chosen = {r["id"]: r for r in data["replies"]}
     for stored in replies:
         row = chosen[stored.reply_id.hex()]
-        row["blocks"] = reply_blocks(stored.reply)
+        row["blocks"] = reply_blocks(unmark(stored.reply))  # a template reply with {{slots}} as text
         if _trust(stored) is not None:
             row["trust"] = _trust(stored)
     if data["kind"] == "template" and _trust(path[-1].content) is not None:
