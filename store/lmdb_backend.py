@@ -45,6 +45,11 @@ SCHEMA_VERSION = 2
 # may keep those in memory and check one meta key per lookup to know they are
 # still what the database says.
 TEMPLATE_GENERATION = b"template-generation"
+# Every root's id under this meta prefix (written with the root, deleted with
+# it), so listing the workflows never scans every node; ROOTS_INDEXED says the
+# index is complete (a database from before it is indexed on first listing).
+ROOTS = b"root\x00"
+ROOTS_INDEXED = b"roots-indexed"
 INITIAL_MAP_SIZE = 256 << 20  # grows by doubling; most trees stay far below
 ID = 16
 
@@ -123,6 +128,8 @@ class LmdbBackend:
     def _init_meta(self) -> None:
         def init(txn: lmdb.Transaction) -> None:
             txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self.meta, overwrite=False)
+            if txn.stat(self.nodes)["entries"] == 0:
+                txn.put(ROOTS_INDEXED, b"1", db=self.meta, overwrite=False)  # empty: the index is complete
             # The namespace secret lives in the database, never beside it in
             # config: whoever can read the tree can already read its replies.
             txn.put(b"secret", secrets.token_bytes(32), db=self.meta, overwrite=False)
@@ -145,12 +152,12 @@ class LmdbBackend:
 
     # -- transactions ----------------------------------------------------
     @contextmanager
-    def _read(self) -> Iterator[lmdb.Transaction]:
+    def _read(self, buffers: bool = False) -> Iterator[lmdb.Transaction]:
         try:
-            txn = self.env.begin()
+            txn = self.env.begin(buffers=buffers)
         except lmdb.MapResizedError:
             self.env.set_mapsize(0)  # adopt the size another process chose
-            txn = self.env.begin()
+            txn = self.env.begin(buffers=buffers)
         try:
             yield txn
         finally:
@@ -260,7 +267,10 @@ class LmdbBackend:
                           "content": content, "created": now}
                 if namespace:
                     record["namespace"] = namespace
-                if txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False) and parent:
+                inserted = txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False)
+                if inserted and parent is None:
+                    txn.put(ROOTS + node_id, b"", db=self.meta)
+                if inserted and parent:
                     txn.put(parent + node_id, b"t" if kind == "template" else b"m", db=self.children)
                     # A parent not in this path may be a template: count it as one.
                     if kind == "template" or kinds.get(parent, "template") == "template":
@@ -392,6 +402,8 @@ class LmdbBackend:
                 parent = _loads(raw).get("parent")
                 if parent:
                     txn.delete(bytes.fromhex(parent) + top, db=self.children)
+                else:
+                    txn.delete(ROOTS + top, db=self.meta)
                 for node_id in ids:
                     txn.delete(node_id, db=self.nodes)
                     txn.delete(node_id, db=self.stats_db)
@@ -464,14 +476,34 @@ class LmdbBackend:
 
     # -- the web view (store/webview.py): cheap whole-database reads ----------
     def iter_roots(self) -> Iterator[NodeRecord]:
-        """Every root, decoding only rows that can be one (a 100 k-node tree
-        has a handful of roots; decoding every node would take most of a second)."""
+        """Every root, from the roots index (a 100 k-node tree has a handful of
+        roots; a scan of every node takes most of a second)."""
         with self._read() as txn:
-            for key, value in txn.cursor(db=self.nodes):
-                if b'"parent":null' in value:
-                    node = _node_from(bytes(key), _loads(value))
-                    if node.kind == "root":
-                        yield node
+            indexed = txn.get(ROOTS_INDEXED, db=self.meta) is not None
+        if not indexed:
+            self._write(self._index_roots)
+        with self._read() as txn:
+            cur = txn.cursor(db=self.meta)
+            ids = []
+            if cur.set_range(ROOTS):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(ROOTS):
+                        break
+                    ids.append(bytes(key[len(ROOTS):]))
+            for node_id in ids:
+                raw = txn.get(node_id, db=self.nodes)
+                if raw is not None:
+                    yield _node_from(node_id, _loads(raw))
+
+    def _index_roots(self, txn: lmdb.Transaction) -> None:
+        """Build the roots index of a database written before it (once; in the
+        write transaction, so a root recorded meanwhile is not missed)."""
+        if txn.get(ROOTS_INDEXED, db=self.meta) is not None:
+            return
+        for key, value in txn.cursor(db=self.nodes):
+            if not bytes(value[:11]) == b'{"parent":"' and _loads(value).get("parent") is None:
+                txn.put(ROOTS + bytes(key), b"", db=self.meta)
+        txn.put(ROOTS_INDEXED, b"1", db=self.meta)
 
     def find_raw(self, needle: bytes, limit: int) -> list[bytes]:
         """Node ids whose stored JSON, or one of whose replies', contains
@@ -552,6 +584,8 @@ class LmdbBackend:
             for node_id, record in nodes:
                 if txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False):
                     added["nodes"] += 1
+                    if not record.get("parent"):
+                        txn.put(ROOTS + node_id, b"", db=self.meta)
                 parent = record.get("parent")
                 if parent:
                     if txn.put(bytes.fromhex(parent) + node_id, b"t" if record.get("kind") == "template" else b"m",

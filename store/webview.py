@@ -112,11 +112,17 @@ def reply_card(reply: StoredReply, served: bool, hits: int) -> dict:
     return out
 
 
-def _ordered_children(snap: Any, node_id: bytes) -> list[NodeRecord]:
-    """Templates first, then the most used, then the oldest: the paths people care about on page one."""
-    kids = [n for n in (snap.node(cid) for cid, _ in snap.children_of(node_id)) if n is not None]
-    hits = {n.node_id: int(snap.stats(n.node_id).get("hits", 0)) for n in kids}
-    return sorted(kids, key=lambda n: (n.kind != "template", -hits[n.node_id], n.created, n.node_id))
+def _ordered_children(snap: Any, node_id: bytes, offset: int = 0, limit: int | None = None) -> list[NodeRecord]:
+    """Templates first, then the most used: the paths people care about on page one.
+
+    Ordered by what the children index and the stats table say, without
+    decoding a child; only the page asked for is decoded (a root of a big
+    tree has thousands of children)."""
+    ids = snap.children_of(node_id)
+    hits = {cid: int(snap.stats(cid).get("hits", 0)) for cid, _ in ids}
+    ordered = sorted(ids, key=lambda e: (e[1] != "template", -hits[e[0]], e[0]))
+    page = ordered[offset:] if limit is None else ordered[offset:offset + limit]
+    return [n for n in (snap.node(cid) for cid, _ in page) if n is not None]
 
 
 def _build(snap: Any, node: NodeRecord, policy: ServePolicy, depth: int, limit: int, reveal: set[bytes]) -> dict:
@@ -126,13 +132,13 @@ def _build(snap: Any, node: NodeRecord, policy: ServePolicy, depth: int, limit: 
     out["children"] = []
     if depth <= 0 and not (reveal & set(ids)):
         return out
-    kids = _ordered_children(snap, node.node_id) if len(ids) > 1 else \
-        [n for n in (snap.node(cid) for cid in ids) if n is not None]
-    page = kids[:limit] if depth > 0 else []
-    page += [k for k in kids[len(page):] if k.node_id in reveal]
+    page = _ordered_children(snap, node.node_id, 0, limit) if depth > 0 else []
+    shown = {k.node_id for k in page}
+    page += [n for n in (snap.node(cid) for cid in ids if cid in reveal and cid not in shown) if n is not None]
+    single = len(ids) == 1
     # A chain (one child each) is a single conversation: follow it to its end
     # however deep, so opening a workflow shows whole runs.
-    out["children"] = [_build(snap, k, policy, depth - 1 if len(kids) > 1 else max(depth - 1, 1), limit, reveal)
+    out["children"] = [_build(snap, k, policy, max(depth - 1, 1) if single else depth - 1, limit, reveal)
                        for k in page]
     return out
 
@@ -160,9 +166,9 @@ def children(backend: LmdbBackend, node_id: bytes, policy: ServePolicy = ServePo
     with backend.snapshot() as snap:
         if snap.node(node_id) is None:
             raise LookupError(f"no node {node_id.hex()}")
-        kids = _ordered_children(snap, node_id)
-        return {"id": node_id.hex(), "offset": offset, "total": len(kids),
-                "children": [_build(snap, k, policy, depth, limit, set()) for k in kids[offset:offset + limit]]}
+        kids = _ordered_children(snap, node_id, offset, limit)
+        return {"id": node_id.hex(), "offset": offset, "total": len(snap.children_of(node_id)),
+                "children": [_build(snap, k, policy, depth, limit, set()) for k in kids]}
 
 
 def _path_ids(snap: Any, node_id: bytes) -> list[bytes]:

@@ -275,7 +275,8 @@ function cardNode(p, x, y) {
   const c = p.card;
   const g = svg("g", {
     class: `card ${roleClass(c)}${c.id === state.selected ? " selected" : ""}${c.bad ? " is-bad" : ""}`,
-    transform: `translate(${x},${y})`, "data-id": c.id, "data-kind": c.kind, role: "button", tabindex: "0",
+    transform: `translate(${x},${y})`, "data-id": c.id, "data-kind": c.kind, "data-children": p.kids.length, "data-depth": c.depth,
+    role: "button", tabindex: "0",
   });
   g.addEventListener("click", () => select(c.id));
   g.addEventListener("keydown", (e) => { if (e.key === "Enter") select(c.id); });
