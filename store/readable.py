@@ -53,7 +53,7 @@ def message_blocks(message: Any) -> list[Block]:
         if isinstance(message.get(key), str) and message[key]:
             blocks.append({"type": "thinking", "text": message[key]})
     role = message.get("role")
-    ref = message.get("tool_call_ref") or message.get("tool_call_id")
+    ref = message.get("tool_call_ref", message.get("tool_call_id"))  # a position: 0 is a ref
     content = message.get("content")
     if role == "tool" or (ref is not None and isinstance(content, str)):
         blocks.append({"type": "tool_result", "ref": ref, "name": message.get("name"), "result": parsed(content)})
