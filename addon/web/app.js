@@ -309,7 +309,7 @@ function cardNode(p, x, y) {
   }
   if (c.children_total > 0) {
     const open = p.open && p.kids.length > 0;
-    const toggle = svg("g", { class: "toggle", transform: `translate(${CARD_W - 4},${CARD_H / 2 - 10})`,
+    const toggle = svg("g", { class: "toggle", transform: `translate(${CARD_W + 6},${CARD_H / 2 - 10})`,
       role: "button", "data-toggle": c.id, "aria-label": open ? "fold" : "unfold" });
     toggle.addEventListener("click", (e) => { e.stopPropagation(); expand(c.id).catch((err) => toast(err.message, true)); });
     toggle.append(svg("rect", { width: open ? 20 : 34, height: 20, rx: 10 }),
@@ -347,7 +347,7 @@ async function select(id) {
 
 function renderBlocks(blocks) {
   return blocks.map((b) => {
-    if (b.type === "text") return el("div", { class: "blk text" }, b.text);
+    if (b.type === "text") return longText(b.text);
     if (b.type === "thinking") {
       return el("details", { class: "blk thinking" }, el("summary", {}, "thinking"), el("div", { class: "think-text" }, b.text));
     }
@@ -361,6 +361,19 @@ function renderBlocks(blocks) {
     }
     return el("details", { class: "blk data" }, el("summary", {}, b.label || "data"), el("pre", { class: "json" }, pretty(b.value)));
   });
+}
+
+function longText(textValue) {
+  // Long prompts are folded to a few lines; a click shows them whole.
+  const box = el("div", { class: "blk text" }, textValue);
+  if (textValue.length <= 500) return box;
+  box.classList.add("folded");
+  const toggle = el("button", { class: "unfold" }, "show all");
+  toggle.addEventListener("click", () => {
+    const folded = box.classList.toggle("folded");
+    toggle.textContent = folded ? "show all" : "show less";
+  });
+  return el("div", {}, box, toggle);
 }
 
 function renderDetail(d) {
@@ -404,7 +417,8 @@ function renderDetail(d) {
   }
   const context = d.context ? el("details", { class: "blk data ctx" }, el("summary", {}, "workflow context (api, model, tools, parameters)"),
     el("pre", { class: "json" }, pretty(d.context))) : null;
-  pane.replaceChildren(head, BOOT.writes ? null : el("p", { class: "ro small" }, readOnlyHint()), actions, replies, convo, context);
+  pane.replaceChildren(...[head, BOOT.writes ? null : el("p", { class: "ro small" }, readOnlyHint()), actions, replies, convo, context]
+    .filter(Boolean));
 }
 
 function stat(label, value) {
