@@ -6,7 +6,7 @@
 const BOOT = JSON.parse(document.getElementById("boot").textContent || "{}");
 const $ = (id) => document.getElementById(id);
 const SVG_NS = "http://www.w3.org/2000/svg";
-const CARD_W = 236, CARD_H = 58, COL_W = 290, ROW_H = 74, PAD = 24;
+const CARD_W = 214, CARD_H = 58, COL_W = 262, ROW_H = 72, PAD = 20;
 const PAGE = 8;           // children fetched per node and per "more"
 const POLL_MS = 1500;     // live update: how often the generation counter is read
 
@@ -147,7 +147,8 @@ function ingest(card) {
 }
 
 async function openWorkflow(rootId, reveal = null) {
-  if (state.root !== rootId) {
+  const fresh = state.root !== rootId;
+  if (fresh) {
     state.nodes.clear();
     state.collapsed.clear();
     state.zoom = 1;
@@ -159,6 +160,7 @@ async function openWorkflow(rootId, reveal = null) {
     el("span", { class: "muted" }, `  ${wf.namespace}`)) : short(rootId));
   $("wf-title").classList.remove("muted");
   await refreshTree(reveal);
+  if (fresh && !reveal) fit(0.8, 1);  // a whole run in view when it fits at a readable size
 }
 
 async function refreshTree(reveal = null) {
@@ -288,7 +290,7 @@ function cardNode(p, x, y) {
   g.append(text(label, 16, 18, "role"));
   let line = c.kind === "root" ? `${c.tools.length ? plural(c.tools.length, "tool") : "no tools"}` : (c.text || "");
   if (c.tools && c.tools.length && c.kind !== "root") line = "→ " + c.tools.join(", ") + (c.text ? "  " + c.text : "");
-  g.append(text(clip(line.replace(/\s+/g, " "), 38), 16, 37, "line"));
+  g.append(text(clip(line.replace(/\s+/g, " "), 33), 16, 37, "line"));
   // Badges along the bottom: replies, hits, bad marks, trust.
   const badges = [];
   if (c.reply) {
@@ -324,11 +326,12 @@ function setZoom(z) {
   draw();
 }
 
-function fit() {
+function fit(least = 0.2, most = 1.5) {
   const box = $("svg"), area = $("graph");
   if (box.hasAttribute("hidden")) return;
   const vb = box.viewBox.baseVal;
-  setZoom(Math.min(1.5, (area.clientWidth - 16) / vb.width, (area.clientHeight - 16) / vb.height));
+  const wanted = Math.min(most, (area.clientWidth - 16) / vb.width, (area.clientHeight - 16) / vb.height);
+  setZoom(Math.max(least, wanted));
 }
 
 // -- one node (right) -----------------------------------------------------------------------
@@ -589,7 +592,7 @@ function start() {
   document.addEventListener("click", (e) => { if (!e.target.closest(".searchbox")) $("results").hidden = true; });
   $("zoom-in").onclick = () => setZoom(state.zoom * 1.25);
   $("zoom-out").onclick = () => setZoom(state.zoom / 1.25);
-  $("zoom-fit").onclick = fit;
+  $("zoom-fit").onclick = () => fit();
   $("graph").addEventListener("wheel", (e) => { if (e.ctrlKey) { e.preventDefault(); setZoom(state.zoom * (e.deltaY < 0 ? 1.1 : 0.9)); } }, { passive: false });
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !$("modal").hidden) $("modal-cancel").click(); });
   Promise.all([loadOverview(), loadRequests()]).then(() => {
