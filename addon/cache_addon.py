@@ -408,7 +408,7 @@ class Butter:
     def response(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)
         if state is not None:
-            self._note_request(recent.row(flow, state))
+            self._note_request(flow, state)
         if state is None or not state.record or flow.is_replay == "response" or flow.response is None:
             return
         if not 200 <= flow.response.status_code < 300 or state.parsed is None:
@@ -427,7 +427,7 @@ class Butter:
     def error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)
         if state is not None:
-            self._note_request(recent.row(flow, state, flow.error.msg if flow.error else "the exchange failed"))
+            self._note_request(flow, state, flow.error.msg if flow.error else "the exchange failed")
         if state is not None and state.record:
             log.info("butter: not recorded: %s", flow.error.msg if flow.error else "the exchange failed")
 
@@ -500,9 +500,9 @@ class Butter:
         assert self.writer is not None
         return self.writer.submit(lambda: None)
 
-    def _note_request(self, row: dict) -> None:
+    def _note_request(self, flow: http.HTTPFlow, state: FlowState, error: str | None = None) -> None:
         """Add to the web view's request list; written in a batch off the event loop."""
-        if self.recent.note(row):
+        if self.recent.note(flow, state, error):
             try:
                 asyncio.get_running_loop().call_later(recent.FLUSH_SECONDS, self._flush_recent)
             except RuntimeError:  # no loop (shutting down): write now

@@ -1,8 +1,8 @@
 """The recent-requests list of the web view: one small row per LLM request.
 
 The addon notes each request as it completes (`note`, on the event loop:
-a dict and a list append), and its writer thread appends what has piled up
-to a bounded ring in the database (`flush`, store.webview.RECENT_TABLE) at
+one list append), and its writer thread turns what has piled up into rows
+and appends them to a bounded ring in the database (`flush`, store.webview.RECENT_TABLE) at
 most once per FLUSH_SECONDS, so every proxy sharing a database and every
 `butter ui` reading it see the same list. Rows hold no headers, no bodies
 and no credentials: status, API, model, namespace (already a hash), node,
@@ -34,7 +34,7 @@ def row(flow: Any, state: Any, error: str | None = None) -> dict:
         "code": response.status_code if response is not None else None,
     }
     if response is not None:
-        out["node"] = response.headers.get("butter-node")
+        out["node"] = _butter_node(response.headers.fields)
         if response.timestamp_end and flow.request.timestamp_start:
             out["ms"] = round((response.timestamp_end - flow.request.timestamp_start) * 1000, 1)
     miss = flow.metadata.get("butter-miss")
@@ -46,25 +46,42 @@ def row(flow: Any, state: Any, error: str | None = None) -> dict:
     return out
 
 
+def _butter_node(fields: tuple[tuple[bytes, bytes], ...]) -> str | None:
+    """The butter-node header, read off the raw fields: `headers.get` costs a
+    hit ~10 µs (it decodes every field); butter adds its headers last."""
+    for name, value in reversed(fields):
+        if name.lower() == b"butter-node":
+            return value.decode("ascii", "replace")
+    return None
+
+
 class RecentRequests:
+    """Requests noted on the event loop, turned into rows on the writer thread.
+
+    `note` only keeps a reference (a hit must not pay for building a row);
+    the flows are done by then and are read, never changed, when written."""
+
     def __init__(self) -> None:
-        self.pending: list[tuple[bytes, dict]] = []
+        self.pending: list[tuple[Any, Any, str | None]] = []
         self.scheduled = False
         # Keys from two proxies writing one database must never collide.
         self._sequence = itertools.count(int.from_bytes(os.urandom(3), "big") << 24)
 
-    def note(self, entry: dict) -> bool:
-        """Queue a row; True when the caller should schedule a flush."""
-        self.pending.append((recent_key(entry["t"], next(self._sequence)), entry))
+    def note(self, flow: Any, state: Any, error: str | None = None) -> bool:
+        """Queue a request; True when the caller should schedule a flush."""
+        self.pending.append((flow, state, error))
         if self.scheduled:
             return False
         self.scheduled = True
         return True
 
-    def take(self) -> list[tuple[bytes, dict]]:
-        rows, self.pending, self.scheduled = self.pending, [], False
-        return rows
+    def take(self) -> list[tuple[Any, Any, str | None]]:
+        noted, self.pending, self.scheduled = self.pending, [], False
+        return noted
 
-    @staticmethod
-    def write(backend: Any, rows: list[tuple[bytes, dict]]) -> None:
+    def write(self, backend: Any, noted: list[tuple[Any, Any, str | None]]) -> None:
+        rows = []
+        for flow, state, error in noted[-RECENT_KEEP:]:  # older ones would be trimmed at once
+            entry = row(flow, state, error)
+            rows.append((recent_key(entry["t"], next(self._sequence)), entry))
         backend.append_ring(RECENT_TABLE, rows, RECENT_KEEP)
