@@ -35,6 +35,9 @@ RECENT_KEEP = 500  # rows kept in the ring: minutes of busy traffic, bounded
 HEX_ID = re.compile(r"[0-9a-fA-F]{4,32}")
 MAX_LIMIT = 200
 MAX_DEPTH = 64
+# Cards in one answer at most: a bushy tree asked for deep and wide pages
+# stops unfolding here (the page shows "+N" where it stopped).
+MAX_CARDS = 1500
 
 
 def recent_key(timestamp: float, sequence: int) -> bytes:
@@ -125,20 +128,24 @@ def _ordered_children(snap: Any, node_id: bytes, offset: int = 0, limit: int | N
     return [n for n in (snap.node(cid) for cid, _ in page) if n is not None]
 
 
-def _build(snap: Any, node: NodeRecord, policy: ServePolicy, depth: int, limit: int, reveal: set[bytes]) -> dict:
+def _build(snap: Any, node: NodeRecord, policy: ServePolicy, depth: int, limit: int, reveal: set[bytes],
+           budget: list[int]) -> dict:
     out = card(snap, node, policy)
+    budget[0] -= 1
     ids = [cid for cid, _ in snap.children_of(node.node_id)]
     out["children_total"] = len(ids)
     out["children"] = []
+    if budget[0] <= 0:
+        depth = 0  # only the path to a revealed node from here on
     if depth <= 0 and not (reveal & set(ids)):
         return out
-    page = _ordered_children(snap, node.node_id, 0, limit) if depth > 0 else []
+    page = _ordered_children(snap, node.node_id, 0, min(limit, budget[0])) if depth > 0 else []
     shown = {k.node_id for k in page}
     page += [n for n in (snap.node(cid) for cid in ids if cid in reveal and cid not in shown) if n is not None]
     single = len(ids) == 1
     # A chain (one child each) is a single conversation: follow it to its end
     # however deep, so opening a workflow shows whole runs.
-    out["children"] = [_build(snap, k, policy, max(depth - 1, 1) if single else depth - 1, limit, reveal)
+    out["children"] = [_build(snap, k, policy, max(depth - 1, 1) if single else depth - 1, limit, reveal, budget)
                        for k in page]
     return out
 
@@ -155,7 +162,7 @@ def subtree(backend: LmdbBackend, node_id: bytes, policy: ServePolicy = ServePol
         wanted: set[bytes] = set()
         for target in reveal:
             wanted |= set(_path_ids(snap, target))
-        return _build(snap, node, policy, depth, limit, wanted)
+        return _build(snap, node, policy, depth, limit, wanted, [MAX_CARDS])
 
 
 def children(backend: LmdbBackend, node_id: bytes, policy: ServePolicy = ServePolicy(), *, offset: int = 0,
@@ -167,8 +174,9 @@ def children(backend: LmdbBackend, node_id: bytes, policy: ServePolicy = ServePo
         if snap.node(node_id) is None:
             raise LookupError(f"no node {node_id.hex()}")
         kids = _ordered_children(snap, node_id, offset, limit)
+        budget = [MAX_CARDS]
         return {"id": node_id.hex(), "offset": offset, "total": len(snap.children_of(node_id)),
-                "children": [_build(snap, k, policy, depth, limit, set()) for k in kids]}
+                "children": [_build(snap, k, policy, depth, limit, set(), budget) for k in kids]}
 
 
 def _path_ids(snap: Any, node_id: bytes) -> list[bytes]:

@@ -250,3 +250,19 @@ async def test_every_llm_request_lands_in_the_recent_list_with_where_a_miss_left
     assert rows[1]["matched"] == -1 and rows[1]["detail"]
     assert all(r["api"] and r["model"] == "gpt-4o-mini" for r in rows)
     assert "sk-unit" not in json.dumps(rows)
+
+
+def test_one_answer_stops_unfolding_at_the_card_budget_but_still_reaches_a_revealed_node(cache, monkeypatch):
+    record_orders(cache, [str(i) for i in range(20)])
+    root = bytes.fromhex(webview.overview(cache.backend)["namespaces"][0]["workflows"][0]["id"])
+    monkeypatch.setattr(webview, "MAX_CARDS", 6)
+
+    def cards(card: dict) -> list[dict]:
+        return [card] + [c for k in card["children"] for c in cards(k)]
+
+    drawn = cards(webview.subtree(cache.backend, root, depth=12, limit=50))
+    assert len(drawn) == 6 and drawn[1]["children_total"] == 20
+    target = next(n for n in cache.backend.iter_nodes() if n.content.get("role") == "user"
+                  and n.node_id.hex() not in {c["id"] for c in drawn})
+    revealed = cards(webview.subtree(cache.backend, root, depth=12, limit=50, reveal=[target.node_id]))
+    assert target.node_id.hex() in {c["id"] for c in revealed}
