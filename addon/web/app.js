@@ -240,6 +240,7 @@ function draw() {
   box.setAttribute("height", Math.ceil(height * state.zoom));
   box.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const edges = svg("g", { class: "edges" }), cards = svg("g", { class: "cards" });
+  const onPath = pathToSelected();
   const at = (p) => [PAD + p.col * COL_W, PAD + p.row * ROW_H];
   for (const p of placed) {
     const [x, y] = at(p);
@@ -247,7 +248,7 @@ function draw() {
       const [cx, cy] = at(k);
       const sx = x + CARD_W, sy = y + CARD_H / 2, ty = cy + CARD_H / 2, mid = (sx + cx) / 2;
       edges.append(svg("path", { d: `M${sx},${sy} C${mid},${sy} ${mid},${ty} ${cx},${ty}`,
-        class: "edge" + (k.card.kind === "template" ? " tpl" : "") }));
+        class: "edge" + (k.card.kind === "template" ? " tpl" : "") + (onPath.has(k.card.id) ? " on-path" : "") }));
     }
     if (p.moreRow !== undefined) {
       const mx = x + COL_W, my = PAD + p.moreRow * ROW_H;
@@ -257,6 +258,14 @@ function draw() {
     cards.append(cardNode(p, x, y));
   }
   box.replaceChildren(svg("g", { class: "scene" }, edges, cards));
+}
+
+function pathToSelected() {
+  // The selected node and its ancestors: their edges are drawn bold.
+  const ids = new Set();
+  let card = state.nodes.get(state.selected);
+  while (card) { ids.add(card.id); card = state.nodes.get(card.parent); }
+  return ids;
 }
 
 function morePill(p, x, y) {
@@ -338,7 +347,7 @@ function fit(least = 0.2, most = 1.5) {
 
 async function select(id) {
   state.selected = id;
-  for (const g of document.querySelectorAll(".card")) g.classList.toggle("selected", g.dataset.id === id);
+  if (state.nodes.has(id)) draw();  // the path to it drawn bold
   const pane = $("detail");
   pane.replaceChildren(el("p", { class: "muted pad" }, "Loading…"));
   try {
@@ -545,7 +554,9 @@ async function loadRequests() {
     }
     if (r.deepest) where.push(" ", el("a", { href: "#", class: "idlink", title: "the last node it matched", onclick: (e) => { e.preventDefault(); reveal(r.deepest); } }, `after ${short(r.deepest)}`));
     else if (r.node && kind !== "hit") where.push(" ", el("a", { href: "#", class: "idlink", title: "where its reply is recorded", onclick: (e) => { e.preventDefault(); reveal(r.node).catch(() => toast("not recorded (yet)", true)); } }, `recorded at ${short(r.node)}`));
-    body.append(el("tr", { class: `st-${kind}` },
+    const target = kind === "hit" ? r.node : (r.deepest || null);
+    body.append(el("tr", { class: `st-${kind}${target ? " go" : ""}`, title: target ? "show this node in its workflow" : null,
+      onclick: (e) => { if (target && !e.target.closest("a")) reveal(target).catch((err) => toast(err.message, true)); } },
       el("td", { class: "mono" }, clock(r.t)),
       el("td", {}, el("span", { class: `pill st ${kind}` }, r.status)),
       el("td", {}, `${r.api} · ${r.model || "?"}`),
