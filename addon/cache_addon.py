@@ -26,6 +26,7 @@ from addon import controls  # per-request butter-mode / butter-namespace headers
 from addon import exchange, formats
 from addon import feedback  # the butter.local endpoint
 from addon import verification  # shadow verification of learned templates, butter-verify header
+from addon import recent, webview  # the web view at http://butter.local/ and its request list
 from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
 from store import Cache, Hit, ServePolicy, admin, default_db_path
 from store.cache import NamespacedTable
@@ -91,6 +92,8 @@ class Butter:
         self.summary_misses = 0
         self.last_summary = time.monotonic()
         self.verifier = verification.Verifier()
+        self.recent = recent.RecentRequests()
+        self.web_token = webview.Settings("proxy").token  # one per proxy run, embedded in its page
 
     # -- lifecycle (kept synchronous: async versions break hot reload) ------
     def load(self, loader) -> None:
@@ -112,6 +115,9 @@ class Butter:
                           "Accept a learned template only when at least this many recorded runs are all "
                           "reproduced by it.")
         verification.add_options(loader)
+        loader.add_option("butter_ui_writes", bool, False,
+                          "Let the web view at http://butter.local/ (loopback clients only) mark replies "
+                          "good/bad and forget nodes, with its per-session token.")
 
     def configure(self, updated: set[str]) -> None:
         if "termlog_verbosity" in updated:
@@ -133,6 +139,7 @@ class Butter:
 
     def done(self) -> None:
         self._flush_hits(force=True)
+        self._flush_recent()
         self._close()
 
     def _open(self, path: str) -> None:
@@ -260,6 +267,7 @@ class Butter:
         where = (f"left the tree at message {result.matched}: {result.detail}" if result.matched >= 0
                  else result.detail)
         self.misses[miss_key(state.namespace, conversation.context)] += 1
+        flow.metadata["butter-miss"] = (result.matched, result.detail, result.deepest)  # for the request list
         self._flush_hits()
         if mode == "replay":
             state.status = "replay-miss"
@@ -345,6 +353,10 @@ class Butter:
         log.info("butter: refused a request: %s", message)
 
     async def _answer_butter_local(self, flow: http.HTTPFlow) -> None:
+        if webview.is_webview_path(flow.request.path):
+            page = await self._webview(flow)
+            self._respond(flow, WireResponse(page.status, page.headers, page.body), {})
+            return
         try:
             action = feedback.route(flow.request.method, flow.request.path, flow.request.raw_content or b"")
             if isinstance(action, feedback.Health):
@@ -359,6 +371,19 @@ class Butter:
             answer = feedback.problem(500, f"butter could not answer: {type(e).__name__}")
         status, body, headers = answer.encoded()
         self._respond(flow, WireResponse(status, headers, body), {})
+
+    async def _webview(self, flow: http.HTTPFlow) -> "webview.Page":
+        if not webview.client_is_loopback(flow.client_conn.peername):
+            return webview.error(403, "the web view is only served to clients on this machine")
+        if self.cache is None or self.writer is None:
+            return webview.error(503, "butter has no open tree")
+        settings = webview.Settings("proxy", ctx.options.butter_ui_writes, self.web_token, self.cache.backend.path)
+        request = flow.request
+        job = (webview.handle, self.cache.backend, self.cache.policy, settings, request.method, request.path,
+               dict(request.headers), request.get_content(strict=False) or b"")
+        # Reads on a worker thread; writes on the writer, after every queued recording.
+        future = self.writer.submit(*job) if webview.is_write(request.method) else asyncio.to_thread(*job)
+        return await (asyncio.wrap_future(future) if isinstance(future, Future) else future)
 
     async def _vote(self, vote: "feedback.Vote") -> "feedback.Answer":
         if self.cache is None or self.writer is None:
@@ -410,6 +435,7 @@ class Butter:
         state = self.flows.pop(flow.id, None)
         if state is not None:
             exchange.hide_query_credentials(flow.request)  # sent: mitmdump prints the URL after this hook
+            self._note_request(flow, state)
         if state is None or not state.record or flow.is_replay == "response" or flow.response is None:
             return
         if not 200 <= flow.response.status_code < 300 or state.parsed is None:
@@ -432,6 +458,7 @@ class Butter:
         state = self.flows.pop(flow.id, None)
         if state is not None:
             exchange.hide_query_credentials(flow.request)
+            self._note_request(flow, state, flow.error.msg if flow.error else "the exchange failed")
         if state is not None and state.record:
             log.info("butter: not recorded: %s", flow.error.msg if flow.error else "the exchange failed")
 
@@ -503,6 +530,19 @@ class Butter:
         # after every write queued before it.
         assert self.writer is not None
         return self.writer.submit(lambda: None)
+
+    def _note_request(self, flow: http.HTTPFlow, state: FlowState, error: str | None = None) -> None:
+        """Add to the web view's request list; written in a batch off the event loop."""
+        if self.recent.note(flow, state, error):
+            try:
+                asyncio.get_running_loop().call_later(recent.FLUSH_SECONDS, self._flush_recent)
+            except RuntimeError:  # no loop (shutting down): write now
+                self._flush_recent()
+
+    def _flush_recent(self) -> None:
+        rows = self.recent.take()
+        if rows and self.cache is not None:
+            self._submit(self.recent.write, self.cache.backend, rows)
 
     def _flush_hits(self, force: bool = False) -> None:
         if not (self.hits or self.misses) or (not force and time.monotonic() - self.last_flush < HIT_FLUSH_SECONDS):

@@ -23,6 +23,16 @@ find_python() {
     exit 1
 }
 
+# Debian's Chromium for the web view's browser tests (Playwright drives it;
+# never `playwright install`). Only when missing, only as root with apt-get;
+# elsewhere those tests skip and say why.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (apt-get) for the web view tests" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+        || echo "could not install chromium; the browser tests will be skipped" >&2
+fi
+
 stamp=.venv/.butter-installed
 if [ ! -x .venv/bin/python ]; then
     "$(find_python)" -m venv .venv

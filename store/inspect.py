@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from . import trust, trust_ledger
 from .lmdb_backend import LmdbBackend
 from .model import Conversation, Hit, Message, Miss, NodeRecord, StoredReply
 from .tree import ServePolicy
@@ -181,10 +182,9 @@ def summarise(message: Message, width: int = 60) -> str:
     return f"{label}: {' '.join(pieces)}" if pieces else label
 
 
-def summarise_context(context: dict) -> str:
-    """A root's context on one line: api, model, server, tool names, parameters."""
-    params = dict(context.get("params") or {})
-    tools = params.pop("tools", None) or context.get("tools") or []
+def tool_names(context: dict) -> list[str]:
+    """The names of the tools a root's context offers (every wire format's shape)."""
+    tools = (context.get("params") or {}).get("tools") or context.get("tools") or []
     names = []
     for tool in tools if isinstance(tools, list) else []:
         if isinstance(tool, dict):
@@ -192,6 +192,14 @@ def summarise_context(context: dict) -> str:
             names.append(str(fn.get("name") or tool.get("type") or "?"))
             for decl in tool.get("functionDeclarations") or []:  # Gemini
                 names.append(str(decl.get("name", "?")))
+    return names
+
+
+def summarise_context(context: dict) -> str:
+    """A root's context on one line: api, model, tool names, parameters."""
+    params = dict(context.get("params") or {})
+    params.pop("tools", None)
+    names = tool_names(context)
     bits = [str(context.get("api", "?")), str(context.get("model", "?"))]
     if context.get("upstream"):
         bits.append(f"at {context['upstream']}")
@@ -254,6 +262,50 @@ def node_summary(node: NodeRecord, width: int = 60) -> str:
 
 def matches_text(node: NodeRecord, needle: str) -> bool:
     return needle.lower() in json.dumps(node.content, ensure_ascii=False).lower()
+
+
+# -- one node in full (`butter show`, the web view) -------------------------------------
+
+def node_detail(backend: LmdbBackend, node_id: bytes, policy: ServePolicy = ServePolicy()
+                ) -> tuple[dict, list[NodeRecord], list[StoredReply], list[tuple[bytes, str, NodeRecord | None]]]:
+    """A node's path (root first), replies, statistics and children, as a JSON-able dict
+    plus the records it was built from. One read transaction."""
+    with backend.snapshot() as snap:
+        node = snap.node(node_id)
+        if node is None:
+            raise LookupError(f"no node {node_id.hex()}")
+        path = [node]
+        while path[0].parent is not None:
+            parent = snap.node(path[0].parent)
+            if parent is None:
+                break
+            path.insert(0, parent)
+        replies = snap.replies(node_id)
+        children = [(cid, kind, snap.node(cid)) for cid, kind in snap.children_of(node_id)]
+        stats = snap.stats(node_id)
+    templated = any(n.kind == "template" for n in path)
+    # A template reply's trust (store/trust.py); an exact reply has none.
+    trusts = {r.reply_id: trust_ledger.read(backend, node_id, r.reply_id) for r in replies} if templated else {}
+    root = path[0] if path[0].kind == "root" else None
+    chosen = policy.choose(replies)
+    data = {
+        "id": node_id.hex(), "kind": node.kind, "depth": node.depth, "created": node.created,
+        "namespace": root.namespace if root else None,
+        "context": root.content if root else None,
+        "path": [{"id": n.node_id.hex(), "kind": n.kind, "depth": n.depth, "slots": node_slots(n),
+                  "content": n.content} for n in path if n.kind != "root"],
+        "replies": [{"id": r.reply_id.hex(), "count": r.count, "first_seen": r.first_seen, "last_seen": r.last_seen,
+                     "streamed": r.streamed, "score": r.score, "bad": r.bad, "served": chosen is r,
+                     "tokens": tokens_of(r.reply), "reply": r.reply,
+                     "trust": ({"state": (trusts.get(r.reply_id) or {}).get("state", trust.PROBATION),
+                                "entry": trusts.get(r.reply_id), "summary": trust.describe(trusts.get(r.reply_id))}
+                               if templated else None)} for r in replies],
+        "stats": {"hits": int(stats.get("hits", 0)), "last_hit": stats.get("last_hit"),
+                  "tokens_saved": int(stats.get("hits", 0)) * (tokens_of(chosen.reply) if chosen else 0)},
+        "children": [{"id": cid.hex(), "kind": kind, "summary": node_summary(c) if c else "?"}
+                     for cid, kind, c in children],
+    }
+    return data, path, replies, children
 
 
 # -- statistics ---------------------------------------------------------------------

@@ -46,6 +46,11 @@ SCHEMA_VERSION = 2
 # may keep those in memory and check one meta key per lookup to know they are
 # still what the database says.
 TEMPLATE_GENERATION = b"template-generation"
+# Every root's id under this meta prefix (written with the root, deleted with
+# it), so listing the workflows never scans every node; ROOTS_INDEXED says the
+# index is complete (a database from before it is indexed on first listing).
+ROOTS = b"root\x00"
+ROOTS_INDEXED = b"roots-indexed"
 INITIAL_MAP_SIZE = 256 << 20  # grows by doubling; most trees stay far below
 ID = 16
 
@@ -128,6 +133,8 @@ class LmdbBackend:
     def _init_meta(self) -> None:
         def init(txn: lmdb.Transaction) -> None:
             txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self.meta, overwrite=False)
+            if txn.stat(self.nodes)["entries"] == 0:
+                txn.put(ROOTS_INDEXED, b"1", db=self.meta, overwrite=False)  # empty: the index is complete
             # The namespace secret lives in the database, never beside it in
             # config: whoever can read the tree can already read its replies.
             txn.put(b"secret", secrets.token_bytes(32), db=self.meta, overwrite=False)
@@ -150,12 +157,12 @@ class LmdbBackend:
 
     # -- transactions ----------------------------------------------------
     @contextmanager
-    def _read(self) -> Iterator[lmdb.Transaction]:
+    def _read(self, buffers: bool = False) -> Iterator[lmdb.Transaction]:
         try:
-            txn = self.env.begin()
+            txn = self.env.begin(buffers=buffers)
         except lmdb.MapResizedError:
             self.env.set_mapsize(0)  # adopt the size another process chose
-            txn = self.env.begin()
+            txn = self.env.begin(buffers=buffers)
         try:
             yield txn
         finally:
@@ -360,7 +367,10 @@ class LmdbBackend:
                       "content": content, "created": now}
             if namespace:
                 record["namespace"] = namespace
-            if txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False) and parent:
+            inserted = txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False)
+            if inserted and parent is None:
+                txn.put(ROOTS + node_id, b"", db=self.meta)
+            if inserted and parent:
                 txn.put(parent + node_id, b"t" if kind == "template" else b"m", db=self.children)
                 # A parent not in this path may be a template: count it as one.
                 if kind == "template" or kinds.get(parent, "template") == "template":
@@ -501,6 +511,8 @@ class LmdbBackend:
                 parent = _loads(raw).get("parent")
                 if parent:
                     txn.delete(bytes.fromhex(parent) + top, db=self.children)
+                else:
+                    txn.delete(ROOTS + top, db=self.meta)
                 for node_id in ids:
                     txn.delete(node_id, db=self.nodes)
                     txn.delete(node_id, db=self.stats_db)
@@ -572,6 +584,76 @@ class LmdbBackend:
             entry["last"] = now
             txn.put(_aux_key(table, key), _dumps(entry), db=self.aux)
 
+    # -- the web view (store/webview.py): cheap whole-database reads ----------
+    def iter_roots(self) -> Iterator[NodeRecord]:
+        """Every root, from the roots index (a 100 k-node tree has a handful of
+        roots; a scan of every node takes most of a second)."""
+        with self._read() as txn:
+            indexed = txn.get(ROOTS_INDEXED, db=self.meta) is not None
+        if not indexed:
+            self._write(self._index_roots)
+        with self._read() as txn:
+            cur = txn.cursor(db=self.meta)
+            ids = []
+            if cur.set_range(ROOTS):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(ROOTS):
+                        break
+                    ids.append(bytes(key[len(ROOTS):]))
+            for node_id in ids:
+                raw = txn.get(node_id, db=self.nodes)
+                if raw is not None:
+                    yield _node_from(node_id, _loads(raw))
+
+    def _index_roots(self, txn: lmdb.Transaction) -> None:
+        """Build the roots index of a database written before it (once; in the
+        write transaction, so a root recorded meanwhile is not missed)."""
+        if txn.get(ROOTS_INDEXED, db=self.meta) is not None:
+            return
+        for key, value in txn.cursor(db=self.nodes):
+            if not bytes(value[:11]) == b'{"parent":"' and _loads(value).get("parent") is None:
+                txn.put(ROOTS + bytes(key), b"", db=self.meta)
+        txn.put(ROOTS_INDEXED, b"1", db=self.meta)
+
+    def find_raw(self, needle: bytes, limit: int) -> list[bytes]:
+        """Node ids whose stored JSON, or one of whose replies', contains
+        `needle` (ASCII case folded), first found first, at most `limit`."""
+        needle, found = needle.lower(), []
+        with self._read() as txn:
+            for db, width in ((self.nodes, ID), (self.replies_db, ID)):
+                for key, value in txn.cursor(db=db):
+                    node_id = bytes(key[:width])
+                    if needle in bytes(value).lower() and node_id not in found:
+                        found.append(node_id)
+                        if len(found) >= limit:
+                            return found
+        return found
+
+    def generation(self) -> int:
+        """Changes with every committed write, from any process: what a live view polls."""
+        return int(self.env.info()["last_txnid"])
+
+    def append_ring(self, table: str, rows: list[tuple[bytes, Any]], keep: int) -> None:
+        """Add rows to a side table used as a ring: keys sort by age (oldest
+        first), and only the newest `keep` rows stay. One transaction."""
+        prefix = _aux_key(table, b"")
+
+        def write(txn: lmdb.Transaction) -> None:
+            for key, value in rows:
+                txn.put(_aux_key(table, key), _dumps(value), db=self.aux)
+            cur = txn.cursor(db=self.aux)
+            keys = []
+            if cur.set_range(prefix):
+                for key in cur.iternext(keys=True, values=False):
+                    if not bytes(key).startswith(prefix):
+                        break
+                    keys.append(bytes(key))
+            for key in keys[: max(len(keys) - keep, 0)]:
+                txn.delete(key, db=self.aux)
+
+        if rows:
+            self._write(write)
+
     def dump(self) -> Iterator[tuple[str, bytes, Any]]:
         """Every row of nodes, replies, stats and aux as (table, key, JSON value),
         in one read transaction, so an export taken while proxies record is
@@ -612,6 +694,8 @@ class LmdbBackend:
             for node_id, record in nodes:
                 if txn.put(node_id, _dumps(record), db=self.nodes, overwrite=False):
                     added["nodes"] += 1
+                    if not record.get("parent"):
+                        txn.put(ROOTS + node_id, b"", db=self.meta)
                 parent = record.get("parent")
                 if parent:
                     if txn.put(bytes.fromhex(parent) + node_id, b"t" if record.get("kind") == "template" else b"m",
@@ -831,6 +915,10 @@ class Snapshot:
         """A side-table value read in this snapshot (a template's trust, on the hit path)."""
         raw = self._txn.get(_aux_key(table, key), db=self._b.aux)
         return None if raw is None else _loads(raw)
+
+    def stats(self, node_id: bytes) -> dict:
+        raw = self._txn.get(node_id, db=self._b.stats_db)
+        return {} if raw is None else _loads(raw)
 
     def template_generation(self) -> int:
         """Changes whenever a node gains or loses a template child or a

@@ -5,9 +5,7 @@ import argparse
 import json
 
 from cli.output import add_common, emit, human_time, open_cache, resolve_node, run
-from store import trust, trust_ledger
-from store.inspect import (message_of, node_slots, node_summary, role_of, summarise_context, text_of, tokens_of,
-                           tool_calls_of)
+from store.inspect import message_of, node_detail, node_slots, role_of, summarise_context, text_of, tool_calls_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,44 +35,9 @@ def _indent(text: str, by: str = "    ") -> str:
 
 def show(args: argparse.Namespace) -> int:
     with open_cache(args) as cache:
-        backend = cache.backend
-        node_id = resolve_node(backend, args.node)
-        with backend.snapshot() as snap:
-            node = snap.node(node_id)
-            assert node is not None
-            path = [node]
-            while path[0].parent is not None:
-                parent = snap.node(path[0].parent)
-                if parent is None:
-                    break
-                path.insert(0, parent)
-            replies = snap.replies(node_id)
-            children = [(cid, kind, snap.node(cid)) for cid, kind in snap.children_of(node_id)]
-        templated = any(n.kind == "template" for n in path)
-        trusts = {r.reply_id: trust_ledger.read(backend, node_id, r.reply_id) for r in replies} if templated else {}
-        stats = backend.stats(node_id)
-        policy = cache.policy
-
-    root = path[0] if path[0].kind == "root" else None
-    chosen = policy.choose(replies)
-    data = {
-        "id": node_id.hex(), "kind": node.kind, "depth": node.depth, "created": node.created,
-        "namespace": root.namespace if root else None,
-        "context": root.content if root else None,
-        "path": [{"id": n.node_id.hex(), "kind": n.kind, "depth": n.depth, "slots": node_slots(n),
-                  "content": n.content} for n in path if n.kind != "root"],
-        "replies": [{"id": r.reply_id.hex(), "count": r.count, "first_seen": r.first_seen, "last_seen": r.last_seen,
-                     "streamed": r.streamed, "score": r.score, "bad": r.bad, "served": chosen is r,
-                     "tokens": tokens_of(r.reply), "reply": r.reply,
-                     # A template reply's trust (store/trust.py); None for an exact reply.
-                     "trust": ({"state": (trusts.get(r.reply_id) or {}).get("state", trust.PROBATION),
-                                "entry": trusts.get(r.reply_id), "summary": trust.describe(trusts.get(r.reply_id))}
-                               if templated else None)} for r in replies],
-        "stats": {"hits": int(stats.get("hits", 0)), "last_hit": stats.get("last_hit"),
-                  "tokens_saved": int(stats.get("hits", 0)) * (tokens_of(chosen.reply) if chosen else 0)},
-        "children": [{"id": cid.hex(), "kind": kind, "summary": node_summary(c) if c else "?"}
-                     for cid, kind, c in children],
-    }
+        node_id = resolve_node(cache.backend, args.node)
+        data, path, replies, children = node_detail(cache.backend, node_id, cache.policy)
+    node, root = path[-1], (path[0] if path[0].kind == "root" else None)
 
     def human() -> str:
         out = [f"node      {node_id.hex()}  ({node.kind}, depth {node.depth}, created {human_time(node.created)})"]
