@@ -105,7 +105,9 @@ def screenshot(page, name: str) -> Path:
 
 @pytest.fixture
 def recorded(start_proxy, through, api_key):
-    proxy = start_proxy(options={"butter_ui_writes": "false"})
+    # Learned templates served on induction's word: this page is about drawing
+    # the tree (trust has its own tests in test_trust_e2e.py).
+    proxy = start_proxy(options={"butter_ui_writes": "false", "butter_verify": "false"})
     runs = record_runs(proxy, through, api_key)
     return proxy, runs
 
@@ -193,7 +195,7 @@ def test_without_writes_allowed_the_buttons_are_off_and_a_write_is_refused(recor
 
 def test_with_writes_a_bad_mark_needs_the_token_and_a_confirmation_then_the_next_request_reaches_the_provider(
         start_proxy, through, api_key, provider, browser):
-    proxy = start_proxy(options={"butter_ui_writes": "true"})
+    proxy = start_proxy(options={"butter_ui_writes": "true", "butter_verify": "false"})
     record_runs(proxy, through, api_key)
     page = page_through(browser, proxy)
     page.goto("http://butter.local/")
