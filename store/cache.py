@@ -93,9 +93,11 @@ class Cache:
             entry, sets = known[1], known[2]
         verdict = judge(entry, hit.bindings, self.trust, sets)
         if verdict.action == "serve":
-            if verdict.kind == hit.trust:
-                return hit
-            return Hit(hit.node_id, hit.reply, hit.reply_id, hit.bindings, hit.path, True, verdict.kind)
+            # `hit` was made by this lookup's walk and nobody else holds it yet:
+            # set how it was judged in place (a frozen dataclass; a copy costs more
+            # than everything else here).
+            object.__setattr__(hit, "trust", verdict.kind)
+            return hit
         if verdict.action == "verify":
             return Miss("verify", depth, hit.node_id, f"a template would answer, but {verdict.why}", hit.path,
                         verify=replace(hit, trust=verdict.kind))

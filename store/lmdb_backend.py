@@ -677,8 +677,8 @@ class Snapshot:
     def get_aux_raw(self, table: str, key: bytes) -> bytes | None:
         """A side-table value's stored bytes (JSON) in this snapshot: a template's
         trust, read on the hit path, where the caller keeps what it decoded."""
-        raw = self._txn.get(_aux_key(table, key), db=self._b.aux)
-        return None if raw is None else bytes(raw)
+        raw = self._txn.get(table.encode() + b"\x00" + key, db=self._b.aux)  # _aux_key, inlined
+        return raw if raw is None or type(raw) is bytes else bytes(raw)
 
     def template_generation(self) -> int:
         """Changes whenever a node gains or loses a template child or a

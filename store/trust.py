@@ -100,7 +100,7 @@ def _values(bindings: Mapping[str, str], names: list[str]) -> tuple:
     Kept as they are (the tree holds the same values), not hashed: on the hit
     path a membership test in a set of tuples is all a judgement costs.
     """
-    return tuple(bindings.get(n) for n in names)
+    return tuple(map(bindings.get, names))
 
 
 def seen_sets(entry: Mapping[str, Any]) -> tuple[frozenset, frozenset]:
@@ -186,7 +186,9 @@ def judge(entry: Mapping[str, Any] | None, bindings: Mapping[str, str], rules: T
         return Judgement("verify", "learned before trust was kept: on probation", PROBATION)
     state = entry.get("state")
     if state == DEMOTED:
-        return Judgement("refuse", f"the template reply was demoted: {entry.get('why') or 'a verification disagreed'}")
+        # The why quotes values: it stays in the entry (`butter show`), out of miss lines.
+        return Judgement("refuse", "the template reply here was demoted (a verification disagreed; "
+                                   "`butter show` on the node says why)")
     if entry.get("source") == "declared":
         return SERVE_DECLARED
     if not rules.verify:

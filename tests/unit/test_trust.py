@@ -284,3 +284,7 @@ def test_tree_show_and_explain_say_probation_promotion_and_demotion(tmp_path, ca
     assert re.search(r"trust\s+demoted .*template 'yes', provider 'no' \(with v1='8'\)", capsys.readouterr().out)
     assert main(["--db", str(db), "tree"]) == 0
     assert "demoted" in capsys.readouterr().out
+    request.write_text(json.dumps({"model": "m", "messages": [{"role": "user", "content": "Is 21 prime?"}]}))
+    assert main(["--db", str(db), "explain", str(request), "--namespace", "x"]) == 0
+    text = capsys.readouterr().out
+    assert "MISS" in text and "trust     demoted" in text and "provider 'no'" in text.split("trust", 1)[1]
