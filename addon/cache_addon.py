@@ -25,6 +25,7 @@ from addon import bindings as template_headers  # Butter-Bindings, Butter-Disabl
 from addon import controls  # per-request butter-mode / butter-namespace headers
 from addon import exchange, formats
 from addon import feedback  # the butter.local endpoint
+from addon import limits  # body ceilings, work off the loop, bounded log-once
 from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
 from store import Cache, Hit, ServePolicy, admin, default_db_path
 from store.cache import NamespacedTable
@@ -38,6 +39,9 @@ log = logging.getLogger("butter")
 MODES = ("auto", "record", "replay", "off")
 STREAM_TYPES = exchange.STREAM_TYPES  # shared with `butter import-flows`
 HIT_FLUSH_SECONDS = 2.0
+# A miss waits at most this long for queued writes (a reply recorded a moment
+# ago) before it is forwarded; the writes still happen, later.
+DRAIN_WAIT_SECONDS = 0.5
 # Hits are logged as one INFO summary per this many seconds, not a line each.
 HIT_SUMMARY_SECONDS = 10.0
 # A replay-mode miss: 404 is not retried by any SDK (they retry 408/409/429/5xx).
@@ -65,6 +69,7 @@ class FlowState:
     bindings: dict[str, str] = field(default_factory=dict)  # declared by Butter-Bindings
     induction: bool = True  # learn templates from this request once it is recorded
     induction_min: int = 2
+    record_node: bytes | None = None  # where a miss will be recorded, when worked out off the loop
 
 
 class Butter:
@@ -79,7 +84,8 @@ class Butter:
         self.hits: Counter[bytes] = Counter()
         self.misses: Counter[bytes] = Counter()  # per namespace/api/model, for `butter stats`
         self.last_flush = time.monotonic()
-        self._logged_once: set[str] = set()
+        self._once = limits.OnceLog(log)  # bounded: keys name a kind of problem, never its text
+        self._stuck_drain: Future | None = None  # a wait for the writer that timed out, until it completes
         # mitmdump sets the root logger to DEBUG and filters in its handlers,
         # so even a DEBUG record is formatted and sent to every addon (add_log):
         # a line per hit costs a hit ~0.2 ms. Only built when debug is shown
@@ -200,10 +206,30 @@ class Butter:
     async def _decide(self, flow: http.HTTPFlow, state: FlowState) -> None:
         assert self.cache is not None
         request = flow.request
+        raw = request.raw_content or b""
+        coding = request.headers.get("content-encoding", "")
+        # Decoding, parsing and hashing a big body would hold every other
+        # client: do it (and the lookup) on a thread.
+        offload = limits.is_large(raw, coding)
         try:
-            credential, state.parsed = exchange.read_request(state.fmt, request)
+            if offload:
+                credential, state.parsed = await asyncio.to_thread(_read_request, state.fmt, request, raw, coding)
+            else:
+                credential, state.parsed = _read_request(state.fmt, request, raw, coding)
+        except limits.LoneSurrogate:
+            # The message text itself is never logged.
+            self._log_once("surrogate", "butter: a %s request holds a lone UTF-16 surrogate, which cannot be stored; "
+                           "passing it (and any like it) through", state.fmt.name)
+            state.status = "bypass (not understood)"
+            return
+        except (limits.BodyTooLarge, limits.BadEncoding) as e:
+            self._log_once(f"body:{type(e).__name__}", "butter: a %s request body was not read (%s); passing it "
+                           "(and any like it) through unchanged", state.fmt.name, e)
+            state.status = "bypass (body too large)" if isinstance(e, limits.BodyTooLarge) else "bypass (not understood)"
+            return
         except NotUnderstood as e:
-            self._log_once(f"parse:{state.fmt.name}:{e}", "butter: %s request not understood (%s); passing it through", state.fmt.name, e)
+            self._log_once(f"parse:{state.fmt.name}", "butter: %s request not understood (%s); passing it (and any "
+                           "like it) through", state.fmt.name, e)
             state.status = "bypass (not understood)"
             return
         _move_query_key_to_header(request)
@@ -219,12 +245,11 @@ class Butter:
         # Read before the lookup: a write that was queued when the lookup
         # began may commit (and leave `pending`) while it runs.
         writes_queued = bool(self.pending)
-        result = self.cache.lookup(state.namespace, conversation, declared)
-        if not isinstance(result, Hit) and (writes_queued or self.pending):
+        result = await self._look_up(state, declared, offload)
+        if not isinstance(result, Hit) and (writes_queued or self.pending) and await self._wait_for_writes():
             # A reply recorded a moment ago may still be in the writer's queue:
-            # wait for it rather than miss what this process already knows.
-            await asyncio.wrap_future(self._drain_future())
-            result = self.cache.lookup(state.namespace, conversation, declared)
+            # wait (briefly) for it rather than miss what this process already knows.
+            result = await self._look_up(state, declared, offload)
         model = conversation.context.get("model")
         if isinstance(result, Hit):
             try:
@@ -268,7 +293,7 @@ class Butter:
         if self.pending:
             # The state this request names may still be in the writer's queue
             # (a reply recorded or served a moment ago): read it after that.
-            await asyncio.wrap_future(self._drain_future())
+            await self._wait_for_writes()
         try:
             state.parsed = state.fmt.expand(state.parsed, table)
         except NotUnderstood as e:
@@ -279,6 +304,45 @@ class Butter:
             else:
                 state.status = "bypass (not understood)"
             log.info("butter: %s request not expanded (%s)", state.fmt.name, e)
+            return False
+        return True
+
+    async def _look_up(self, state: FlowState, declared: dict | None, offload: bool) -> Hit | Miss:
+        assert self.cache is not None and state.parsed is not None
+        if not offload:
+            return self.cache.lookup(state.namespace, state.parsed.conversation, declared)
+
+        def look_up() -> Hit | Miss:
+            assert self.cache is not None and state.parsed is not None
+            result = self.cache.lookup(state.namespace, state.parsed.conversation, declared)
+            if not isinstance(result, Hit) and not state.bindings:
+                # The node a miss is recorded at (responseheaders names it): hashing
+                # a big conversation belongs off the loop too.
+                state.record_node = plan_record(state.parsed.conversation, state.namespace)[1]
+            return result
+
+        return await asyncio.to_thread(look_up)
+
+    async def _wait_for_writes(self) -> bool:
+        """Wait for the writes queued so far, at most DRAIN_WAIT_SECONDS.
+
+        False when they did not finish in time (another process holding the
+        LMDB write lock, a slow disk): the request goes on without them, and
+        later ones do not wait at all until the writer has caught up. Nothing
+        is dropped; the writes complete when they can.
+        """
+        if self._stuck_drain is not None:
+            if not self._stuck_drain.done():
+                return False
+            self._stuck_drain = None
+            log.info("butter: the tree's writer has caught up")
+        drain = self._drain_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(drain)), DRAIN_WAIT_SECONDS)
+        except TimeoutError:
+            self._stuck_drain = drain
+            log.warning("butter: writes to the tree are held up (is another process holding the database's write "
+                        "lock?); forwarding misses without waiting for them, they are recorded once it is free")
             return False
         return True
 
@@ -360,6 +424,8 @@ class Butter:
             return
         flow.response.headers["butter-cache"] = state.status or "bypass"
         if not state.record:
+            if exchange.is_streamed(flow.response):
+                flow.response.stream = True  # passed through: chunk by chunk, never buffered whole
             return
         if not 200 <= flow.response.status_code < 300:
             state.record = False  # errors are passed through, never recorded
@@ -367,7 +433,8 @@ class Butter:
         if state.parsed is not None and not state.bindings:
             # The node this reply is recorded at, so a client can score a run
             # before it is ever served (a bound recording's node is decided later).
-            flow.response.headers["butter-node"] = plan_record(state.parsed.conversation, state.namespace)[1].hex()
+            node = state.record_node or plan_record(state.parsed.conversation, state.namespace)[1]
+            flow.response.headers["butter-node"] = node.hex()
         state.streamed = exchange.is_streamed(flow.response)
         asked = state.parsed.stream if state.parsed else False
         if state.streamed or asked:
@@ -495,9 +562,21 @@ class Butter:
         self.last_summary = self.last_flush
 
     def _log_once(self, key: str, message: str, *args) -> None:
-        if key not in self._logged_once:
-            self._logged_once.add(key)
-            log.warning(message, *args)
+        self._once.warning(key, message, *args)
+
+
+def _read_request(fmt: WireFormat, request: http.Request, raw: bytes, coding: str):
+    """The credential and parsed request, from a body decoded within limits.
+
+    Raises NotUnderstood, limits.BodyTooLarge, limits.BadEncoding or
+    limits.LoneSurrogate: the request then passes through unchanged.
+    """
+    body = limits.request_body(raw, coding)
+    credential, parsed = exchange.read_request(fmt, request, body)
+    conversation = parsed.conversation
+    if limits.has_lone_surrogate(body, conversation.context, conversation.messages):
+        raise limits.LoneSurrogate()
+    return credential, parsed
 
 
 def _make_response(status: int, body: bytes, headers: dict[str, str]) -> http.Response:
