@@ -29,6 +29,8 @@ from addon import limits  # body ceilings, work off the loop, bounded log-once
 from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
 from store import Cache, Hit, ServePolicy, admin, default_db_path
 from store.cache import NamespacedTable
+from store.db_check import DatabaseDamaged
+from store.lmdb_backend import probe_in_subprocess
 from store.inspect import MISSES_TABLE, miss_key
 from store.model import Miss
 from store.templates import RenderError, render_reply
@@ -42,6 +44,8 @@ HIT_FLUSH_SECONDS = 2.0
 # A miss waits at most this long for queued writes (a reply recorded a moment
 # ago) before it is forwarded; the writes still happen, later.
 DRAIN_WAIT_SECONDS = 0.5
+# How often the writer frees reader slots left by processes killed mid-read.
+READER_CHECK_SECONDS = 30.0
 # Hits are logged as one INFO summary per this many seconds, not a line each.
 HIT_SUMMARY_SECONDS = 10.0
 # A replay-mode miss: 404 is not retried by any SDK (they retry 408/409/429/5xx).
@@ -84,6 +88,7 @@ class Butter:
         self.hits: Counter[bytes] = Counter()
         self.misses: Counter[bytes] = Counter()  # per namespace/api/model, for `butter stats`
         self.last_flush = time.monotonic()
+        self.last_reader_check = time.monotonic()
         self._once = limits.OnceLog(log)  # bounded: keys name a kind of problem, never its text
         self._stuck_drain: Future | None = None  # a wait for the writer that timed out, until it completes
         # mitmdump sets the root logger to DEBUG and filters in its handlers,
@@ -138,7 +143,14 @@ class Butter:
         self._close()
         policy = ServePolicy(min_observations=ctx.options.butter_min_observations)
         try:
+            damage = probe_in_subprocess(path)
+            if damage:
+                raise DatabaseDamaged(path, damage)
             self.cache = Cache(path, policy)
+        except DatabaseDamaged as e:
+            # Traffic keeps flowing, untouched; butter stays off until restarted on a sound database.
+            log.error("butter: DISABLED, every request passes through untouched: %s", e)
+            return
         except Exception as e:  # a bad path must not take the proxy down silently
             raise exceptions.OptionsError(f"butter_db {path!r} cannot be opened: {e}") from e
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="butter-writer")
@@ -539,6 +551,9 @@ class Butter:
         return self.writer.submit(lambda: None)
 
     def _flush_hits(self, force: bool = False) -> None:
+        if self.cache is not None and time.monotonic() - self.last_reader_check >= READER_CHECK_SECONDS:
+            self.last_reader_check = time.monotonic()
+            self._submit(self._clear_stale_readers)
         if not (self.hits or self.misses) or (not force and time.monotonic() - self.last_flush < HIT_FLUSH_SECONDS):
             return
         batch, self.hits = dict(self.hits), Counter()
@@ -548,6 +563,12 @@ class Butter:
             self._submit(self.cache.backend.add_hits, batch)
             self._submit(self.cache.backend.add_aux_counts, MISSES_TABLE, missed)
         self._summarise(sum(batch.values()), sum(missed.values()), force)
+
+    def _clear_stale_readers(self) -> None:
+        if self.cache is not None:
+            freed = self.cache.backend.clear_stale_readers()
+            if freed:
+                log.info("butter: freed %d reader slot(s) left by a process that died while reading", freed)
 
     def _summarise(self, hits: int, misses: int, force: bool) -> None:
         """One INFO line for the hits of the last HIT_SUMMARY_SECONDS (misses have their own lines)."""

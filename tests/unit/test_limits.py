@@ -31,9 +31,9 @@ def test_two_gzip_members_decode_to_both():
 
 
 @pytest.mark.parametrize("coding,encode", [("gzip", gzip.compress), ("deflate", zlib.compress),
-                                           ("br", brotli.compress), ("zstd", zstd.compress)])
+                                           ("br", lambda b: brotli.compress(b, quality=1)), ("zstd", zstd.compress)])
 def test_a_decompression_bomb_stops_at_the_limit_instead_of_inflating_whole(coding, encode):
-    bomb = encode(b"\0" * (64 << 20))  # a few tens of KB that inflate to 64 MiB
+    bomb = encode(b"\0" * (16 << 20))  # a few KB that inflate to 16 MiB
     assert len(bomb) < 1 << 20
     with pytest.raises(limits.BodyTooLarge):
         limits.request_body(bomb, coding, max_bytes=1 << 20)
