@@ -26,15 +26,16 @@ from addon import controls  # per-request butter-mode / butter-namespace headers
 from addon import exchange, formats
 from addon import feedback  # the butter.local endpoint
 from addon import limits  # body ceilings, work off the loop, bounded log-once
+from addon.induction_queue import InductionQueue
 from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
 from store import Cache, Hit, ServePolicy, admin, default_db_path
 from store.cache import NamespacedTable
 from store.db_check import DatabaseDamaged
 from store.lmdb_backend import probe_in_subprocess
-from store.inspect import MISSES_TABLE, miss_key
+from store.inspect import INDUCTION_SKIPS_TABLE, MISSES_TABLE, miss_key
 from store.model import Miss
 from store.templates import RenderError, render_reply
-from store.tree import plan_record
+from store.tree import plan_record, root_id
 
 log = logging.getLogger("butter")
 
@@ -82,7 +83,8 @@ class Butter:
         self.writer: ThreadPoolExecutor | None = None
         # Induction has its own thread, outside `pending`: a miss that drains
         # the writer must never wait for it.
-        self.inducer: ThreadPoolExecutor | None = None
+        # Bounded, and jobs of one workflow coalesce (addon/induction_queue.py).
+        self.inducer: InductionQueue | None = None
         self.pending: set[Future] = set()
         self.flows: dict[str, FlowState] = {}
         self.hits: Counter[bytes] = Counter()
@@ -154,7 +156,7 @@ class Butter:
         except Exception as e:  # a bad path must not take the proxy down silently
             raise exceptions.OptionsError(f"butter_db {path!r} cannot be opened: {e}") from e
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="butter-writer")
-        self.inducer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="butter-induction")
+        self.inducer = InductionQueue()
         log.info("butter: tree at %s, mode %s", self.cache.backend.path, ctx.options.butter_mode)
 
     def _close(self) -> None:
@@ -163,7 +165,7 @@ class Butter:
             self.writer = None
         if self.inducer is not None:
             # Learning can wait for the next run; the recordings it reads are kept.
-            self.inducer.shutdown(wait=True, cancel_futures=True)
+            self.inducer.shutdown(wait=True)
             self.inducer = None
         if self.cache is not None:
             self.cache.close()
@@ -501,8 +503,11 @@ class Butter:
                  state.parsed.conversation.context.get("model"), node.hex()[:12])
         if state.induction and not state.bindings and self.inducer is not None:
             try:
-                self.inducer.submit(self._induce, state.namespace, state.parsed.conversation,
-                                    state.induction_min, state.fmt.name)
+                conversation = state.parsed.conversation
+                # One waiting job per workflow: a newer recording of it replaces the older job.
+                workflow = (state.namespace, root_id(state.namespace, conversation.context), len(conversation.messages))
+                self.inducer.submit(self._induce, state.namespace, conversation, state.induction_min,
+                                    state.fmt.name, key=workflow)
             except RuntimeError:
                 pass  # shutting down: learning waits for the next run
 
@@ -556,6 +561,7 @@ class Butter:
             self._submit(self._clear_stale_readers)
         if not (self.hits or self.misses) or (not force and time.monotonic() - self.last_flush < HIT_FLUSH_SECONDS):
             return
+        self._flush_induction_skips()
         batch, self.hits = dict(self.hits), Counter()
         missed, self.misses = dict(self.misses), Counter()
         self.last_flush = time.monotonic()
@@ -563,6 +569,16 @@ class Butter:
             self._submit(self.cache.backend.add_hits, batch)
             self._submit(self.cache.backend.add_aux_counts, MISSES_TABLE, missed)
         self._summarise(sum(batch.values()), sum(missed.values()), force)
+
+    def _flush_induction_skips(self) -> None:
+        skipped = self.inducer.take_skipped() if self.inducer is not None else {}
+        if not skipped or self.cache is None:
+            return
+        self._submit(self.cache.backend.add_aux_counts, INDUCTION_SKIPS_TABLE,
+                     {kind.encode(): n for kind, n in skipped.items()})
+        log.info("butter: induction skipped %d job(s): %d coalesced into a newer job of the same workflow, "
+                 "%d dropped with the queue full (their recordings are kept)", sum(skipped.values()),
+                 skipped.get("coalesced", 0), skipped.get("dropped", 0))
 
     def _clear_stale_readers(self) -> None:
         if self.cache is not None:
