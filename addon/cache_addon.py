@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Awaitable
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding
@@ -47,6 +48,9 @@ HIT_FLUSH_SECONDS = 2.0
 DRAIN_WAIT_SECONDS = 0.5
 # How often the writer frees reader slots left by processes killed mid-read.
 READER_CHECK_SECONDS = 30.0
+# butter_durable: how long a reply waits for its recording before it goes to
+# the client anyway (another process may hold the write lock).
+DURABLE_WAIT_SECONDS = 10.0
 # Hits are logged as one INFO summary per this many seconds, not a line each.
 HIT_SUMMARY_SECONDS = 10.0
 # A replay-mode miss: 404 is not retried by any SDK (they retry 408/409/429/5xx).
@@ -91,6 +95,7 @@ class Butter:
         self.misses: Counter[bytes] = Counter()  # per namespace/api/model, for `butter stats`
         self.last_flush = time.monotonic()
         self.last_reader_check = time.monotonic()
+        self.disabled = ""  # why butter is off (a damaged database), shown in butter-cache
         self._once = limits.OnceLog(log)  # bounded: keys name a kind of problem, never its text
         self._stuck_drain: Future | None = None  # a wait for the writer that timed out, until it completes
         # mitmdump sets the root logger to DEBUG and filters in its handlers,
@@ -118,6 +123,10 @@ class Butter:
         loader.add_option("butter_induction", bool, True,
                           "Learn templates from misses (off the request path): runs that differ only in "
                           "values are then served with their own values.")
+        loader.add_option("butter_durable", bool, False,
+                          "Hand a miss's reply to the client only once it is recorded on disk (a streamed reply: "
+                          "its end). Off: recording happens just after, and a kill -9 can lose the replies of "
+                          "the last moments.")
         loader.add_option("butter_induction_min", int, 2,
                           "Accept a learned template only when at least this many recorded runs are all "
                           "reproduced by it.")
@@ -143,6 +152,7 @@ class Butter:
 
     def _open(self, path: str) -> None:
         self._close()
+        self.disabled = ""
         policy = ServePolicy(min_observations=ctx.options.butter_min_observations)
         try:
             damage = probe_in_subprocess(path)
@@ -151,7 +161,9 @@ class Butter:
             self.cache = Cache(path, policy)
         except DatabaseDamaged as e:
             # Traffic keeps flowing, untouched; butter stays off until restarted on a sound database.
-            log.error("butter: DISABLED, every request passes through untouched: %s", e)
+            # A warning, not an error: mitmdump exits on an error logged while it starts.
+            self.disabled = "bypass (butter disabled: damaged database)"
+            log.warning("butter: DISABLED, every request passes through untouched: %s", e)
             return
         except Exception as e:  # a bad path must not take the proxy down silently
             raise exceptions.OptionsError(f"butter_db {path!r} cannot be opened: {e}") from e
@@ -189,6 +201,9 @@ class Butter:
         else:  # what both `take`s return for a request without butter's headers, at a tenth of the cost
             wanted, declared = NO_CONTROLS, NO_BINDINGS
         fmt = formats.recognise(flow.request.method, flow.request.path.split("?", 1)[0])
+        if fmt is not None and self.disabled:
+            self.flows[flow.id] = FlowState(fmt, status=self.disabled)
+            return
         if fmt is None or self.cache is None:
             return
         mode = wanted.mode or ctx.options.butter_mode
@@ -461,7 +476,7 @@ class Butter:
 
             flow.response.stream = tee
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self.flows.pop(flow.id, None)
         if state is None or not state.record or flow.is_replay == "response" or flow.response is None:
             return
@@ -476,7 +491,20 @@ class Butter:
         if reply is None:
             log.info("butter: not recorded: the %s reply was incomplete or an error", state.fmt.name)
             return
-        self._submit(self._record, state, reply)
+        recorded = self._submit(self._record, state, reply)
+        if recorded is not None and ctx.options.butter_durable:
+            # mitmproxy awaits what a hook returns before the response (or a
+            # stream's end) goes to the client.
+            return self._until_recorded(recorded)
+        return None
+
+    async def _until_recorded(self, recorded: Future) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(recorded)), DURABLE_WAIT_SECONDS)
+        except TimeoutError:
+            self._log_once("durable-timeout", "butter: butter_durable: a recording waited %.0f s (write lock held "
+                           "elsewhere?); replies go to the client before they are on disk until it lands",
+                           DURABLE_WAIT_SECONDS)
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)
@@ -536,12 +564,13 @@ class Butter:
             log.info("butter: induction %s: learned nothing: %s", where, outcome.skipped or
                      f"{len(outcome.rejected)} proposal(s) failed the evidence")
 
-    def _submit(self, fn, *args) -> None:
+    def _submit(self, fn, *args) -> Future | None:
         if self.writer is None:
-            return
+            return None
         future = self.writer.submit(self._guarded, fn, *args)
         self.pending.add(future)
         future.add_done_callback(self.pending.discard)
+        return future
 
     def _guarded(self, fn, *args) -> None:
         try:

@@ -152,3 +152,37 @@ async def test_many_differently_broken_bodies_give_one_warning(butter, caplog):
             await exchange_once(addon, llm_flow(b'{"model": "m", "messages": [' + b"1" * i), reply=None)
     assert len([r for r in caplog.records if "not understood" in r.getMessage()]) == 1
     assert len(addon._once) <= 256
+
+
+# -- 17: butter_durable ------------------------------------------------------------------
+
+async def test_with_butter_durable_a_reply_is_released_only_once_it_is_recorded(butter):
+    addon, tctx = butter
+    tctx.configure(addon, butter_durable=True)
+    release = threading.Event()
+    addon.writer.submit(release.wait, 30)  # the writer is busy: the recording waits behind this
+    flow = llm_flow()
+    addon.requestheaders(flow)
+    await addon.request(flow)
+    flow.response = http.Response.make(200, json.dumps(REPLY).encode(), {"content-type": "application/json"})
+    addon.responseheaders(flow)
+    waiting = addon.response(flow)
+    assert waiting is not None
+    task = asyncio.ensure_future(waiting)
+    await asyncio.sleep(0.2)
+    assert not task.done()  # the client would still be waiting
+    release.set()
+    await asyncio.wait_for(task, 10)
+    assert not addon.pending or all(f.done() for f in addon.pending)
+    served = await exchange_once(addon, llm_flow(), reply=None)
+    assert served.response.headers["butter-cache"] == "hit"
+
+
+async def test_without_butter_durable_the_reply_is_not_held_for_its_recording(butter):
+    addon, _ = butter
+    flow = llm_flow()
+    addon.requestheaders(flow)
+    await addon.request(flow)
+    flow.response = http.Response.make(200, json.dumps(REPLY).encode(), {"content-type": "application/json"})
+    addon.responseheaders(flow)
+    assert addon.response(flow) is None

@@ -99,13 +99,14 @@ async def test_the_proxy_on_a_damaged_database_passes_traffic_through_and_says_s
     filled_db(db)
     truncate(db)
     addon = cache_addon.Butter()
-    with caplog.at_level(logging.ERROR, logger="butter"), taddons.context(addon) as tctx:
+    with caplog.at_level(logging.WARNING, logger="butter"), taddons.context(addon) as tctx:
         tctx.configure(addon, butter_db=str(db))
         flow = await exchange_once(addon, llm_flow())
     addon.done()
     assert addon.cache is None
-    assert "butter-cache" not in flow.response.headers and "accept-encoding" not in flow.request.headers
-    [error] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert flow.response.headers["butter-cache"] == "bypass (butter disabled: damaged database)"
+    assert "accept-encoding" not in flow.request.headers
+    [error] = [r.getMessage() for r in caplog.records if "DISABLED" in r.getMessage()]
     assert "DISABLED" in error and "truncated" in error and "butter import" in error
 
 
