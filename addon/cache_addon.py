@@ -242,9 +242,9 @@ class Butter:
         offload = limits.is_large(raw, coding)
         try:
             if offload:
-                credential, state.parsed = await asyncio.to_thread(_read_request, state.fmt, request, raw, coding)
+                credential, state.parsed, size = await asyncio.to_thread(_read_request, state.fmt, request, raw, coding)
             else:
-                credential, state.parsed = _read_request(state.fmt, request, raw, coding)
+                credential, state.parsed, size = _read_request(state.fmt, request, raw, coding)
         except limits.LoneSurrogate:
             # The message text itself is never logged.
             self._log_once("surrogate", "butter: a %s request holds a lone UTF-16 surrogate, which cannot be stored; "
@@ -261,6 +261,10 @@ class Butter:
                            "like it) through", state.fmt.name, e)
             state.status = "bypass (not understood)"
             return
+        if size > limits.LEARN_BODY_BYTES:
+            # Learning reads every value of the conversation in long calls that
+            # hold the GIL (the event loop with it): recorded and served, not learned from.
+            state.induction = False
         _move_query_key_to_header(request)
         state.namespace = self.cache.namespace(credential, state.fixed_namespace)
         mode = state.mode
@@ -632,7 +636,7 @@ class Butter:
 
 
 def _read_request(fmt: WireFormat, request: http.Request, raw: bytes, coding: str):
-    """The credential and parsed request, from a body decoded within limits.
+    """The credential, parsed request and decoded size, from a body decoded within limits.
 
     Raises NotUnderstood, limits.BodyTooLarge, limits.BadEncoding or
     limits.LoneSurrogate: the request then passes through unchanged.
@@ -642,7 +646,7 @@ def _read_request(fmt: WireFormat, request: http.Request, raw: bytes, coding: st
     conversation = parsed.conversation
     if limits.has_lone_surrogate(body, conversation.context, conversation.messages):
         raise limits.LoneSurrogate()
-    return credential, parsed
+    return credential, parsed, len(body)
 
 
 def _make_response(status: int, body: bytes, headers: dict[str, str]) -> http.Response:

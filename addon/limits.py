@@ -34,6 +34,8 @@ MAX_BODY_BYTES = 64 << 20
 # Above this many raw or decoded bytes, parse and look up off the event loop
 # (a 1 MB JSON body takes a few ms to parse and hash; 50 MB most of a second).
 LARGE_BODY_BYTES = 256 << 10
+# Templates are not learned from bodies above this (addon: state.induction).
+LEARN_BODY_BYTES = 1 << 20
 _CHUNK = 1 << 20
 
 
@@ -138,7 +140,8 @@ def is_large(raw: bytes, content_encoding: str) -> bool:
 # A surrogate can only reach a parsed JSON string as an escape (\ud800-\udfff)
 # or as the three bytes UTF-8 would use for one (json.loads decodes bytes
 # with surrogatepass). Bodies without either are checked no further.
-_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\xed[\xa0-\xbf]")
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_RAW_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
 
 
 def has_lone_surrogate(body: bytes, *values: object) -> bool:
@@ -147,7 +150,9 @@ def has_lone_surrogate(body: bytes, *values: object) -> bool:
     Paired escapes (an emoji as \\ud83d\\ude00) parse to one character and are
     fine; only a lone half cannot be encoded, keyed or stored.
     """
-    if not _SURROGATE_HINT.search(body):
+    # `in` scans at memchr speed; the patterns run only on bodies that have the prefix.
+    escaped = (b"\\ud" in body or b"\\uD" in body) and _ESCAPED_SURROGATE.search(body)
+    if not escaped and not (b"\xed" in body and _RAW_SURROGATE.search(body)):
         return False
     try:
         json.dumps(values, ensure_ascii=False).encode("utf-8")

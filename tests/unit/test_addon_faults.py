@@ -186,3 +186,16 @@ async def test_without_butter_durable_the_reply_is_not_held_for_its_recording(bu
     flow.response = http.Response.make(200, json.dumps(REPLY).encode(), {"content-type": "application/json"})
     addon.responseheaders(flow)
     assert addon.response(flow) is None
+
+
+async def test_a_body_over_the_learning_limit_is_recorded_and_served_but_not_learned_from(butter, monkeypatch):
+    addon, _ = butter
+    monkeypatch.setattr(limits, "LEARN_BODY_BYTES", 1000)
+    jobs = []
+    monkeypatch.setattr(addon.inducer, "submit", lambda *a, **k: jobs.append(a))
+    await exchange_once(addon, llm_flow(body_with("c" * 2000)))
+    await exchange_once(addon, llm_flow(body_with("short")))
+    addon._drain_future().result(timeout=10)
+    assert len(jobs) == 1  # only the short one
+    served = await exchange_once(addon, llm_flow(body_with("c" * 2000)), reply=None)
+    assert served.response.headers["butter-cache"] == "hit"
