@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import loadgen  # noqa: E402
+from bench.bench import free_port, say  # noqa: E402
 from store import Cache, Hit  # noqa: E402
 from store.db_check import DatabaseDamaged  # noqa: E402
 from store.lmdb_backend import probe_in_subprocess  # noqa: E402
@@ -62,16 +63,6 @@ HOST = "api.openai.com"
 PATH = "/v1/chat/completions"
 SYSTEM = "You are a support agent. Answer in one sentence."
 EXTRA_OPTIONS: dict[str, str] = {}  # --set KEY=VALUE: for every proxy the script starts
-
-
-def say(*args: object) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the provider: deterministic answers, every body it received kept by request id ----------

@@ -16,6 +16,7 @@ from store import Cache, Conversation
 from tests.e2e.harness import Proxy
 from tests.fakes import openai_chat
 from tests.fakes.provider import JSONReply, StreamReply
+from tests.fakes.lmdb_holder import HOLD_WRITE_LOCK
 
 
 def client(api_key: str) -> openai.OpenAI:
@@ -58,16 +59,6 @@ def test_a_proxy_on_a_truncated_database_passes_traffic_through_and_says_how_to_
     assert proxy.proc.poll() is None
     log = proxy.log_text()
     assert "DISABLED" in log and "truncated" in log and "butter import" in log
-
-
-HOLD_WRITE_LOCK = """
-import sys, lmdb
-env = lmdb.open(sys.argv[1], max_dbs=8, subdir=True)
-txn = env.begin(write=True)
-print("holding", flush=True)
-sys.stdin.readline()
-txn.abort()
-"""
 
 
 def test_misses_reach_the_provider_while_another_process_holds_the_write_lock_and_are_recorded_after(

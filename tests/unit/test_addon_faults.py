@@ -14,6 +14,7 @@ from mitmproxy import http
 
 from addon import exchange, limits
 from tests.unit.test_addon import BODY, REPLY, llm_flow
+from tests.fakes.lmdb_holder import HOLD_WRITE_LOCK
 
 
 async def exchange_once(addon, flow: http.HTTPFlow, reply: dict | None = REPLY, *, stream: bool = False):
@@ -96,16 +97,6 @@ def _conversation_of(flow: http.HTTPFlow):
 
 
 # -- 8: a miss never waits on a write it does not need ---------------------------------
-
-HOLD_WRITE_LOCK = """
-import sys, time, lmdb
-env = lmdb.open(sys.argv[1], max_dbs=8, subdir=True)
-txn = env.begin(write=True)
-print("holding", flush=True)
-sys.stdin.readline()
-txn.abort()
-"""
-
 
 async def test_misses_are_forwarded_promptly_while_another_process_holds_the_write_lock(butter):
     addon, _ = butter

@@ -18,6 +18,7 @@ from store.lmdb_backend import MAP_SIZE_ENV, probe_in_subprocess
 from tests.e2e.harness import ROOT
 from tests.unit.test_addon import llm_flow
 from tests.unit.test_addon_faults import exchange_once
+from tests.fakes.lmdb_holder import HOLD_READ
 
 
 def conv(text: str) -> Conversation:
@@ -156,15 +157,6 @@ def test_map_growth_from_one_mib_under_several_writing_threads_loses_nothing(tmp
 
 
 # -- 13: a reader killed with -9 -------------------------------------------------------
-
-HOLD_READ = """
-import sys, time, lmdb
-env = lmdb.open(sys.argv[1], max_dbs=8, subdir=True, max_readers=256)
-txn = env.begin()
-print("reading", flush=True)
-time.sleep(600)
-"""
-
 
 async def test_a_running_proxy_frees_the_slot_of_a_reader_killed_with_minus_9(butter, monkeypatch):
     addon, _ = butter
