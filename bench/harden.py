@@ -360,7 +360,7 @@ def fault_kill9(work: Path, up: Upstream, args, durable: bool, rounds: int) -> d
     for r in range(rounds):
         proxy = Proxy(work, up, db, f"kill-{durable}-{r}", root=args.root,
                       options={"butter_durable": "true"} if durable else None)
-        tally = run_then(proxy, 8, 2.0, proxy.kill9, seed=100 + r)
+        tally = run_then(proxy, 8, args.kill_after * 2, proxy.kill9, seed=100 + r)
         received += len(tally.misses_received)
         lost += lost_recordings(db, tally.misses_received)
     return {"fault": f"kill -9 of mitmdump mid-traffic x{rounds}" + (" (butter_durable)" if durable else ""),
@@ -460,8 +460,8 @@ def fault_corrupt(work: Path, up: Upstream, args) -> dict:
 
 def fault_disk_full(work: Path, up: Upstream, args) -> dict:
     db = work / "full-db"
-    limit = 1 << 20
-    proxy = Proxy(work, up, db, "full", root=args.root, fsize=limit, env={"BUTTER_INITIAL_MAP_SIZE": str(256 << 10)})
+    limit = 384 << 10
+    proxy = Proxy(work, up, db, "full", root=args.root, fsize=limit, env={"BUTTER_INITIAL_MAP_SIZE": str(128 << 10)})
     try:
         tally = drive(proxy, 8, 8.0, pool=10**6, fresh=1.0, seed=600)
         alive = proxy.alive()
@@ -470,7 +470,7 @@ def fault_disk_full(work: Path, up: Upstream, args) -> dict:
         proxy.stop()
     survived = alive and tally.errors == 0
     lost = lost_recordings(db, tally.misses_received)
-    return {"fault": f"disk full (RLIMIT_FSIZE {limit >> 20} MiB on the proxy, map from 1 MiB)",
+    return {"fault": f"disk full (RLIMIT_FSIZE {limit >> 10} KiB on the proxy, map from 128 KiB)",
             "survived": survived and sound(db), "replies_received_as_miss": len(tally.misses_received),
             "client_errors": tally.errors, "writes_failed_logged": failed_writes,
             "recordings_lost": lost, "note": "replies that did not fit are lost; the database stays sound"}
@@ -615,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=10, help="kill -9 rounds (default 10)")
     parser.add_argument("--durable-kills", type=int, default=5, help="kill -9 rounds with butter_durable")
     parser.add_argument("--growth-seconds", type=float, default=15.0)
+    parser.add_argument("--kill-after", type=float, default=3.0, help="seconds of traffic before each kill -9")
     parser.add_argument("--only", choices=["load", "faults", "bad"], action="append",
                         help="run only these sections (repeatable)")
     parser.add_argument("--root", type=Path, default=ROOT, help="butter checkout whose addon the proxies run")
