@@ -592,9 +592,11 @@ class Butter:
         if self.cache is not None and time.monotonic() - self.last_reader_check >= READER_CHECK_SECONDS:
             self.last_reader_check = time.monotonic()
             self._submit(self._clear_stale_readers)
-        if not (self.hits or self.misses) or (not force and time.monotonic() - self.last_flush < HIT_FLUSH_SECONDS):
+        due = force or time.monotonic() - self.last_flush >= HIT_FLUSH_SECONDS
+        if due:
+            self._flush_induction_skips()
+        if not (self.hits or self.misses) or not due:
             return
-        self._flush_induction_skips()
         batch, self.hits = dict(self.hits), Counter()
         missed, self.misses = dict(self.misses), Counter()
         self.last_flush = time.monotonic()
