@@ -236,7 +236,8 @@ class Butter:
         assert self.cache is not None
         request = flow.request
         raw = request.raw_content or b""
-        coding = request.headers.get("content-encoding", "")
+        # One pass over the raw fields: a `headers.get` miss rescans them and raises and catches a KeyError.
+        coding = next((v.decode("latin-1") for k, v in request.headers.fields if k.lower() == b"content-encoding"), "")
         # Decoding, parsing and hashing a big body would hold every other
         # client: do it (and the lookup) on a thread.
         offload = limits.is_large(raw, coding)
