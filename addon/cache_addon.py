@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Awaitable
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding
@@ -27,19 +28,31 @@ from addon import exchange, formats
 from addon import feedback  # the butter.local endpoint
 from addon import verification  # shadow verification of learned templates, butter-verify header
 from addon import recent, webview  # the web view at http://butter.local/ and its request list
+from addon import limits  # body ceilings, work off the loop, bounded log-once
+from addon.induction_queue import InductionQueue
 from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
 from store import Cache, Hit, ServePolicy, admin, default_db_path
 from store.cache import NamespacedTable
-from store.inspect import MISSES_TABLE, miss_key
+from store.db_check import DatabaseDamaged
+from store.lmdb_backend import probe_in_subprocess
+from store.inspect import INDUCTION_SKIPS_TABLE, MISSES_TABLE, miss_key
 from store.model import Miss
 from store.templates import RenderError, render_reply
-from store.tree import plan_record
+from store.tree import plan_record, root_id
 
 log = logging.getLogger("butter")
 
 MODES = ("auto", "record", "replay", "off")
 STREAM_TYPES = exchange.STREAM_TYPES  # shared with `butter import-flows`
 HIT_FLUSH_SECONDS = 2.0
+# A miss waits at most this long for queued writes (a reply recorded a moment
+# ago) before it is forwarded; the writes still happen, later.
+DRAIN_WAIT_SECONDS = 0.5
+# How often the writer frees reader slots left by processes killed mid-read.
+READER_CHECK_SECONDS = 30.0
+# butter_durable: how long a reply waits for its recording before it goes to
+# the client anyway (another process may hold the write lock).
+DURABLE_WAIT_SECONDS = 10.0
 # Hits are logged as one INFO summary per this many seconds, not a line each.
 HIT_SUMMARY_SECONDS = 10.0
 # A replay-mode miss: 404 is not retried by any SDK (they retry 408/409/429/5xx).
@@ -68,6 +81,7 @@ class FlowState:
     induction: bool = True  # learn templates from this request once it is recorded
     induction_min: int = 2
     verify: Hit | None = None  # the template hit this forwarded request verifies (addon/verification.py)
+    record_node: bytes | None = None  # where a miss will be recorded, when worked out off the loop
 
 
 class Butter:
@@ -76,13 +90,17 @@ class Butter:
         self.writer: ThreadPoolExecutor | None = None
         # Induction has its own thread, outside `pending`: a miss that drains
         # the writer must never wait for it.
-        self.inducer: ThreadPoolExecutor | None = None
+        # Bounded, and jobs of one workflow coalesce (addon/induction_queue.py).
+        self.inducer: InductionQueue | None = None
         self.pending: set[Future] = set()
         self.flows: dict[str, FlowState] = {}
         self.hits: Counter[bytes] = Counter()
         self.misses: Counter[bytes] = Counter()  # per namespace/api/model, for `butter stats`
         self.last_flush = time.monotonic()
-        self._logged_once: set[str] = set()
+        self.last_reader_check = time.monotonic()
+        self.disabled = ""  # why butter is off (a damaged database), shown in butter-cache
+        self._once = limits.OnceLog(log)  # bounded: keys name a kind of problem, never its text
+        self._stuck_drain: Future | None = None  # a wait for the writer that timed out, until it completes
         # mitmdump sets the root logger to DEBUG and filters in its handlers,
         # so even a DEBUG record is formatted and sent to every addon (add_log):
         # a line per hit costs a hit ~0.2 ms. Only built when debug is shown
@@ -111,6 +129,10 @@ class Butter:
         loader.add_option("butter_induction", bool, True,
                           "Learn templates from misses (off the request path): runs that differ only in "
                           "values are then served with their own values.")
+        loader.add_option("butter_durable", bool, False,
+                          "Hand a miss's reply to the client only once it is recorded on disk (a streamed reply: "
+                          "its end). Off: recording happens just after, and a kill -9 can lose the replies of "
+                          "the last moments.")
         loader.add_option("butter_induction_min", int, 2,
                           "Accept a learned template only when at least this many recorded runs are all "
                           "reproduced by it.")
@@ -144,13 +166,23 @@ class Butter:
 
     def _open(self, path: str) -> None:
         self._close()
+        self.disabled = ""
         policy = ServePolicy(min_observations=ctx.options.butter_min_observations)
         try:
+            damage = probe_in_subprocess(path)
+            if damage:
+                raise DatabaseDamaged(path, damage)
             self.cache = Cache(path, policy)
+        except DatabaseDamaged as e:
+            # Traffic keeps flowing, untouched; butter stays off until restarted on a sound database.
+            # A warning, not an error: mitmdump exits on an error logged while it starts.
+            self.disabled = "bypass (butter disabled: damaged database)"
+            log.warning("butter: DISABLED, every request passes through untouched: %s", e)
+            return
         except Exception as e:  # a bad path must not take the proxy down silently
             raise exceptions.OptionsError(f"butter_db {path!r} cannot be opened: {e}") from e
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="butter-writer")
-        self.inducer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="butter-induction")
+        self.inducer = InductionQueue()
         log.info("butter: tree at %s, mode %s", self.cache.backend.path, ctx.options.butter_mode)
 
     def _close(self) -> None:
@@ -159,7 +191,7 @@ class Butter:
             self.writer = None
         if self.inducer is not None:
             # Learning can wait for the next run; the recordings it reads are kept.
-            self.inducer.shutdown(wait=True, cancel_futures=True)
+            self.inducer.shutdown(wait=True)
             self.inducer = None
         if self.cache is not None:
             self.cache.close()
@@ -188,6 +220,9 @@ class Butter:
         else:  # what both `take`s return for a request without butter's headers, at a tenth of the cost
             wanted, declared = NO_CONTROLS, NO_BINDINGS
         fmt = formats.recognise(flow.request.method, flow.request.path.split("?", 1)[0])
+        if fmt is not None and self.disabled:
+            self.flows[flow.id] = FlowState(fmt, status=self.disabled)
+            return
         if fmt is None or self.cache is None:
             return
         mode = wanted.mode or ctx.options.butter_mode
@@ -219,12 +254,37 @@ class Butter:
     async def _decide(self, flow: http.HTTPFlow, state: FlowState) -> None:
         assert self.cache is not None
         request = flow.request
+        raw = request.raw_content or b""
+        # One pass over the raw fields: a `headers.get` miss rescans them and raises and catches a KeyError.
+        coding = next((v.decode("latin-1") for k, v in request.headers.fields if k.lower() == b"content-encoding"), "")
+        # Decoding, parsing and hashing a big body would hold every other
+        # client: do it (and the lookup) on a thread.
+        offload = limits.is_large(raw, coding)
         try:
-            credential, state.parsed = exchange.read_request(state.fmt, request)
-        except NotUnderstood as e:
-            self._log_once(f"parse:{state.fmt.name}:{e}", "butter: %s request not understood (%s); passing it through", state.fmt.name, e)
+            if offload:
+                credential, state.parsed, size = await asyncio.to_thread(_read_request, state.fmt, request, raw, coding)
+            else:
+                credential, state.parsed, size = _read_request(state.fmt, request, raw, coding)
+        except limits.LoneSurrogate:
+            # The message text itself is never logged.
+            self._log_once("surrogate", "butter: a %s request holds a lone UTF-16 surrogate, which cannot be stored; "
+                           "passing it (and any like it) through", state.fmt.name)
             state.status = "bypass (not understood)"
             return
+        except (limits.BodyTooLarge, limits.BadEncoding) as e:
+            self._log_once(f"body:{type(e).__name__}", "butter: a %s request body was not read (%s); passing it "
+                           "(and any like it) through unchanged", state.fmt.name, e)
+            state.status = "bypass (body too large)" if isinstance(e, limits.BodyTooLarge) else "bypass (not understood)"
+            return
+        except NotUnderstood as e:
+            self._log_once(f"parse:{state.fmt.name}", "butter: %s request not understood (%s); passing it (and any "
+                           "like it) through", state.fmt.name, e)
+            state.status = "bypass (not understood)"
+            return
+        if size > limits.LEARN_BODY_BYTES:
+            # Learning reads every value of the conversation in long calls that
+            # hold the GIL (the event loop with it): recorded and served, not learned from.
+            state.induction = False
         _move_query_key_to_header(request)
         state.namespace = self.cache.namespace(credential, state.fixed_namespace)
         mode = state.mode
@@ -238,12 +298,11 @@ class Butter:
         # Read before the lookup: a write that was queued when the lookup
         # began may commit (and leave `pending`) while it runs.
         writes_queued = bool(self.pending)
-        result = self.cache.lookup(state.namespace, conversation, declared)
-        if not isinstance(result, Hit) and (writes_queued or self.pending):
+        result = await self._look_up(state, declared, offload)
+        if not isinstance(result, Hit) and (writes_queued or self.pending) and await self._wait_for_writes():
             # A reply recorded a moment ago may still be in the writer's queue:
-            # wait for it rather than miss what this process already knows.
-            await asyncio.wrap_future(self._drain_future())
-            result = self.cache.lookup(state.namespace, conversation, declared)
+            # wait (briefly) for it rather than miss what this process already knows.
+            result = await self._look_up(state, declared, offload)
         result = verification.recheck(result, flow)
         model = conversation.context.get("model")
         if isinstance(result, Hit):
@@ -295,7 +354,7 @@ class Butter:
         if self.pending:
             # The state this request names may still be in the writer's queue
             # (a reply recorded or served a moment ago): read it after that.
-            await asyncio.wrap_future(self._drain_future())
+            await self._wait_for_writes()
         try:
             state.parsed = state.fmt.expand(state.parsed, table)
         except NotUnderstood as e:
@@ -306,6 +365,45 @@ class Butter:
             else:
                 state.status = "bypass (not understood)"
             log.info("butter: %s request not expanded (%s)", state.fmt.name, e)
+            return False
+        return True
+
+    async def _look_up(self, state: FlowState, declared: dict | None, offload: bool) -> Hit | Miss:
+        assert self.cache is not None and state.parsed is not None
+        if not offload:
+            return self.cache.lookup(state.namespace, state.parsed.conversation, declared)
+
+        def look_up() -> Hit | Miss:
+            assert self.cache is not None and state.parsed is not None
+            result = self.cache.lookup(state.namespace, state.parsed.conversation, declared)
+            if not isinstance(result, Hit) and not state.bindings:
+                # The node a miss is recorded at (responseheaders names it): hashing
+                # a big conversation belongs off the loop too.
+                state.record_node = plan_record(state.parsed.conversation, state.namespace)[1]
+            return result
+
+        return await asyncio.to_thread(look_up)
+
+    async def _wait_for_writes(self) -> bool:
+        """Wait for the writes queued so far, at most DRAIN_WAIT_SECONDS.
+
+        False when they did not finish in time (another process holding the
+        LMDB write lock, a slow disk): the request goes on without them, and
+        later ones do not wait at all until the writer has caught up. Nothing
+        is dropped; the writes complete when they can.
+        """
+        if self._stuck_drain is not None:
+            if not self._stuck_drain.done():
+                return False
+            self._stuck_drain = None
+            log.info("butter: the tree's writer has caught up")
+        drain = self._drain_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(drain)), DRAIN_WAIT_SECONDS)
+        except TimeoutError:
+            self._stuck_drain = drain
+            log.warning("butter: writes to the tree are held up (is another process holding the database's write "
+                        "lock?); forwarding misses without waiting for them, they are recorded once it is free")
             return False
         return True
 
@@ -411,6 +509,8 @@ class Butter:
         if state.verify is not None:
             flow.response.headers["butter-template"] = state.verify.node_id.hex()
         if not state.record:
+            if exchange.is_streamed(flow.response):
+                flow.response.stream = True  # passed through: chunk by chunk, never buffered whole
             return
         if not 200 <= flow.response.status_code < 300:
             state.record = False  # errors are passed through, never recorded
@@ -418,7 +518,8 @@ class Butter:
         if state.parsed is not None and not state.bindings:
             # The node this reply is recorded at, so a client can score a run
             # before it is ever served (a bound recording's node is decided later).
-            flow.response.headers["butter-node"] = plan_record(state.parsed.conversation, state.namespace)[1].hex()
+            node = state.record_node or plan_record(state.parsed.conversation, state.namespace)[1]
+            flow.response.headers["butter-node"] = node.hex()
         state.streamed = exchange.is_streamed(flow.response)
         asked = state.parsed.stream if state.parsed else False
         if state.streamed or asked:
@@ -431,7 +532,7 @@ class Butter:
 
             flow.response.stream = tee
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self.flows.pop(flow.id, None)
         if state is not None:
             exchange.hide_query_credentials(flow.request)  # sent: mitmdump prints the URL after this hook
@@ -449,10 +550,23 @@ class Butter:
         if reply is None:
             log.info("butter: not recorded: the %s reply was incomplete or an error", state.fmt.name)
             return
-        self._submit(self._record, state, reply)
+        recorded = self._submit(self._record, state, reply)
         if state.verify is not None and self.cache is not None:
             self._submit(self.verifier.conclude, self.cache, state.fmt.name,
                          state.parsed.conversation.context.get("model"), state.verify, reply)
+        if recorded is not None and ctx.options.butter_durable:
+            # mitmproxy awaits what a hook returns before the response (or a
+            # stream's end) goes to the client.
+            return self._until_recorded(recorded)
+        return None
+
+    async def _until_recorded(self, recorded: Future) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(recorded)), DURABLE_WAIT_SECONDS)
+        except TimeoutError:
+            self._log_once("durable-timeout", "butter: butter_durable: a recording waited %.0f s (write lock held "
+                           "elsewhere?); replies go to the client before they are on disk until it lands",
+                           DURABLE_WAIT_SECONDS)
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)
@@ -480,10 +594,16 @@ class Butter:
                                     bindings=state.bindings)
         log.info("butter: recorded %s %s reply at node %s", state.fmt.name,
                  state.parsed.conversation.context.get("model"), node.hex()[:12])
-        if state.induction and not state.bindings and self.inducer is not None:
+        conversation = state.parsed.conversation
+        # Indexed here, as it is recorded, so a learning job coalesced away
+        # below still leaves this run as evidence for the next one.
+        if state.induction and not state.bindings and self.inducer is not None and \
+                self.cache.observe(state.namespace, conversation):
             try:
-                self.inducer.submit(self._induce, state.namespace, state.parsed.conversation,
-                                    state.induction_min, state.fmt.name)
+                # One waiting job per workflow: a newer recording of it replaces the older job.
+                workflow = (state.namespace, root_id(state.namespace, conversation.context), len(conversation.messages))
+                self.inducer.submit(self._induce, state.namespace, conversation, state.induction_min,
+                                    state.fmt.name, key=workflow)
             except RuntimeError:
                 pass  # shutting down: learning waits for the next run
 
@@ -497,7 +617,7 @@ class Butter:
             return
         where = f"{fmt} {conversation.context.get('model')}"
         try:
-            outcome = self.cache.induce(namespace, conversation, min_observations)
+            outcome = self.cache.induce(namespace, conversation, min_observations, observed=True)
         except Exception as e:
             log.error("butter: induction %s: failed: %r", where, e)
             return
@@ -512,12 +632,13 @@ class Butter:
             log.info("butter: induction %s: learned nothing: %s", where, outcome.skipped or
                      f"{len(outcome.rejected)} proposal(s) failed the evidence")
 
-    def _submit(self, fn, *args) -> None:
+    def _submit(self, fn, *args) -> Future | None:
         if self.writer is None:
-            return
+            return None
         future = self.writer.submit(self._guarded, fn, *args)
         self.pending.add(future)
         future.add_done_callback(self.pending.discard)
+        return future
 
     def _guarded(self, fn, *args) -> None:
         try:
@@ -545,7 +666,13 @@ class Butter:
             self._submit(self.recent.write, self.cache.backend, rows)
 
     def _flush_hits(self, force: bool = False) -> None:
-        if not (self.hits or self.misses) or (not force and time.monotonic() - self.last_flush < HIT_FLUSH_SECONDS):
+        if self.cache is not None and time.monotonic() - self.last_reader_check >= READER_CHECK_SECONDS:
+            self.last_reader_check = time.monotonic()
+            self._submit(self._clear_stale_readers)
+        due = force or time.monotonic() - self.last_flush >= HIT_FLUSH_SECONDS
+        if due:
+            self._flush_induction_skips()
+        if not (self.hits or self.misses) or not due:
             return
         batch, self.hits = dict(self.hits), Counter()
         missed, self.misses = dict(self.misses), Counter()
@@ -554,6 +681,22 @@ class Butter:
             self._submit(self.cache.backend.add_hits, batch)
             self._submit(self.cache.backend.add_aux_counts, MISSES_TABLE, missed)
         self._summarise(sum(batch.values()), sum(missed.values()), force)
+
+    def _flush_induction_skips(self) -> None:
+        skipped = self.inducer.take_skipped() if self.inducer is not None else {}
+        if not skipped or self.cache is None:
+            return
+        self._submit(self.cache.backend.add_aux_counts, INDUCTION_SKIPS_TABLE,
+                     {kind.encode(): n for kind, n in skipped.items()})
+        log.info("butter: induction skipped %d job(s): %d coalesced into a newer job of the same workflow, "
+                 "%d dropped with the queue full (their recordings are kept)", sum(skipped.values()),
+                 skipped.get("coalesced", 0), skipped.get("dropped", 0))
+
+    def _clear_stale_readers(self) -> None:
+        if self.cache is not None:
+            freed = self.cache.backend.clear_stale_readers()
+            if freed:
+                log.info("butter: freed %d reader slot(s) left by a process that died while reading", freed)
 
     def _summarise(self, hits: int, misses: int, force: bool) -> None:
         """One INFO line for the hits of the last HIT_SUMMARY_SECONDS (misses have their own lines)."""
@@ -568,9 +711,21 @@ class Butter:
         self.last_summary = self.last_flush
 
     def _log_once(self, key: str, message: str, *args) -> None:
-        if key not in self._logged_once:
-            self._logged_once.add(key)
-            log.warning(message, *args)
+        self._once.warning(key, message, *args)
+
+
+def _read_request(fmt: WireFormat, request: http.Request, raw: bytes, coding: str):
+    """The credential, parsed request and decoded size, from a body decoded within limits.
+
+    Raises NotUnderstood, limits.BodyTooLarge, limits.BadEncoding or
+    limits.LoneSurrogate: the request then passes through unchanged.
+    """
+    body = limits.request_body(raw, coding)
+    credential, parsed = exchange.read_request(fmt, request, body)
+    conversation = parsed.conversation
+    if limits.has_lone_surrogate(body, conversation.context, conversation.messages):
+        raise limits.LoneSurrogate()
+    return credential, parsed, len(body)
 
 
 def _make_response(status: int, body: bytes, headers: dict[str, str]) -> http.Response:

@@ -32,14 +32,19 @@ UPSTREAM_KEY = "upstream"
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl", "application/ndjson")
 
 
-def read_request(fmt: WireFormat, request: http.Request) -> tuple[str | None, ParsedRequest]:
-    """The credential (for the namespace only) and the parsed request, keyed by its upstream."""
+def read_request(fmt: WireFormat, request: http.Request, body: bytes | None = None) -> tuple[str | None, ParsedRequest]:
+    """The credential (for the namespace only) and the parsed request, keyed by its upstream.
+
+    `body`: the request body already decoded (the proxy decodes within limits,
+    addon/limits.py); by default mitmproxy decodes it.
+    """
     # `dict(request.query)` parses the URL even when it has no query at all.
     query = dict(request.query) if "?" in request.path else {}
     credential, headers, query = credentials.split(header_dict(request.headers), query)
     # Without a content-encoding `get_content` returns the raw body, after a
     # header lookup (a rescan, and a KeyError raised and caught).
-    body = (request.get_content(strict=False) if "content-encoding" in headers else request.raw_content) or b""
+    if body is None:
+        body = (request.get_content(strict=False) if "content-encoding" in headers else request.raw_content) or b""
     wire = WireRequest(request.method, request.path.split("?", 1)[0], query, headers, body)
     return credential, with_upstream(fmt.parse_request(wire), upstream_of(request.scheme, request.host, request.port))
 

@@ -126,9 +126,14 @@ class Cache:
         """A side table seen through one namespace and server (a wire format's server-side state)."""
         return NamespacedTable(self.backend, table, namespace, upstream)
 
-    def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2) -> InductionOutcome:
+    def observe(self, namespace: str, conversation: Conversation) -> bool:
+        """Index a recorded miss for induction (cheap); False if it was already: nothing new to learn."""
+        return Learner(self.backend).observe(namespace, conversation)
+
+    def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2,
+               observed: bool = False) -> InductionOutcome:
         """Learn templates from this recorded miss and its siblings (slow: off the request path)."""
-        return Learner(self.backend).induce(namespace, conversation, min_observations)
+        return Learner(self.backend).induce(namespace, conversation, min_observations, observed)
 
     def record(
         self,

@@ -25,6 +25,9 @@ SLOT = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)\s*\}\}")
 # Misses are counted per namespace, API and model (the proxy adds to them in
 # batches, like hits); a miss may have no node to hang on (a new context).
 MISSES_TABLE = "misses"
+# Induction jobs a proxy skipped (addon/induction_queue.py): {"n": count} per
+# kind, `coalesced` and `dropped`.
+INDUCTION_SKIPS_TABLE = "induction-skips"
 
 
 def miss_key(namespace: str, context: dict) -> bytes:
@@ -544,3 +547,8 @@ def _bindings_along(snap: Any, path: Iterable[bytes], messages: tuple[Message, .
         if node is not None and node.kind == "template" and depth < len(messages):
             bindings = templates.match_message(node.content, messages[depth], bindings) or bindings
     return bindings
+
+
+def induction_skips(backend: LmdbBackend) -> dict[str, int]:
+    """Induction jobs skipped by proxies, by kind (coalesced, dropped)."""
+    return {key.decode(): raw.get("n", 0) for key, raw in backend.iter_aux(INDUCTION_SKIPS_TABLE)}

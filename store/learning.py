@@ -79,15 +79,30 @@ class Learner:
                 return None
         return Observation(node, tuple(reversed(messages)), replies[0].reply)
 
-    def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2) -> InductionOutcome:
-        """Index this recorded miss and try to learn a template from its siblings."""
+    def observe(self, namespace: str, conversation: Conversation) -> bool:
+        """Index this recorded miss as an observation of its root and depth.
+
+        False when it already was (the same path recorded again: no new
+        evidence). Cheap, so the proxy does it as it records: a learning job
+        that is coalesced away (addon/induction_queue.py) still leaves its run
+        findable as a sibling of the next.
+        """
+        writes, node = plan_record(conversation, namespace)
+        table = f"{OBS_TABLE}/{writes[0].node_id.hex()}/{len(conversation.messages)}"
+        if self.backend.get_aux(table, node) is not None:
+            return False
+        self.backend.put_aux(table, node, {"t": time.time()})
+        return True
+
+    def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2,
+               observed: bool = False) -> InductionOutcome:
+        """Index this recorded miss (unless `observed` already) and try to learn a template from its siblings."""
         writes, node = plan_record(conversation, namespace)
         root = writes[0].node_id
         depth = len(conversation.messages)
         table = f"{OBS_TABLE}/{root.hex()}/{depth}"
-        if self.backend.get_aux(table, node) is not None:
+        if not observed and not self.observe(namespace, conversation):
             return InductionOutcome(skipped="already observed: no new evidence")
-        self.backend.put_aux(table, node, {"t": time.time()})
         new = self._observation(node)
         if new is None:
             return InductionOutcome(skipped="this node has no single reply to learn from")

@@ -15,7 +15,10 @@ Rules from measuring py-lmdb 3.0 (shared/research): one Environment per path
 per process; write transactions are short and begin and commit on one
 thread; no read transaction is held across an await; the map grows by itself
 on MapFullError under a file lock, and readers adopt a size another process
-chose on MapResizedError.
+chose on MapResizedError. Inside one process a resize must see no other
+transaction open (LMDB remaps the file under them): every transaction passes
+a shared gate that a resize takes alone (`_Gate`). A data.mdb that is not
+whole is refused before it is mapped (store/db_check.py): LMDB would SIGBUS.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ import fcntl
 import json
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -31,6 +36,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import lmdb
 
+from .db_check import DatabaseDamaged, check_data_file
 from .model import NodeRecord, StoredReply
 from .private_files import FILE_MODE, open_private, private_dir, private_files
 
@@ -52,6 +58,9 @@ TEMPLATE_GENERATION = b"template-generation"
 ROOTS = b"root\x00"
 ROOTS_INDEXED = b"roots-indexed"
 INITIAL_MAP_SIZE = 256 << 20  # grows by doubling; most trees stay far below
+# Tests and bench/harden.py start from a tiny map to exercise growth.
+MAP_SIZE_ENV = "BUTTER_INITIAL_MAP_SIZE"
+RESIZE_WAIT_SECONDS = 30.0
 ID = 16
 
 T = TypeVar("T")
@@ -69,40 +78,145 @@ def _loads(raw: bytes | memoryview) -> Any:
     return json.loads(bytes(raw))
 
 
-_open_envs: dict[str, tuple[lmdb.Environment, int]] = {}
+class _Gate:
+    """Every transaction of this process holds the gate shared; a map resize
+    (`set_mapsize`) holds it alone, after the open transactions have ended.
+
+    LMDB remaps the file on a resize: a transaction open in another thread
+    (the writer, induction, a lookup) would fail with EINVAL or read freed
+    memory. Re-entrant per thread for the shared side; a resize asked for by
+    a thread that itself holds a transaction is refused (it would wait for
+    itself) rather than deadlock.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0
+        self._resizing = False
+        self._mine = threading.local()
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        mine = getattr(self._mine, "n", 0)
+        if mine == 0:
+            with self._cond:
+                while self._resizing:
+                    self._cond.wait()
+                self._active += 1
+        self._mine.n = mine + 1
+        try:
+            yield
+        finally:
+            self._mine.n = mine
+            if mine == 0:
+                with self._cond:
+                    self._active -= 1
+                    if self._active == 0:
+                        self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        if getattr(self._mine, "n", 0):
+            raise RuntimeError("a map resize was needed inside an open transaction of the same thread")
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            # Transactions are short; one left open for long (an abandoned
+            # iterator) must fail this write, not hang every thread.
+            if not self._cond.wait_for(lambda: not self._active, timeout=RESIZE_WAIT_SECONDS):
+                self._resizing = False
+                self._cond.notify_all()
+                raise RuntimeError(f"a map resize waited {RESIZE_WAIT_SECONDS:.0f} s for open transactions")
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+_open_envs: dict[str, tuple[lmdb.Environment, int, _Gate]] = {}
 _open_lock = threading.Lock()
 
 
-def _acquire_env(path: str) -> lmdb.Environment:
+def _acquire_env(path: str, map_size: int | None = None) -> tuple[lmdb.Environment, _Gate]:
     # py-lmdb refuses to open one environment twice in a process; the addon,
     # a reloaded addon and in-process tests therefore share one handle.
     with _open_lock:
         if path in _open_envs:
-            env, refs = _open_envs[path]
-            _open_envs[path] = (env, refs + 1)
-            return env
+            env, refs, gate = _open_envs[path]
+            _open_envs[path] = (env, refs + 1, gate)
+            return env, gate
         private_dir(path)  # every prompt and the namespace secret: owner only (store/private_files.py)
-        env = lmdb.open(path, map_size=INITIAL_MAP_SIZE, max_dbs=8, subdir=True, max_readers=256, mode=FILE_MODE)
+        check_data_file(path)  # DatabaseDamaged: mapping a damaged file could SIGBUS
+        if map_size is None:
+            map_size = int(os.environ.get(MAP_SIZE_ENV) or INITIAL_MAP_SIZE)
+        env = lmdb.open(path, map_size=map_size, max_dbs=8, subdir=True, max_readers=256, mode=FILE_MODE)
         private_files(path)  # also the files an older butter (or another tool) created world-readable
         env.reader_check()
-        _open_envs[path] = (env, 1)
-        return env
+        gate = _Gate()
+        _open_envs[path] = (env, 1, gate)
+        return env, gate
 
 
 def _release_env(path: str) -> None:
     with _open_lock:
-        env, refs = _open_envs[path]
+        env, refs, gate = _open_envs[path]
         if refs > 1:
-            _open_envs[path] = (env, refs - 1)
+            _open_envs[path] = (env, refs - 1, gate)
             return
         del _open_envs[path]
         env.close()
 
 
+def probe_in_subprocess(path: str, timeout: float = 60.0) -> str | None:
+    """Read every page of the database in a child process; what went wrong, or None.
+
+    Raises DatabaseDamaged when the header alone shows it (store/db_check.py).
+
+    Damage that db_check cannot see from the header (a garbled branch page)
+    makes LMDB read outside the file: the child dies of SIGBUS or SIGSEGV
+    instead of the proxy. Slow on a big tree (it reads it all), so it runs
+    once, when the proxy opens the database. A child that is merely slow
+    (timeout) is not damage.
+    """
+    if not os.path.exists(os.path.join(path, "data.mdb")):
+        return None
+    check_data_file(path)  # the header first: cheap, and it names what is wrong
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from store.lmdb_backend import _read_every_page; _read_every_page(sys.argv[2])")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, root, path], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        return f"reading it killed a probe process with signal {-done.returncode}"
+    last = (done.stderr.strip().splitlines() or ["exit code %d" % done.returncode])[-1]
+    return f"reading it failed: {last[:200]}"
+
+
+def _read_every_page(path: str) -> None:
+    """Every key and value of every named database, read once (probe_in_subprocess)."""
+    env = lmdb.open(path, readonly=True, max_dbs=8, subdir=True, max_readers=256)
+    with env.begin() as txn:
+        names = [bytes(k) for k in txn.cursor().iternext(values=False)]
+    for name in names:
+        db = env.open_db(name, create=False)
+        with env.begin(db=db) as txn:
+            for _key, value in txn.cursor():
+                len(value)
+    env.close()
+
+
 class LmdbBackend:
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, map_size: int | None = None):
         self.path = str(Path(path).expanduser().resolve())
-        self.env = _acquire_env(self.path)
+        self.env, self._gate = _acquire_env(self.path, map_size)
         self._closed = False
         # A shared store (store/shared_backend.py) sets this to hear of every
         # committed write as replayable operations (see `_write` and `apply_ops`).
@@ -122,7 +236,8 @@ class LmdbBackend:
                 # opened: adopt its size, grow if full, and open again.
                 if attempt == 7:
                     raise
-                self.env.set_mapsize(0)
+                with self._gate.alone():
+                    self.env.set_mapsize(0)
 
     # -- lifecycle -------------------------------------------------------
     def close(self) -> None:
@@ -158,15 +273,20 @@ class LmdbBackend:
     # -- transactions ----------------------------------------------------
     @contextmanager
     def _read(self, buffers: bool = False) -> Iterator[lmdb.Transaction]:
-        try:
-            txn = self.env.begin(buffers=buffers)
-        except lmdb.MapResizedError:
-            self.env.set_mapsize(0)  # adopt the size another process chose
-            txn = self.env.begin(buffers=buffers)
-        try:
-            yield txn
-        finally:
-            txn.abort()
+        for attempt in range(8):
+            with self._gate.shared():
+                try:
+                    txn = self.env.begin(buffers=buffers)
+                except lmdb.MapResizedError:
+                    if attempt == 7:
+                        raise
+                else:
+                    try:
+                        yield txn
+                    finally:
+                        txn.abort()
+                    return
+            self._adopt_size()  # another process grew the map
 
     def _write(self, fn: Callable[[lmdb.Transaction], T], op: list | None = None) -> T:
         """Run `fn` in one write transaction, growing the map when it is full.
@@ -178,13 +298,13 @@ class LmdbBackend:
         for _ in range(32):
             effects: list[list] = []
             try:
-                with self.env.begin(write=True) as txn:
+                with self._gate.shared(), self.env.begin(write=True) as txn:
                     if self.journal is None:
                         return fn(txn)
                     result = fn(txn if op is not None else _JournaledTxn(txn, self._db_names(), effects))
                 break
             except lmdb.MapResizedError:
-                self.env.set_mapsize(0)
+                self._adopt_size()
             except lmdb.MapFullError:
                 self._grow()
         else:
@@ -269,13 +389,32 @@ class LmdbBackend:
             return templates
         raise ValueError(f"unknown shared operation {kind!r}")
 
+    def _adopt_size(self) -> None:
+        with self._gate.alone():
+            self.env.set_mapsize(0)
+
     def _grow(self) -> None:
         # A file lock keeps two processes from resizing at once; the size is
         # re-read under it so a resize another process just did is not doubled.
-        with open(open_private(os.path.join(self.path, "resize.lock"), os.O_WRONLY | os.O_CREAT), "w") as lock:
+        # The gate keeps this process's other threads out of LMDB meanwhile;
+        # one that grew it a moment ago (they all met a full map) is not doubled
+        # again: the first write retries and only grows if still full.
+        seen = self.env.info()["map_size"]
+        with self._gate.alone(), open(open_private(os.path.join(self.path, "resize.lock"), os.O_WRONLY | os.O_CREAT), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.env.set_mapsize(0)
-            self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            size = self.env.info()["map_size"]
+            if size <= seen:
+                self.env.set_mapsize(size * 2)
+
+    def clear_stale_readers(self) -> int:
+        """Free reader slots left by processes that died in a read (kill -9).
+
+        A stale slot pins the oldest snapshot: LMDB cannot reuse pages freed
+        since, and the file grows with every rewrite. Returns slots freed.
+        """
+        with self._gate.shared():
+            return self.env.reader_check()
 
     # -- reads (the TreeReader protocol) ---------------------------------
     @contextmanager

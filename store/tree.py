@@ -14,7 +14,7 @@ from __future__ import annotations
 import marshal
 import threading
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from .agreement import answer_id
 from .canonical import canonical_json, digest
@@ -232,44 +232,68 @@ def lookup(
         if not best_miss or depth > best_miss[0].matched:
             best_miss[:] = [Miss(reason, depth, node, detail, path)]
 
-    # `templated`: this node was reached through a template; `below`: some node on the path was.
-    def walk(node: bytes, depth: int, bindings: dict, path: tuple[bytes, ...], templated: bool = False,
-             below: bool = False) -> Hit | None:
-        if depth == len(messages):
-            replies = reader.replies(node)
-            chosen = policy.choose(replies, below)
-            if chosen is None:
-                note_miss(depth, node, path, "no-reply", f"every message matched, but {policy.why_not(replies, below)}")
-                return None
-            return Hit(node, chosen.reply, chosen.reply_id, dict(bindings), path, below)
+    def steps(node: bytes, depth: int, bindings: dict, templated: bool) -> Iterator[tuple[bytes, dict, bool]]:
+        """The children to try below `node`, in order: the exact one, then each
+        template the message fits (matched only when the walk gets to it)."""
         message = messages[depth]
-        text = _memo_text(message)  # once, for the exact id and for the template matches
+        text = texts[depth]
         if not templated or exact_possible is None or exact_possible(node):
             exact = _child_id(node, message, text)
             if reader.has_node(exact):
-                found = walk(exact, depth + 1, bindings, path + (exact,), False, below)
-                if found is not None:
-                    return found
+                yield exact, bindings, False
         if match_template is not None:
             templates = candidates(node, message) if candidates is not None else reader.template_children(node)
             for template in templates:
                 extended = _matched(match_template, template, message, text, bindings)
-                if extended is None:
-                    continue
-                found = walk(template.node_id, depth + 1, extended, path + (template.node_id,), True, True)
-                if found is not None:
-                    return found
+                if extended is not None:
+                    yield template.node_id, extended, True
+
+    def arrive(node: bytes, depth: int, bindings: dict, path: tuple[bytes, ...], below: bool) -> Hit | None:
+        """At the end of the messages: the node's reply, or a note of why not.
+
+        `below`: some node on the path was reached through a template."""
+        replies = reader.replies(node)
+        chosen = policy.choose(replies, below)
+        if chosen is None:
+            note_miss(depth, node, path, "no-reply", f"every message matched, but {policy.why_not(replies, below)}")
+            return None
+        return Hit(node, chosen.reply, chosen.reply_id, dict(bindings), path, below)
+
+    def leave(node: bytes, depth: int, bindings: dict, path: tuple[bytes, ...]) -> None:
+        """Every child of `node` was tried and none led to a hit."""
+        message = messages[depth]
         if match_template is not None and (not best_miss or depth > best_miss[0].matched):
             best_templates[:] = [(message, bindings, node)]
         note_miss(depth, node, path, "diverged", f"message {depth} ({message.get('role', '?')}) is new at this point")
-        return None
 
-    try:
-        hit = walk(root, 0, dict(bindings or {}), (root,))
-    finally:
-        # `walk` refers to itself through its closure: a cycle that would keep
-        # this lookup's request, snapshot and reply alive until the next GC.
-        walk = note_miss = None  # type: ignore[assignment]
+    # Depth-first with an explicit stack (a conversation of thousands of
+    # messages must not meet Python's recursion limit): each frame is a node
+    # on the current path with the iterator of its children still to try, so
+    # the order of tries, the backtracking into templates and the notes of
+    # the deepest miss are those of the plain recursive walk.
+    texts = [_memo_text(m) for m in messages]  # once each, for the exact id and the template matches
+    start = dict(bindings or {})
+    hit: Hit | None = None
+    if not messages:
+        hit = arrive(root, 0, start, (root,), False)
+    else:
+        frames = [(root, 0, start, (root,), False, steps(root, 0, start, False))]
+        while frames:
+            node, depth, at, path, below, children = frames[-1]
+            step = next(children, None)
+            if step is None:
+                frames.pop()
+                leave(node, depth, at, path)
+                continue
+            child, extended, templated = step
+            child_path, child_below = path + (child,), below or templated
+            if depth + 1 == len(messages):
+                hit = arrive(child, depth + 1, extended, child_path, child_below)
+                if hit is not None:
+                    break
+                continue
+            frames.append((child, depth + 1, extended, child_path, child_below,
+                           steps(child, depth + 1, extended, templated)))
     if hit is not None:
         return hit
     miss = best_miss[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from cli.output import add_common, emit, human_size, human_time, open_cache, run, table
-from store.inspect import load_index, stats_rows
+from store.inspect import induction_skips, load_index, stats_rows
 
 COLUMNS = ("namespace", "api", "model", "roots", "nodes", "templates", "replies", "observations", "hits",
            "misses", "tokens saved", "last hit")
@@ -29,6 +29,7 @@ def stats(args: argparse.Namespace) -> int:
     with open_cache(args) as cache:
         rows = stats_rows(load_index(cache.backend))
         usage = cache.backend.usage()
+        skipped = induction_skips(cache.backend)
         path = getattr(cache.backend, "display", cache.backend.path)  # a shared store: its URL, without password
     if args.namespace:
         rows = [r for r in rows if r["namespace"] == args.namespace]
@@ -36,7 +37,7 @@ def stats(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r["model"] == args.model]
     totals = {k: sum(r[k] for r in rows) for k in ("roots", "nodes", "templates", "replies", "observations",
                                                    "hits", "misses", "provider_calls_saved", "tokens_saved")}
-    data = {"database": path, "size": usage, "groups": rows, "totals": totals}
+    data = {"database": path, "size": usage, "groups": rows, "totals": totals, "induction_skipped": skipped}
 
     def human() -> str:
         body = table([(r["namespace"], r["api"], r["model"], r["roots"], r["nodes"], r["templates"], r["replies"],
@@ -50,7 +51,8 @@ def stats(args: argparse.Namespace) -> int:
             "",
             f"hits served: {totals['hits']} (provider calls saved)   misses: {totals['misses']}   "
             f"tokens saved: {totals['tokens_saved']}   recorded observations: {totals['observations']}",
-        ])
+        ] + ([f"induction jobs skipped under load: {skipped.get('coalesced', 0)} coalesced into a newer job of "
+              f"the same workflow, {skipped.get('dropped', 0)} dropped with the queue full"] if skipped else []))
 
     emit(args, data, human)
     return 0

@@ -100,3 +100,12 @@ def test_the_namespace_of_a_credential_is_a_keyed_hash_not_the_credential(cache)
     assert "sk-secret" not in ns and ns.startswith("key:")
     assert cache.namespace("sk-secret-value") == ns != cache.namespace("sk-other")
     assert cache.namespace("sk-secret-value", fixed="team") == cache.namespace("sk-other", fixed="team") == "ns:team"
+
+
+def test_a_conversation_of_5000_messages_is_served_and_its_misses_explained_without_recursion(cache):
+    texts = [f"turn {i}" for i in range(5000)]
+    cache.record("ns", conv(*texts), {"text": "done"})
+    hit = cache.lookup("ns", conv(*texts))
+    assert isinstance(hit, Hit) and hit.reply == {"text": "done"} and len(hit.path) == 5001
+    miss = cache.lookup("ns", conv(*texts[:-1], "something else"))
+    assert isinstance(miss, Miss) and miss.reason == "diverged" and miss.matched == 4999

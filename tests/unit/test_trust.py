@@ -251,7 +251,9 @@ def parsed(question: str) -> Conversation:
     from addon.formats.base import WireRequest
     from addon.formats.openai_chat import FORMAT
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": question}]}).encode()
-    return FORMAT.parse_request(WireRequest("POST", "/v1/chat/completions", {}, {}, body)).conversation
+    conversation = FORMAT.parse_request(WireRequest("POST", "/v1/chat/completions", {}, {}, body)).conversation
+    # Keyed by the server, as the proxy and `butter explain` key it.
+    return Conversation({**conversation.context, "upstream": "https://api.openai.com:443"}, conversation.messages)
 
 
 def test_tree_show_and_explain_say_probation_promotion_and_demotion(tmp_path, capsys):

@@ -1,0 +1,173 @@
+"""The database under faults: a damaged data.mdb, map growth from 1 MiB under
+several threads, readers killed with -9 (store/lmdb_backend.py, store/db_check.py)."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from addon import cache_addon
+from store import Cache, Conversation, Hit
+from store.db_check import DatabaseDamaged, check_data_file
+from store.lmdb_backend import MAP_SIZE_ENV, probe_in_subprocess
+from tests.e2e.harness import ROOT
+from tests.unit.test_addon import llm_flow
+from tests.unit.test_addon_faults import exchange_once
+from tests.fakes.lmdb_holder import HOLD_READ
+
+
+def conv(text: str) -> Conversation:
+    return Conversation({"api": "openai-chat", "model": "m"}, ({"role": "user", "content": text},))
+
+
+def filled_db(path, n: int = 400) -> None:
+    cache = Cache(path)
+    for i in range(n):
+        cache.record("ns", conv(f"question {i} " + "x" * 200), {"text": "y" * 300})
+    cache.close()
+
+
+def truncate(path, keep: float = 0.5) -> None:
+    data = path / "data.mdb"
+    size = data.stat().st_size
+    os.truncate(data, int(size * keep) // 4096 * 4096)
+
+
+OPEN_AND_READ = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from store import Cache, Conversation
+try:
+    cache = Cache(sys.argv[2])
+except Exception as e:
+    print(type(e).__name__, e)
+    sys.exit(3)
+for i in range(400):
+    cache.lookup("ns", Conversation({"api": "openai-chat", "model": "m"},
+                 ({"role": "user", "content": f"question {i} " + "x" * 200},)))
+"""
+
+
+# -- 9: a truncated or garbled data.mdb -------------------------------------------------
+
+def test_a_truncated_database_is_refused_with_how_to_recover_instead_of_crashing_the_process(tmp_path):
+    db = tmp_path / "db"
+    filled_db(db)
+    truncate(db)
+    run = subprocess.run([sys.executable, "-c", OPEN_AND_READ, str(ROOT), str(db)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 3, (run.returncode, run.stderr[-500:])  # not -SIGBUS
+    assert "DatabaseDamaged" in run.stdout and "truncated" in run.stdout and "butter import" in run.stdout
+
+
+def test_a_garbled_header_is_refused(tmp_path):
+    db = tmp_path / "db"
+    filled_db(db, 10)
+    with open(db / "data.mdb", "r+b") as f:
+        f.write(os.urandom(200))
+    with pytest.raises(DatabaseDamaged, match="meta page 0"):
+        check_data_file(str(db))
+
+
+def test_a_sound_database_and_a_new_one_pass_the_checks(tmp_path):
+    db = tmp_path / "db"
+    check_data_file(str(db))
+    filled_db(db)
+    check_data_file(str(db))
+    assert probe_in_subprocess(str(db)) is None
+
+
+def test_garbled_pages_deep_in_the_file_are_found_by_the_probe_not_by_the_proxy(tmp_path):
+    db = tmp_path / "db"
+    filled_db(db)
+    data = db / "data.mdb"
+    size = data.stat().st_size
+    with open(data, "r+b") as f:  # every page but the two meta pages
+        f.seek(2 * 4096)
+        f.write(b"\xff" * (size - 2 * 4096))
+    check_data_file(str(db))  # the header is intact
+    assert probe_in_subprocess(str(db)) is not None
+
+
+async def test_the_proxy_on_a_damaged_database_passes_traffic_through_and_says_so_loudly(tmp_path, caplog):
+    from mitmproxy.test import taddons
+    db = tmp_path / "db"
+    filled_db(db)
+    truncate(db)
+    addon = cache_addon.Butter()
+    with caplog.at_level(logging.WARNING, logger="butter"), taddons.context(addon) as tctx:
+        tctx.configure(addon, butter_db=str(db))
+        flow = await exchange_once(addon, llm_flow())
+    addon.done()
+    assert addon.cache is None
+    assert flow.response.headers["butter-cache"] == "bypass (butter disabled: damaged database)"
+    assert "accept-encoding" not in flow.request.headers
+    [error] = [r.getMessage() for r in caplog.records if "DISABLED" in r.getMessage()]
+    assert "DISABLED" in error and "truncated" in error and "butter import" in error
+
+
+def test_butter_stats_on_a_damaged_database_exits_non_zero_with_a_message(tmp_path):
+    db = tmp_path / "db"
+    filled_db(db)
+    truncate(db)
+    run = subprocess.run([sys.executable, "-m", "cli.main", "--db", str(db), "stats"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and run.returncode > 0
+    assert "damaged" in (run.stdout + run.stderr) and "Traceback" not in run.stderr
+
+
+# -- 11: map growth from 1 MiB under several threads -------------------------------------
+
+def test_map_growth_from_one_mib_under_several_writing_threads_loses_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(MAP_SIZE_ENV, str(1 << 20))
+    cache = Cache(tmp_path / "db")
+    assert cache.backend.usage()["map_bytes"] == 1 << 20
+    errors: list[str] = []
+
+    def work(t: int) -> None:
+        for i in range(250):
+            try:
+                cache.record("ns", conv(f"thread {t} question {i} " + "p" * 300), {"text": "r" * 500})
+                if i % 3 == 0:
+                    cache.lookup("ns", conv(f"thread {t} question {i} " + "p" * 300))
+                if i % 5 == 0:
+                    cache.backend.put_aux("side", f"{t}-{i}".encode(), {"v": "a" * 200})
+                    cache.backend.add_hits({b"\0" * 16: 1})
+            except Exception as e:  # noqa: BLE001 - counted, the assertion shows them
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        lost = [(t, i) for t in range(5) for i in range(250)
+                if not isinstance(cache.lookup("ns", conv(f"thread {t} question {i} " + "p" * 300)), Hit)]
+        assert lost == []
+        assert cache.backend.usage()["map_bytes"] > 1 << 20
+    finally:
+        cache.close()
+
+
+# -- 13: a reader killed with -9 -------------------------------------------------------
+
+async def test_a_running_proxy_frees_the_slot_of_a_reader_killed_with_minus_9(butter, monkeypatch):
+    addon, _ = butter
+    await exchange_once(addon, llm_flow())
+    addon._drain_future().result(timeout=10)
+    reader = subprocess.Popen([sys.executable, "-c", HOLD_READ, addon.cache.backend.path], stdout=subprocess.PIPE,
+                              text=True)
+    assert reader.stdout.readline().strip() == "reading"
+    reader.send_signal(signal.SIGKILL)
+    reader.wait(timeout=10)
+    monkeypatch.setattr(cache_addon, "READER_CHECK_SECONDS", 0.0)  # as if the interval had passed
+    await exchange_once(addon, llm_flow(), reply=None)
+    addon._drain_future().result(timeout=10)
+    assert addon.cache.backend.clear_stale_readers() == 0  # the proxy freed it already
