@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -144,8 +145,13 @@ def json_marker(value: Any, style: tuple[str, str, bool] = COMPACT) -> dict:
     return {MARK: "json", "value": value, "style": list(style)}
 
 
-def template_content(message: Any, slots: Mapping[str, str]) -> dict:
-    return {"message": message, "slots": dict(sorted(slots.items()))}
+def template_content(message: Any, slots: Mapping[str, str], origin: str | None = None) -> dict:
+    """What a template node stores; `origin` "declared" marks one recorded
+    with Butter-Bindings (the client's word), absent for learned ones."""
+    content = {"message": message, "slots": dict(sorted(slots.items()))}
+    if origin is not None:
+        content["origin"] = origin
+    return content
 
 
 def is_marker(value: Any) -> bool:
@@ -451,76 +457,146 @@ def json_style(text: str, parsed: Any) -> tuple[str, str, bool]:
 
 # -- client-declared bindings (Butter-Bindings) ----------------------------------------
 
-def _value_pattern(value: str) -> re.Pattern:
+DECLARED_ORIGIN = "declared"  # template_content(origin=...) of a recording with Butter-Bindings
+# A declared slot in a user or system message needs a literal word beside it
+# (two letters or digits in a row) in the same text: a value that is a whole
+# message, a whole text part or a whole JSON field of one would make a free
+# slot that serves every later question at that point.
+_ANCHOR = re.compile(r"[^\W_]{2}")
+_ALNUM = re.compile(r"[^\W_]")
+# Blocks whose content a tool wrote, in every wire format's canonical form:
+# OpenAI/Ollama `role: tool` messages, Anthropic `tool_result` blocks,
+# Responses `function_call_output` items, Gemini `functionResponse` parts.
+TOOL_RESULT_TYPES = ("tool_result", "function_call_output")
+
+
+def is_tool_result(value: Any) -> bool:
+    """Is this canonical message or block the output of a tool (data, not words to obey)?"""
+    return isinstance(value, dict) and (value.get("role") == "tool" or value.get("type") in TOOL_RESULT_TYPES
+                                        or "functionResponse" in value)
+
+
+def _value_pattern(value: str, strict: bool = False) -> re.Pattern:
     # Whole occurrences only: binding "12" must not eat the "12" in "123".
+    # `strict` (values carried from a tool result): not part of a longer
+    # token either, so "8842" is not bound inside "8842.5" or "cus-8842".
+    if strict:
+        return re.compile(r"(?<![\w.@/#-])" + re.escape(value) + r"(?![\w@]|[.\-/]\w)")
     left = r"(?<![\w])" if re.match(r"\w", value) else ""
     right = r"(?![\w])" if re.search(r"\w$", value) else ""
     return re.compile(left + re.escape(value) + right)
 
 
-def _bind_text(s: str, bindings: Mapping[str, str]) -> str | None:
-    """`s` with every declared value as its placeholder; None if none occurs."""
+def whole_occurrences(value: str, text: str, strict: bool = False) -> int:
+    return sum(1 for _ in _value_pattern(value, strict).finditer(text))
+
+
+@dataclass(frozen=True)
+class _Binder:
+    values: Mapping[str, str]  # name -> value
+    numbers: Mapping[str, str]  # number_text -> name, for JSON numbers
+    strict: frozenset[str]  # names whose values are matched strictly
+
+
+def _binder(bindings: Mapping[str, str], strict: Iterable[str] = ()) -> _Binder:
+    return _Binder(bindings, {v: k for k, v in bindings.items() if fits("number", v)}, frozenset(strict))
+
+
+def _bind_text(s: str, b: _Binder) -> str | None:
+    """`s` with every bound value as its placeholder; None if none occurs."""
     spans: list[tuple[int, int, str]] = []
     # Longer values first, so "Ana Ruiz" wins over "Ana".
-    for name, value in sorted(bindings.items(), key=lambda kv: -len(kv[1])):
-        for m in _value_pattern(value).finditer(s):
-            if all(m.end() <= a or m.start() >= b for a, b, _ in spans):
+    for name, value in sorted(b.values.items(), key=lambda kv: -len(kv[1])):
+        for m in _value_pattern(value, name in b.strict).finditer(s):
+            if all(m.end() <= a or m.start() >= b_ for a, b_, _ in spans):
                 spans.append((m.start(), m.end(), name))
     if not spans:
         return None
     spans.sort()
     out, pos = [], 0
-    for a, b, name in spans:
+    for a, b_, name in spans:
         out.append(escape_literal(s[pos:a]))
         out.append("{{" + name + "}}")
-        pos = b
+        pos = b_
     out.append(escape_literal(s[pos:]))
     return "".join(out)
 
 
-def _bind_value(value: Any, bindings: Mapping[str, str], numbers: Mapping[str, str], in_reply: bool) -> Any:
+def _literal_text(t: str) -> str:
+    return "".join(p for p in parse_text(t) if isinstance(p, str))
+
+
+# Where a string is words (a text part, a message's content) rather than a
+# field of data, and the keys under which everything is data (tool-call
+# arguments in each format, Gemini's function response).
+PROSE_KEYS = frozenset({"text", "content", "output", "thinking", "refusal"})
+DATA_KEYS = frozenset({"arguments", "input", "args", "functionResponse"})
+
+
+def _bind_value(value: Any, b: _Binder, in_reply: bool, anchored: bool = False, data: bool = False,
+                key: str | None = None) -> Any:
+    """`value` with bound values as placeholders.
+
+    In a message (not a reply) a text that would be nothing but placeholders
+    stays literal; a data field (inside JSON text or tool-call arguments, as
+    a tool result's `"id": "{{id}}"`, whose key anchors it) may be one slot.
+    With `anchored` (a user or system message, outside tool results) every
+    templated string keeps a literal word.
+    """
     if isinstance(value, str):
         parsed = _json_container(value)
         if parsed is not None:
-            inner = _bind_value(parsed, bindings, numbers, in_reply)
+            inner = _bind_value(parsed, b, in_reply, anchored, True)
             if has_markers(inner):
                 return json_marker(inner, json_style(value, parsed) if in_reply else COMPACT)
             return value
-        bound = _bind_text(value, bindings)
-        return value if bound is None else text_marker(bound)
+        bound = _bind_text(value, b)
+        if bound is None:
+            return value
+        if not in_reply:
+            literal = _literal_text(bound)
+            if anchored and not _ANCHOR.search(literal):
+                return value
+            if not data and key in PROSE_KEYS and not _ALNUM.search(literal):
+                return value
+        return text_marker(bound)
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
-        name = numbers.get(number_text(value))
+        name = b.numbers.get(number_text(value))
         return number_marker(name) if name else value
     if isinstance(value, dict):
-        return {k: _bind_value(v, bindings, numbers, in_reply) for k, v in value.items()}
+        if anchored and is_tool_result(value):
+            anchored = False  # a tool's output inside a user message (Anthropic, Gemini): data, not words
+        return {k: _bind_value(v, b, in_reply, anchored, data or k in DATA_KEYS, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_bind_value(v, bindings, numbers, in_reply) for v in value]
+        return [_bind_value(v, b, in_reply, anchored, data, key) for v in value]
     return value
 
 
-def _numeric(bindings: Mapping[str, str]) -> dict[str, str]:
-    return {v: k for k, v in bindings.items() if fits("number", v)}
-
-
-def bind_message(message: Any, bindings: Mapping[str, str]) -> dict | None:
-    """The template content for a message with declared values, or None if none occurs.
+def bind_message(message: Any, bindings: Mapping[str, str], *, shapes: Mapping[str, str] | None = None,
+                 strict: Iterable[str] = (), origin: str | None = None) -> dict | None:
+    """The template content for a message with bound values, or None if none occurs.
 
     Declared slots are `text`: the client says what varies, so the shape of
-    one example must not narrow it.
+    one example must not narrow it; `shapes` gives others (values carried
+    from a tool result, store/declared.py). A user or system message keeps a
+    literal word beside every slot of its own text (see `_bind_value`), so a
+    value equal to a whole message or text part leaves it exact.
     """
     if has_markers(message):
         return None  # content that spells butter's own marker is only ever matched exactly
-    templated = _bind_value(message, bindings, _numeric(bindings), in_reply=False)
+    anchored = isinstance(message, dict) and message.get("role") in ("user", "system") and not is_tool_result(message)
+    templated = _bind_value(message, _binder(bindings, strict), False, anchored)
     if not has_markers(templated):
         return None
-    return template_content(templated, {name: "text" for name in slots_in(templated)})
+    shapes = shapes or {}
+    return template_content(templated, {name: shapes.get(name, "text") for name in slots_in(templated)}, origin)
 
 
-def bind_reply(reply: Any, bindings: Mapping[str, str]) -> Any:
+def bind_reply(reply: Any, bindings: Mapping[str, str], *, strict: Iterable[str] = ()) -> Any:
     if has_markers(reply):
         # A reply that spells butter's marker cannot be told apart from a
         # template: keep no record of it that could be misread.
         raise RenderError("the reply contains butter's template marker key")
-    return _bind_value(reply, bindings, _numeric(bindings), in_reply=True)
+    return _bind_value(reply, _binder(bindings, strict), True)

@@ -1,0 +1,202 @@
+"""One recorded run with client-declared bindings serves every step (sans-IO).
+
+A run recorded with `Butter-Bindings` is stored as templates at once (no
+second run to compare): every declared value becomes its placeholder. That
+alone misses where a run repeats a value it did not declare but a tool of the
+same run returned: the new customer's id from `create_customer`, named again
+in the final answer. Such a value is *carried*: the tool result is templated
+where the value sits (JSON field by field) and binds the slot at lookup time,
+and every later occurrence (tool-call arguments, the answer) is rendered from
+it. The next customer's run then matches whatever id its own tool returns.
+
+Carrying leans toward missing. A tool-result value is carried only if:
+
+- it is a field of JSON (a string or number field; plain-text results and
+  prose stay literal), of a data-like shape (number, date, e-mail,
+  identifier: a word such as "approved" may be a decision and never is one)
+  and at least `MIN_CARRIED_CHARS` long (a 1 or a 12 is too likely a count);
+- it is not a declared value and no earlier message (nor the context) holds
+  it: the tool must be where the run learned it;
+- the model's later output (assistant messages after it, and the reply)
+  repeats it verbatim as a whole token, and nowhere in another form (inside a
+  longer token, in another case): a form butter does not template would be
+  served stale to the next customer.
+
+Every other field of a tool result stays literal, so a result that differs in
+anything else (`"found": true`, a status) misses and goes to the provider.
+
+Templates recorded this way carry `origin: "declared"` (templates.DECLARED_ORIGIN):
+the client's own word, trusted without the probation learned templates get.
+
+Public API
+----------
+    Carried(index, name, value, shape)      a value carried from message `index`
+    carried_values(context, messages, reply, declared) -> list[Carried]
+    bound_contents(context, messages, declared, reply) -> (contents, reply template)
+        contents[i]: the template content of message i, or None (stays exact)
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+from .canonical import canonical_json
+from .templates import (DECLARED_ORIGIN, NAME_RE, bind_message, bind_reply, is_tool_result, number_text, shape_of,
+                        whole_occurrences)
+
+CARRIED_SHAPES = ("number", "date", "email", "identifier")
+MIN_CARRIED_CHARS = 3
+SLOT_PREFIX = "tool"  # carried slots are named tool<message index>.<JSON path>, e.g. tool4.id
+
+
+@dataclass(frozen=True)
+class Carried:
+    index: int  # the message whose tool result binds it
+    name: str
+    value: str
+    shape: str
+
+
+def _json_of(value: Any) -> Any:
+    if isinstance(value, str) and value.lstrip().startswith(("{", "[")):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _json_leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(path, value text) of every string and number field of parsed JSON."""
+    if isinstance(value, dict):
+        for key, v in value.items():
+            yield from _json_leaves(v, path + (str(key),))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _json_leaves(v, path + (str(i),))
+    elif isinstance(value, str):
+        inner = _json_of(value)
+        yield from (_json_leaves(inner, path) if inner is not None else [(path, value)])
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, number_text(value)
+
+
+def _tool_fields(message: Any) -> Iterator[tuple[tuple[str, ...], str]]:
+    """The JSON fields of every tool result in a canonical message."""
+    def results(value: Any) -> Iterator[Any]:
+        if is_tool_result(value):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from results(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from results(v)
+
+    for result in results(message):
+        for data in _structured(result):
+            yield from _json_leaves(data, ())
+
+
+def _structured(value: Any) -> Iterator[Any]:
+    """The parsed JSON inside a tool result: JSON text anywhere in it, or Gemini's response object."""
+    if isinstance(value, str):
+        parsed = _json_of(value)
+        if parsed is not None:
+            yield parsed
+    elif isinstance(value, dict):
+        if isinstance(value.get("functionResponse"), dict):
+            yield value["functionResponse"].get("response")
+            return
+        for v in value.values():
+            yield from _structured(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _structured(v)
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every string (and JSON string inside one) and number of a value, as text."""
+    if isinstance(value, str):
+        yield value
+        inner = _json_of(value)
+        if inner is not None:
+            yield from _texts(inner)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _texts(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _texts(v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield number_text(value)
+
+
+def _slot_name(index: int, path: tuple[str, ...], taken: set[str]) -> str:
+    parts = [re.sub(r"[^A-Za-z0-9_-]", "_", p) or "_" for p in path] or ["value"]
+    base = f"{SLOT_PREFIX}{index}." + ".".join(parts)
+    name, n = base, 2
+    while name in taken or not NAME_RE.fullmatch(name):
+        name, n = f"{base}_{n}", n + 1
+    return name
+
+
+def _carries(value: str) -> bool:
+    return len(value) >= MIN_CARRIED_CHARS and shape_of(value) in CARRIED_SHAPES
+
+
+def carried_values(context: Mapping[str, Any], messages: Sequence[Any], reply: Any,
+                   declared: Mapping[str, str]) -> list[Carried]:
+    """The tool-result values this run carries to its later output (see the module notes)."""
+    declared_values = set(declared.values())
+    taken = set(declared)
+    seen = _lower_text(context)
+    outputs = [list(_texts(m)) if isinstance(m, dict) and m.get("role") in ("assistant", "model") else []
+               for m in messages]
+    reply_texts = list(_texts(reply))
+    found: list[Carried] = []
+    carried: set[str] = set()
+    for index, message in enumerate(messages):
+        later = [t for out in outputs[index + 1:] for t in out] + reply_texts
+        for path, value in _tool_fields(message):
+            if value in carried or value in declared_values or not _carries(value):
+                continue
+            if value.lower() in seen:
+                continue  # the run knew it before the tool said it: not the tool's
+            whole = sum(whole_occurrences(value, t, strict=True) for t in later)
+            loose = sum(t.lower().count(value.lower()) for t in later)
+            if whole == 0 or loose > whole:
+                continue  # never repeated, or repeated in a form butter would serve stale
+            name = _slot_name(index, path, taken)
+            taken.add(name)
+            carried.add(value)
+            found.append(Carried(index, name, value, shape_of(value)))
+        seen += "\n" + _lower_text(message)
+    return found
+
+
+def _lower_text(value: Any) -> str:
+    return canonical_json(value).decode("utf-8", "replace").lower()
+
+
+def bound_contents(context: Mapping[str, Any], messages: Sequence[Any], declared: Mapping[str, str],
+                   reply: Any) -> tuple[list[dict | None], Any]:
+    """Each message's template content (None: stays exact) and the reply template.
+
+    Message i binds the declared values and the values carried from tool
+    results up to and including its own; a carried slot is first bound by its
+    tool result, so a lookup knows its value before any later message or the
+    reply uses it.
+    """
+    carried = carried_values(context, messages, reply, declared)
+    shapes = {c.name: c.shape for c in carried}
+    strict = {c.name for c in carried}
+    contents: list[dict | None] = []
+    for index, message in enumerate(messages):
+        active = dict(declared)
+        active.update({c.name: c.value for c in carried if c.index <= index})
+        contents.append(bind_message(message, active, shapes=shapes, strict=strict, origin=DECLARED_ORIGIN))
+    everything = {**declared, **{c.name: c.value for c in carried}}
+    return contents, bind_reply(reply, everything, strict=strict)
