@@ -34,6 +34,10 @@ Public API
     carried_values(context, messages, reply, declared) -> list[Carried]
     bound_contents(context, messages, declared, reply) -> (contents, reply template)
         contents[i]: the template content of message i, or None (stays exact)
+    earlier_step_depths(contents, messages) -> [depth]
+    reply_carries_over(reply, hit_bindings, contents, messages, declared) -> bool
+        the run's earlier requests, answered before a later step proved a
+        value carried, get their replies on the carried path too (store/cache.py)
 """
 from __future__ import annotations
 
@@ -43,8 +47,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from .canonical import canonical_json
-from .templates import (DECLARED_ORIGIN, NAME_RE, bind_message, bind_reply, is_tool_result, number_text, shape_of,
-                        whole_occurrences)
+from .templates import (DECLARED_ORIGIN, NAME_RE, bind_message, bind_reply, is_tool_result, match_message,
+                        number_text, render_reply, shape_of, slots_in, whole_occurrences)
 
 CARRIED_SHAPES = ("number", "date", "email", "identifier")
 MIN_CARRIED_CHARS = 3
@@ -200,3 +204,55 @@ def bound_contents(context: Mapping[str, Any], messages: Sequence[Any], declared
         contents.append(bind_message(message, active, shapes=shapes, strict=strict, origin=DECLARED_ORIGIN))
     everything = {**declared, **{c.name: c.value for c in carried}}
     return contents, bind_reply(reply, everything, strict=strict)
+
+
+def path_bindings(contents: Sequence[dict | None], messages: Sequence[Any],
+                  declared: Mapping[str, str]) -> dict[str, str] | None:
+    """The bindings a lookup of `messages` gets on the path `contents` (None: they do not fit)."""
+    bindings: dict[str, str] | None = dict(declared)
+    for content, message in zip(contents, messages):
+        if content is not None:
+            bindings = match_message(content, message, bindings)
+            if bindings is None:
+                return None
+    return bindings
+
+
+def earlier_step_depths(contents: Sequence[dict | None], messages: Sequence[Any]) -> list[int]:
+    """Prefix lengths whose request may now need its reply on this run's template path.
+
+    A request ends with a user or tool message (never with the model's own),
+    and only a prefix that holds a carried slot differs from the path its own
+    recording took: there the value was still literal, since its reply did
+    not repeat it.
+    """
+    depths = []
+    carried_so_far = False
+    for depth, (content, message) in enumerate(zip(contents, messages), start=1):
+        # Declared slots are `text`; carried ones have a data shape.
+        if content is not None and any(shape != "text" for shape in content["slots"].values()):
+            carried_so_far = True
+        if carried_so_far and depth < len(messages) and not _is_model_output(message):
+            depths.append(depth)
+    return depths
+
+
+def _is_model_output(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") in ("assistant", "model")
+
+
+def reply_carries_over(reply: Any, hit_bindings: Mapping[str, str], contents: Sequence[dict | None],
+                       messages: Sequence[Any], declared: Mapping[str, str]) -> bool:
+    """May `reply` (served for `messages` with `hit_bindings`) stand on the path `contents`?
+
+    Only if that path binds every slot the reply uses and renders it, for
+    this run, exactly as it was served: the reply never used the carried
+    value, so it holds for any value of it.
+    """
+    bindings = path_bindings(contents, messages, declared)
+    if bindings is None or not slots_in(reply) <= set(bindings):
+        return False
+    try:
+        return render_reply(reply, bindings) == render_reply(reply, hit_bindings)
+    except ValueError:
+        return False

@@ -186,3 +186,31 @@ def test_after_a_whole_question_recording_another_question_misses_with_and_witho
     assert served(cache, (system("Answer in one word."), user(other)), {"question": other}) is None
     assert served(cache, (system("Answer in one word."), user(other)), None) is None
     cache.close()
+
+
+def ticket_run(c: dict, account: str, ticket: str) -> list[tuple[tuple[dict, ...], dict]]:
+    """Each request of a run whose first tool result (the account) only the final answer repeats."""
+    messages = (user(f"Open a ticket for {c['email']}."),
+                call("get_account", {"email": c["email"]}, "call#0"),
+                tool({"account": account, "plan": "pro"}, "call#0"),
+                call("open_ticket", {"email": c["email"]}, "call#1"),
+                tool({"ticket": ticket}, "call#1"))
+    final = answer(f"Ticket {ticket} is open on account {account}.")
+    return [(messages[:1], {"choices": [{"message": messages[1]}]}),
+            (messages[:3], {"choices": [{"message": messages[3]}]}),
+            (messages, final)]
+
+
+def test_an_earlier_step_is_served_once_a_later_step_proves_its_tool_value_is_carried(tmp_path):
+    cache = Cache(tmp_path / "db")
+    for messages, reply in ticket_run(ANA, "acc-5521", "T-90017"):
+        record(cache, messages, reply, {"email": ANA["email"]})
+    for messages, reply in ticket_run(BO, "acc-7310", "T-90234"):
+        assert served(cache, messages, {"email": BO["email"]}) == reply, f"step {len(messages)} missed"
+        assert served(cache, messages, None) == reply
+    # The carried path's earlier reply is copied once, not counted again by a re-recording.
+    messages, reply = ticket_run(ANA, "acc-5521", "T-90017")[-1]
+    record(cache, messages, reply, {"email": ANA["email"]})
+    found = cache.lookup("ns", Conversation(CONTEXT, messages[:3]), {"email": ANA["email"]})
+    assert isinstance(found, Hit) and [r.count for r in cache.backend.replies(found.node_id)] == [1]
+    cache.close()
