@@ -65,27 +65,9 @@ class Cache:
         writes, node, template = plan_bound_record(conversation, namespace, bindings, reply)
         rows = [(w.node_id, w.parent, w.depth, w.kind, w.content, namespace if w.kind == "root" else "")
                 for w in writes]
-        self.backend.record(rows, node, reply_id(template), template, streamed, refresh)
         self._carry_earlier_steps(namespace, conversation, bindings, writes, rows)
+        self.backend.record(rows, node, reply_id(template), template, streamed, refresh)
         return node
-
-    def _carry_earlier_steps(self, namespace: str, conversation: Conversation, bindings: dict[str, str],
-                             writes: list, rows: list) -> None:
-        """This run's earlier replies onto its path where a later step carried a tool-result value.
-
-        A value a tool returned and only the final answer repeats was literal
-        when the earlier steps were recorded: without this, the next
-        customer's earlier steps would miss (store/declared.py).
-        """
-        contents = [w.content if w.kind == "template" else None for w in writes[1:]]
-        for depth in earlier_step_depths(contents, conversation.messages):
-            target = writes[depth].node_id
-            prefix = conversation.messages[:depth]
-            found = self.lookup(namespace, Conversation(conversation.context, prefix), bindings)
-            if not isinstance(found, Hit) or found.node_id == target or self.backend.replies(target):
-                continue
-            if reply_carries_over(found.reply, found.bindings, contents[:depth], prefix, bindings):
-                self.backend.record(rows[: depth + 1], target, found.reply_id, found.reply, False, False)
 
     def state_table(self, table: str, namespace: str) -> "NamespacedTable":
         """A side table seen through one namespace (a wire format's server-side state)."""
@@ -110,6 +92,24 @@ class Cache:
                 for w in writes]
         self.backend.record(rows, node, reply_id(reply), reply, streamed, refresh)
         return node
+
+    def _carry_earlier_steps(self, namespace: str, conversation: Conversation, bindings: dict[str, str],
+                             writes: list, rows: list) -> None:
+        """This run's earlier replies onto its path where a later step carried a tool-result value.
+
+        A value a tool returned and only the final answer repeats was literal
+        when the earlier steps were recorded: without this, the next
+        customer's earlier steps would miss (store/declared.py).
+        """
+        contents = [w.content if w.kind == "template" else None for w in writes[1:]]
+        for depth in earlier_step_depths(contents, conversation.messages):
+            target = writes[depth].node_id
+            prefix = conversation.messages[:depth]
+            found = self.lookup(namespace, Conversation(conversation.context, prefix), bindings)
+            if not isinstance(found, Hit) or found.node_id == target or self.backend.replies(target):
+                continue
+            if reply_carries_over(found.reply, found.bindings, contents[:depth], prefix, bindings):
+                self.backend.record(rows[: depth + 1], target, found.reply_id, found.reply, False, False)
 
 
 class NamespacedTable:

@@ -157,8 +157,7 @@ def carried_values(context: Mapping[str, Any], messages: Sequence[Any], reply: A
     declared_values = set(declared.values())
     taken = set(declared)
     seen = _lower_text(context)
-    outputs = [list(_texts(m)) if isinstance(m, dict) and m.get("role") in ("assistant", "model") else []
-               for m in messages]
+    outputs = [list(_texts(m)) if _is_model_output(m) else [] for m in messages]
     reply_texts = list(_texts(reply))
     found: list[Carried] = []
     carried: set[str] = set()
@@ -237,8 +236,14 @@ def earlier_step_depths(contents: Sequence[dict | None], messages: Sequence[Any]
     return depths
 
 
+MODEL_ITEM_TYPES = ("function_call", "custom_tool_call")  # Responses items the model wrote
+
+
 def _is_model_output(message: Any) -> bool:
-    return isinstance(message, dict) and message.get("role") in ("assistant", "model")
+    """Did the model write this canonical message (Chat/Anthropic/Ollama `assistant`,
+    Gemini `model`, a Responses call item)?"""
+    return isinstance(message, dict) and (message.get("role") in ("assistant", "model")
+                                          or message.get("type") in MODEL_ITEM_TYPES)
 
 
 def reply_carries_over(reply: Any, hit_bindings: Mapping[str, str], contents: Sequence[dict | None],
