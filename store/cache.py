@@ -14,7 +14,7 @@ from .namespace import namespace_for
 from .template_index import TemplateSet
 from .declared import earlier_step_depths, reply_carries_over
 from .learning import InductionOutcome, Learner, plan_bound_record
-from .templates import explain_mismatch, match_message
+from .templates import explain_mismatch, is_declared, match_message
 from .tree import ServePolicy, lookup, plan_record, reply_id
 
 DEFAULT_DB_ENV = "BUTTER_DB"
@@ -108,6 +108,9 @@ class Cache:
             found = self.lookup(namespace, Conversation(conversation.context, prefix), bindings)
             if not isinstance(found, Hit) or found.node_id == target or self.backend.replies(target):
                 continue
+            source = self.backend.node(found.node_id)
+            if source is None or (source.kind == "template" and not is_declared(source.content)):
+                continue  # only the run's own word moves: a learned template's reply earns its trust where it is
             if reply_carries_over(found.reply, found.bindings, contents[:depth], prefix, bindings):
                 self.backend.record(rows[: depth + 1], target, found.reply_id, found.reply, False, False)
 

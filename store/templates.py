@@ -47,10 +47,15 @@ Public API
     json_style(text, parsed) -> (items_sep, key_sep, ensure_ascii)
         the json.dumps settings that wrote `text`, so renders reproduce it
 
-    bind_message(message, bindings) -> (template content | None)
-    bind_reply(reply, bindings) -> reply template
+    bind_message(message, bindings, *, shapes, strict, origin) -> (template content | None)
+    bind_reply(reply, bindings, *, strict) -> reply template
         client-declared bindings (the Butter-Bindings header): every whole
-        occurrence of a value becomes its placeholder (longer values first)
+        occurrence of a value becomes its placeholder (longer values first);
+        a text that would be nothing but placeholders, and a user or system
+        text without a literal word beside its slot, stay exact
+    is_declared(content) -> bool   a template node recorded from Butter-Bindings
+        (content["origin"] == DECLARED_ORIGIN): the client's word, no probation
+    is_tool_result(value) -> bool  a canonical message or block a tool wrote
 
 Bindings are always strings: a JSON number binds as `number_text(x)`
 ("42.5", "17.0"), which is also how Python writes it into text.
@@ -468,6 +473,11 @@ _ALNUM = re.compile(r"[^\W_]")
 # OpenAI/Ollama `role: tool` messages, Anthropic `tool_result` blocks,
 # Responses `function_call_output` items, Gemini `functionResponse` parts.
 TOOL_RESULT_TYPES = ("tool_result", "function_call_output")
+
+
+def is_declared(content: Any) -> bool:
+    """Was this template node recorded from Butter-Bindings (not learned)?"""
+    return isinstance(content, dict) and content.get("origin") == DECLARED_ORIGIN
 
 
 def is_tool_result(value: Any) -> bool:
