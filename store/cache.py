@@ -104,9 +104,11 @@ class Cache:
         contents = [w.content if w.kind == "template" else None for w in writes[1:]]
         for depth in earlier_step_depths(contents, conversation.messages):
             target = writes[depth].node_id
+            if self.backend.replies(target):
+                continue  # answered there already (an earlier step's own recording carried it)
             prefix = conversation.messages[:depth]
             found = self.lookup(namespace, Conversation(conversation.context, prefix), bindings)
-            if not isinstance(found, Hit) or found.node_id == target or self.backend.replies(target):
+            if not isinstance(found, Hit) or found.node_id == target:
                 continue
             source = self.backend.node(found.node_id)
             if source is None or (source.kind == "template" and not is_declared(source.content)):

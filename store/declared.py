@@ -52,6 +52,7 @@ from .templates import (DECLARED_ORIGIN, NAME_RE, bind_message, bind_reply, is_t
 
 CARRIED_SHAPES = ("number", "date", "email", "identifier")
 MIN_CARRIED_CHARS = 3
+MAX_CANDIDATES = 256  # tool-result values checked per recording (it runs on the writer thread)
 SLOT_PREFIX = "tool"  # carried slots are named tool<message index>.<JSON path>, e.g. tool4.id
 
 
@@ -122,12 +123,13 @@ def _structured(value: Any) -> Iterator[Any]:
 
 
 def _texts(value: Any) -> Iterator[str]:
-    """Every string (and JSON string inside one) and number of a value, as text."""
+    """Every string (JSON text as its fields) and number of a value, as text."""
     if isinstance(value, str):
-        yield value
         inner = _json_of(value)
         if inner is not None:
             yield from _texts(inner)
+        else:
+            yield value
     elif isinstance(value, dict):
         for v in value.values():
             yield from _texts(v)
@@ -157,27 +159,47 @@ def carried_values(context: Mapping[str, Any], messages: Sequence[Any], reply: A
     declared_values = set(declared.values())
     taken = set(declared)
     seen = _lower_text(context)
-    outputs = [list(_texts(m)) if _is_model_output(m) else [] for m in messages]
-    reply_texts = list(_texts(reply))
+    # The model's own output after each point, one text per message (and the reply last).
+    outputs = ["\n".join(_texts(m)) if _is_model_output(m) else "" for m in messages] + ["\n".join(_texts(reply))]
+    after: dict[int, tuple[str, str]] = {}  # index -> (the output after it, lower-cased)
+
+    def output_after(index: int) -> tuple[str, str]:
+        if index not in after:
+            text = "\n".join(t for t in outputs[index + 1:] if t)
+            after[index] = (text, text.lower())
+        return after[index]
+
     found: list[Carried] = []
     carried: set[str] = set()
+    tried = 0
     for index, message in enumerate(messages):
-        later = [t for out in outputs[index + 1:] for t in out] + reply_texts
         for path, value in _tool_fields(message):
             if value in carried or value in declared_values or not _carries(value):
                 continue
             if value.lower() in seen:
                 continue  # the run knew it before the tool said it: not the tool's
-            whole = sum(whole_occurrences(value, t, strict=True) for t in later)
-            loose = sum(t.lower().count(value.lower()) for t in later)
-            if whole == 0 or loose > whole:
-                continue  # never repeated, or repeated in a form butter would serve stale
+            tried += 1
+            if tried > MAX_CANDIDATES:
+                return found  # a result listing thousands of ids: the rest stay literal (a miss, never wrong)
+            later, later_lower = output_after(index)
+            if value.lower() not in later_lower:
+                continue  # never repeated
+            whole = whole_occurrences(value, later, strict=True)
+            if whole == 0 or _forms(value, later) > whole:
+                continue  # not repeated whole, or also in a form butter would serve stale
             name = _slot_name(index, path, taken)
             taken.add(name)
             carried.add(value)
             found.append(Carried(index, name, value, shape_of(value)))
         seen += "\n" + _lower_text(message)
     return found
+
+
+def _forms(value: str, text: str) -> int:
+    """Occurrences of `value` as a token or the start of one, in any case:
+    `CUS_8842`, `cus_8842-b`, `/c/cus_8842` (but not `item-10` for `item-1`,
+    another token)."""
+    return len(re.findall(r"(?<!\w)" + re.escape(value) + r"(?!\w)", text, re.IGNORECASE))
 
 
 def _lower_text(value: Any) -> str:

@@ -486,6 +486,7 @@ def is_tool_result(value: Any) -> bool:
                                         or "functionResponse" in value)
 
 
+@lru_cache(maxsize=4096)
 def _value_pattern(value: str, strict: bool = False) -> re.Pattern:
     # Whole occurrences only: binding "12" must not eat the "12" in "123".
     # `strict` (values carried from a tool result): not part of a longer
