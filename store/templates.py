@@ -513,22 +513,22 @@ def _binder(bindings: Mapping[str, str], strict: Iterable[str] = ()) -> _Binder:
     return _Binder(bindings, {v: k for k, v in bindings.items() if fits("number", v)}, frozenset(strict))
 
 
-def _bind_text(s: str, b: _Binder) -> str | None:
+def _bind_text(s: str, binder: _Binder) -> str | None:
     """`s` with every bound value as its placeholder; None if none occurs."""
     spans: list[tuple[int, int, str]] = []
     # Longer values first, so "Ana Ruiz" wins over "Ana".
-    for name, value in sorted(b.values.items(), key=lambda kv: -len(kv[1])):
-        for m in _value_pattern(value, name in b.strict).finditer(s):
-            if all(m.end() <= a or m.start() >= b_ for a, b_, _ in spans):
+    for name, value in sorted(binder.values.items(), key=lambda kv: -len(kv[1])):
+        for m in _value_pattern(value, name in binder.strict).finditer(s):
+            if all(m.end() <= a or m.start() >= b for a, b, _ in spans):
                 spans.append((m.start(), m.end(), name))
     if not spans:
         return None
     spans.sort()
     out, pos = [], 0
-    for a, b_, name in spans:
+    for a, b, name in spans:
         out.append(escape_literal(s[pos:a]))
         out.append("{{" + name + "}}")
-        pos = b_
+        pos = b
     out.append(escape_literal(s[pos:]))
     return "".join(out)
 
@@ -544,7 +544,7 @@ PROSE_KEYS = frozenset({"text", "content", "output", "thinking", "refusal"})
 DATA_KEYS = frozenset({"arguments", "input", "args", "functionResponse"})
 
 
-def _bind_value(value: Any, b: _Binder, in_reply: bool, anchored: bool = False, data: bool = False,
+def _bind_value(value: Any, binder: _Binder, in_reply: bool, anchored: bool = False, data: bool = False,
                 key: str | None = None) -> Any:
     """`value` with bound values as placeholders.
 
@@ -557,11 +557,11 @@ def _bind_value(value: Any, b: _Binder, in_reply: bool, anchored: bool = False, 
     if isinstance(value, str):
         parsed = _json_container(value)
         if parsed is not None:
-            inner = _bind_value(parsed, b, in_reply, anchored, True)
+            inner = _bind_value(parsed, binder, in_reply, anchored, True)
             if has_markers(inner):
                 return json_marker(inner, json_style(value, parsed) if in_reply else COMPACT)
             return value
-        bound = _bind_text(value, b)
+        bound = _bind_text(value, binder)
         if bound is None:
             return value
         if not in_reply:
@@ -574,14 +574,14 @@ def _bind_value(value: Any, b: _Binder, in_reply: bool, anchored: bool = False, 
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
-        name = b.numbers.get(number_text(value))
+        name = binder.numbers.get(number_text(value))
         return number_marker(name) if name else value
     if isinstance(value, dict):
         if anchored and is_tool_result(value):
             anchored = False  # a tool's output inside a user message (Anthropic, Gemini): data, not words
-        return {k: _bind_value(v, b, in_reply, anchored, data or k in DATA_KEYS, k) for k, v in value.items()}
+        return {k: _bind_value(v, binder, in_reply, anchored, data or k in DATA_KEYS, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_bind_value(v, b, in_reply, anchored, data, key) for v in value]
+        return [_bind_value(v, binder, in_reply, anchored, data, key) for v in value]
     return value
 
 
