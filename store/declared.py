@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .canonical import canonical_json
 from .templates import (DECLARED_ORIGIN, NAME_RE, bind_message, bind_reply, is_tool_result, match_message,
@@ -88,38 +88,31 @@ def _json_leaves(value: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str,
         yield path, number_text(value)
 
 
+def _found(value: Any, pick: Callable[[Any], Iterable[Any] | None]) -> Iterator[Any]:
+    """What `pick` finds in `value` or, where it finds nothing (None), in its items, depth first."""
+    here = pick(value)
+    if here is not None:
+        yield from here
+    elif isinstance(value, (dict, list)):
+        for v in value.values() if isinstance(value, dict) else value:
+            yield from _found(v, pick)
+
+
 def _tool_fields(message: Any) -> Iterator[tuple[tuple[str, ...], str]]:
     """The JSON fields of every tool result in a canonical message."""
-    def results(value: Any) -> Iterator[Any]:
-        if is_tool_result(value):
-            yield value
-        elif isinstance(value, dict):
-            for v in value.values():
-                yield from results(v)
-        elif isinstance(value, list):
-            for v in value:
-                yield from results(v)
-
-    for result in results(message):
-        for data in _structured(result):
+    for result in _found(message, lambda v: (v,) if is_tool_result(v) else None):
+        for data in _found(result, _structured):
             yield from _json_leaves(data, ())
 
 
-def _structured(value: Any) -> Iterator[Any]:
-    """The parsed JSON inside a tool result: JSON text anywhere in it, or Gemini's response object."""
+def _structured(value: Any) -> Iterable[Any] | None:
+    """The parsed JSON a tool result holds here: JSON text, or Gemini's response object."""
     if isinstance(value, str):
         parsed = _json_of(value)
-        if parsed is not None:
-            yield parsed
-    elif isinstance(value, dict):
-        if isinstance(value.get("functionResponse"), dict):
-            yield value["functionResponse"].get("response")
-            return
-        for v in value.values():
-            yield from _structured(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _structured(v)
+        return () if parsed is None else (parsed,)
+    if isinstance(value, dict) and isinstance(value.get("functionResponse"), dict):
+        return (value["functionResponse"].get("response"),)
+    return None
 
 
 def _texts(value: Any) -> Iterator[str]:
