@@ -14,7 +14,7 @@ from .namespace import namespace_for
 from .template_index import TemplateSet
 from .declared import earlier_step_depths, reply_carries_over
 from .learning import InductionOutcome, Learner, plan_bound_record
-from .templates import explain_mismatch, is_declared, match_message
+from .templates import explain_mismatch, free_text_in_words, is_declared, match_message
 from .tree import ServePolicy, lookup, plan_record, reply_id
 
 DEFAULT_DB_ENV = "BUTTER_DB"
@@ -202,5 +202,7 @@ class _DecodedTemplates:
                 if len(self.decoded) >= self.MAX:
                     self.decoded.clear()
                 self.decoded[child] = record
+            if free_text_in_words(record.content):
+                continue  # a catch-all (an older database's whole-message binding): never served
             out.append(record)
         return out, exact

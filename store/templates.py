@@ -56,6 +56,8 @@ Public API
     is_declared(content) -> bool   a template node recorded from Butter-Bindings
         (content["origin"] == DECLARED_ORIGIN): the client's word, no probation
     is_tool_result(value) -> bool  a canonical message or block a tool wrote
+    free_text_in_words(content) -> bool  a user/system free-text slot with no
+        literal word beside it: a catch-all the lookup never uses
 
 Bindings are always strings: a JSON number binds as `number_text(x)`
 ("42.5", "17.0"), which is also how Python writes it into text.
@@ -583,6 +585,37 @@ def _bind_value(value: Any, binder: _Binder, in_reply: bool, anchored: bool = Fa
     if isinstance(value, list):
         return [_bind_value(v, binder, in_reply, anchored, data, key) for v in value]
     return value
+
+
+def free_text_in_words(content: Any) -> bool:
+    """Does this template have a free-text slot in a user or system message's own
+    words with no literal word beside it (`{{question}}`, `Q: {{q}}`)?
+
+    Such a template matches every question at its point. Neither induction
+    (three literal words at least) nor Butter-Bindings recordings (see
+    `_bind_value`) write one; a database written before declared bindings
+    were anchored may hold one, and the lookup skips it (store/cache.py).
+    """
+    message = content.get("message") if isinstance(content, dict) else None
+    if not isinstance(message, dict) or message.get("role") not in ("user", "system") or is_tool_result(message):
+        return False
+    shapes = content.get("slots") or {}
+
+    def unanchored(value: Any) -> bool:
+        if isinstance(value, dict):
+            if is_tool_result(value):
+                return False
+            if value.get(MARK) == "text" and isinstance(value.get("t"), str):
+                names = [p[0] for p in parse_text(value["t"]) if isinstance(p, tuple)]
+                return (any(shapes.get(n, "text") == "text" for n in names)
+                        and not _ANCHOR.search(_literal_text(value["t"])))
+            inner = value.get("value") if value.get(MARK) == "json" else value
+            return any(unanchored(v) for v in (inner.values() if isinstance(inner, dict) else [inner]))
+        if isinstance(value, list):
+            return any(unanchored(v) for v in value)
+        return False
+
+    return unanchored(message)
 
 
 def bind_message(message: Any, bindings: Mapping[str, str], *, shapes: Mapping[str, str] | None = None,

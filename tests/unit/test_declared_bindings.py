@@ -221,3 +221,23 @@ def test_an_earlier_step_is_served_once_a_later_step_proves_its_tool_value_is_ca
     found = cache.lookup("ns", Conversation(CONTEXT, messages[:3]), {"email": ANA["email"]})
     assert isinstance(found, Hit) and [r.count for r in cache.backend.replies(found.node_id)] == [1]
     cache.close()
+
+
+def test_a_catch_all_template_an_older_version_recorded_is_never_served(tmp_path):
+    # What a whole-question binding wrote before declared slots needed a literal word beside them.
+    from store.templates import template_content
+    from store.tree import child_id, root_id
+    cache = Cache(tmp_path / "db")
+    root = root_id("ns", CONTEXT)
+    catch_all = template_content(user(text_marker("{{question}}")), {"question": "text"}, DECLARED_ORIGIN)
+    node = child_id(root, catch_all)
+    cache.backend.record([(root, None, 0, "root", CONTEXT, "ns"), (node, root, 1, "template", catch_all, "")],
+                         node, b"r" * 16, answer("Paris."), False, False)
+    assert served(cache, (user("What is the capital of Peru?"),), None) is None
+    assert served(cache, (user("What is the capital of Peru?"),), {"question": "What is the capital of Peru?"}) is None
+    anchored = template_content(user(text_marker("What is the capital of {{country}}?")), {"country": "text"})
+    node = child_id(root, anchored)
+    cache.backend.record([(root, None, 0, "root", CONTEXT, "ns"), (node, root, 1, "template", anchored, "")],
+                         node, b"s" * 16, answer("Lima."), False, False)
+    assert served(cache, (user("What is the capital of Peru?"),), None) == answer("Lima.")
+    cache.close()
