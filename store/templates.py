@@ -606,9 +606,9 @@ def free_text_in_words(content: Any) -> bool:
             if is_tool_result(value):
                 return False
             if value.get(MARK) == "text" and isinstance(value.get("t"), str):
-                names = [p[0] for p in parse_text(value["t"]) if isinstance(p, tuple)]
-                return (any(shapes.get(n, "text") == "text" for n in names)
-                        and not _ANCHOR.search(_literal_text(value["t"])))
+                parts = _parsed_text(value["t"])
+                return (any(shapes.get(p[0], "text") == "text" for p in parts if type(p) is tuple)
+                        and not _ANCHOR.search("".join(p for p in parts if type(p) is str)))
             inner = value.get("value") if value.get(MARK) == "json" else value
             return any(unanchored(v) for v in (inner.values() if isinstance(inner, dict) else [inner]))
         if isinstance(value, list):
