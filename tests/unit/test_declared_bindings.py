@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from store import Cache, Conversation, Hit, Miss
 from store.declared import carried_values
 from store.templates import DECLARED_ORIGIN, bind_message, match_message, render_reply, text_marker
@@ -240,4 +242,55 @@ def test_a_catch_all_template_an_older_version_recorded_is_never_served(tmp_path
     cache.backend.record([(root, None, 0, "root", CONTEXT, "ns"), (node, root, 1, "template", anchored, "")],
                          node, b"s" * 16, answer("Lima."), False, False)
     assert served(cache, (user("What is the capital of Peru?"),), None) == answer("Lima.")
+    cache.close()
+
+
+# -- every wire format's tool results, through its adapter --------------------------------------------
+
+def responses_body(c: dict, cid: str) -> dict:
+    return {"model": "gpt-4o-mini", "input": [
+        {"role": "user", "content": f"Onboard {c['name']} <{c['email']}> now."},
+        {"type": "function_call", "call_id": "call_1", "name": "create_customer",
+         "arguments": json.dumps({"email": c["email"]})},
+        {"type": "function_call_output", "call_id": "call_1", "output": json.dumps({"id": cid, "email": c["email"]})}]}
+
+
+def gemini_body(c: dict, cid: str) -> dict:
+    return {"contents": [
+        {"role": "user", "parts": [{"text": f"Onboard {c['name']} <{c['email']}> now."}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "create_customer", "args": {"email": c["email"]}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "create_customer",
+                                                         "response": {"id": cid, "email": c["email"]}}}]}]}
+
+
+def anthropic_body(c: dict, cid: str) -> dict:
+    return {"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": [
+        {"role": "user", "content": f"Onboard {c['name']} <{c['email']}> now."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "create_customer",
+                                           "input": {"email": c["email"]}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                      "content": json.dumps({"id": cid, "email": c["email"]})}]}]}
+
+
+@pytest.mark.parametrize("path,body,reply", [
+    ("/v1/responses", responses_body,
+     lambda text: {"output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}]}),
+    ("/v1beta/models/gemini-2.0-flash:generateContent", gemini_body,
+     lambda text: {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}}]}),
+    ("/v1/messages", anthropic_body, lambda text: {"content": [{"type": "text", "text": text}]}),
+], ids=["responses", "gemini", "anthropic"])
+def test_a_carried_id_is_bound_by_each_formats_tool_result(tmp_path, path, body, reply):
+    from addon.formats import WireRequest, recognise
+    fmt = recognise("POST", path)
+
+    def conversation(c: dict, cid: str) -> Conversation:
+        return fmt.parse_request(WireRequest("POST", path, {}, {}, json.dumps(body(c, cid)).encode())).conversation
+
+    cache = Cache(tmp_path / "db")
+    declared = {k: ANA[k] for k in ("name", "email")}
+    cache.record_bound("ns", conversation(ANA, "cus_8842"), reply("Created cus_8842."), declared)
+    other = {k: BO[k] for k in ("name", "email")}
+    found = cache.lookup("ns", conversation(BO, "cus_1207"), other)
+    assert isinstance(found, Hit) and render_reply(found.reply, found.bindings) == reply("Created cus_1207.")
+    assert isinstance(cache.lookup("ns", conversation(BO, "pending"), other), Miss)
     cache.close()
