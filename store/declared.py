@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .canonical import canonical_json
 from .templates import (DECLARED_ORIGIN, NAME_RE, bind_message, bind_reply, is_tool_result, match_message,
-                        number_text, render_reply, shape_of, slots_in, whole_occurrences)
+                        number_text, render_reply, shape_of, whole_occurrences)
 
 CARRIED_SHAPES = ("number", "date", "email", "identifier")
 MIN_CARRIED_CHARS = 3
@@ -265,14 +265,16 @@ def reply_carries_over(reply: Any, hit_bindings: Mapping[str, str], contents: Se
                        messages: Sequence[Any], declared: Mapping[str, str]) -> bool:
     """May `reply` (served for `messages` with `hit_bindings`) stand on the path `contents`?
 
-    Only if that path binds every slot the reply uses and renders it, for
-    this run, exactly as it was served: the reply never used the carried
-    value, so it holds for any value of it.
+    Only if it is exactly what recording this run's reply on that path would
+    store: this run's reply bound with every value the path binds. A reply
+    that names one of them literally (recorded without the header, or with
+    fewer values) would serve this run's value to the next customer.
     """
     bindings = path_bindings(contents, messages, declared)
-    if bindings is None or not slots_in(reply) <= set(bindings):
+    if bindings is None:
         return False
+    carried = {name for c in contents if c is not None for name, shape in c["slots"].items() if shape != "text"}
     try:
-        return render_reply(reply, bindings) == render_reply(reply, hit_bindings)
+        return bind_reply(render_reply(reply, hit_bindings), bindings, strict=carried) == reply
     except ValueError:
         return False

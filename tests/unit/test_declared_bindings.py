@@ -294,3 +294,15 @@ def test_a_carried_id_is_bound_by_each_formats_tool_result(tmp_path, path, body,
     assert isinstance(found, Hit) and render_reply(found.reply, found.bindings) == reply("Created cus_1207.")
     assert isinstance(cache.lookup("ns", conversation(BO, "pending"), other), Miss)
     cache.close()
+
+
+def test_an_earlier_reply_that_names_a_value_literally_is_never_carried_to_the_template_path(tmp_path):
+    # The second step was recorded without the header: its reply names Ana literally.
+    cache = Cache(tmp_path / "db")
+    steps = ticket_run(ANA, "acc-5521", "T-90017")
+    cache.record("ns", Conversation(CONTEXT, steps[1][0]), steps[1][1])
+    record(cache, *steps[2], {"email": ANA["email"]})
+    bo = ticket_run(BO, "acc-7310", "T-90234")
+    assert served(cache, bo[1][0], {"email": BO["email"]}) is None  # a miss, never Ana's e-mail for Bo
+    assert served(cache, steps[1][0], {"email": ANA["email"]}) == steps[1][1]  # Ana's own request still hits
+    cache.close()
