@@ -18,9 +18,10 @@ Carrying leans toward missing. A tool-result value is carried only if:
 - it is not a declared value and no earlier message (nor the context) holds
   it: the tool must be where the run learned it;
 - the model's later output (assistant messages after it, and the reply)
-  repeats it verbatim as a whole token, and nowhere in another form (inside a
-  longer token, in another case): a form butter does not template would be
-  served stale to the next customer.
+  repeats it verbatim as a whole token, and no good part of it appears
+  anywhere else there (in another case, inside a longer token, `#8842`
+  beside `cus_8842`): a form butter does not template would be served stale
+  to the next customer.
 
 Every other field of a tool result stays literal, so a result that differs in
 anything else (`"found": true`, a status) misses and goes to the provider.
@@ -48,7 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from .canonical import canonical_json
 from .templates import (DECLARED_ORIGIN, NAME_RE, bind_message, bind_reply, is_tool_result, match_message,
-                        number_text, render_reply, shape_of, whole_occurrences)
+                        number_text, render_reply, shape_of, whole_occurrences, without_occurrences)
 
 CARRIED_SHAPES = ("number", "date", "email", "identifier")
 MIN_CARRIED_CHARS = 3
@@ -178,7 +179,7 @@ def carried_values(context: Mapping[str, Any], messages: Sequence[Any], reply: A
             if value.lower() not in later_lower:
                 continue  # never repeated
             whole = whole_occurrences(value, later, strict=True)
-            if whole == 0 or _forms(value, later) > whole:
+            if whole == 0 or _part_elsewhere(value, later):
                 continue  # not repeated whole, or also in a form butter would serve stale
             name = _slot_name(index, path, taken)
             taken.add(name)
@@ -188,11 +189,15 @@ def carried_values(context: Mapping[str, Any], messages: Sequence[Any], reply: A
     return found
 
 
-def _forms(value: str, text: str) -> int:
-    """Occurrences of `value` as a token or the start of one, in any case:
-    `CUS_8842`, `cus_8842-b`, `/c/cus_8842` (but not `item-10` for `item-1`,
-    another token)."""
-    return len(re.findall(r"(?<!\w)" + re.escape(value) + r"(?!\w)", text, re.IGNORECASE))
+def _part_elsewhere(value: str, text: str) -> bool:
+    """Does a good part of `value` (half of it, 4 characters at least) appear in
+    `text` outside its whole occurrences, in any case? `CUS_8842`,
+    `cus_8842-b`, `#8842` beside `cus_8842` may be derived from it and would
+    be served stale; `item-10` beside `item-1` may be too, for all butter knows."""
+    rest = without_occurrences(value, text, strict=True).lower()
+    low = value.lower()
+    width = max(4, (len(value) + 1) // 2)
+    return any(low[i:i + width] in rest for i in range(len(low) - width + 1))
 
 
 def _lower_text(value: Any) -> str:

@@ -504,6 +504,11 @@ def whole_occurrences(value: str, text: str, strict: bool = False) -> int:
     return sum(1 for _ in _value_pattern(value, strict).finditer(text))
 
 
+def without_occurrences(value: str, text: str, strict: bool = False) -> str:
+    """`text` with every whole occurrence of `value` cut out (a NUL in its place)."""
+    return _value_pattern(value, strict).sub("\x00", text)
+
+
 @dataclass(frozen=True)
 class _Binder:
     values: Mapping[str, str]  # name -> value

@@ -76,13 +76,14 @@ def test_a_value_the_output_never_repeats_or_repeats_in_another_form_is_not_carr
     assert carried_values(CONTEXT, messages, answer("Done."), {}) == []
     assert carried_values(CONTEXT, messages, answer("Created CUS_8842."), {}) == []  # another case
     assert carried_values(CONTEXT, messages, answer("Created cus_8842 (cus_8842-b)."), {}) == []  # inside a token
+    assert carried_values(CONTEXT, messages, answer("Created cus_8842 (#8842)."), {}) == []  # a part of it
 
 
-def test_another_token_that_starts_like_the_value_is_not_another_form_of_it():
-    messages = (user("List them."), call("list", {}, "call#0"), tool({"first": "item-1"}, "call#0"))
-    carried = carried_values(CONTEXT, messages, answer("item-1 comes before item-10."), {})
-    assert [c.value for c in carried] == ["item-1"]
-    assert carried_values(CONTEXT, messages, answer("See item-1 at /list/item-1."), {}) == []
+def test_a_value_that_is_part_of_another_token_of_the_output_is_not_carried():
+    # `item-10` may be derived from `item-1` for all butter knows: lean toward missing.
+    messages = (user("List them."), call("list", {}, "call#0"), tool({"first": "item-1", "last": "ord-77"}, "call#0"))
+    carried = carried_values(CONTEXT, messages, answer("item-1 comes before item-10; ord-77 is last."), {})
+    assert [c.value for c in carried] == ["ord-77"]
 
 
 def test_a_number_is_carried_only_whole_and_long_enough_to_be_data():
