@@ -238,11 +238,9 @@ def test_a_catch_all_template_an_older_version_recorded_is_never_served(tmp_path
                          node, b"r" * 16, answer("Paris."), False, False)
     assert served(cache, (user("What is the capital of Peru?"),), None) is None
     assert served(cache, (user("What is the capital of Peru?"),), {"question": "What is the capital of Peru?"}) is None
-    anchored = template_content(user(text_marker("What is the capital of {{country}}?")), {"country": "text"})
-    node = child_id(root, anchored)
-    cache.backend.record([(root, None, 0, "root", CONTEXT, "ns"), (node, root, 1, "template", anchored, "")],
-                         node, b"s" * 16, answer("Lima."), False, False)
-    assert served(cache, (user("What is the capital of Peru?"),), None) == answer("Lima.")
+    # A sibling with a literal word beside its slot is still served.
+    record(cache, (user("What is the capital of France?"),), answer("Capital found."), {"country": "France"})
+    assert served(cache, (user("What is the capital of Peru?"),), None) == answer("Capital found.")
     cache.close()
 
 
