@@ -3,7 +3,9 @@
     Butter-Bindings: {"customer": "Ana Ruiz", "order_id": "1234"}
         a flat JSON object, name -> value (a string or a number); each value
         becomes the placeholder `{{name}}` at once: the request is recorded
-        as a template and looked up with these values bound
+        as a template and looked up with these values bound (and values a
+        tool of the run returned that its later output repeats become slots
+        too; a value that is a whole message stays literal: store/declared.py)
     Butter-Disable-Induction: true
         learn nothing from this request (induction runs on the others)
 

@@ -15,8 +15,9 @@ from .shared_backend import open_backend
 from .model import Conversation, Hit, Miss, NodeRecord
 from .namespace import namespace_for
 from .template_index import TemplateSet
+from .declared import earlier_step_depths, reply_carries_over
 from .learning import InductionOutcome, Learner, plan_bound_record
-from .templates import explain_mismatch, match_message
+from .templates import explain_mismatch, free_text_in_words, is_declared, match_message
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
 from .trust import TABLE as TRUST_TABLE, TrustRules, judge, seen_sets
@@ -118,6 +119,7 @@ class Cache:
         writes, node, template = plan_bound_record(conversation, namespace, bindings, reply)
         rows = [(w.node_id, w.parent, w.depth, w.kind, w.content, namespace if w.kind == "root" else "")
                 for w in writes]
+        self._carry_earlier_steps(namespace, conversation, bindings, writes, rows)
         self.backend.record(rows, node, reply_id(template), template, streamed, refresh)
         trust_ledger.note_declared(self.backend, node, reply_id(template))
         return node
@@ -150,6 +152,29 @@ class Cache:
                 for w in writes]
         self.backend.record(rows, node, reply_id(reply), reply, streamed, refresh)
         return node
+
+    def _carry_earlier_steps(self, namespace: str, conversation: Conversation, bindings: dict[str, str],
+                             writes: list, rows: list) -> None:
+        """This run's earlier replies onto its path where a later step carried a tool-result value.
+
+        A value a tool returned and only the final answer repeats was literal
+        when the earlier steps were recorded: without this, the next
+        customer's earlier steps would miss (store/declared.py).
+        """
+        contents = [w.content if w.kind == "template" else None for w in writes[1:]]
+        for depth in earlier_step_depths(contents, conversation.messages):
+            target = writes[depth].node_id
+            if self.backend.replies(target):
+                continue  # answered there already (an earlier step's own recording carried it)
+            prefix = conversation.messages[:depth]
+            found = self.lookup(namespace, Conversation(conversation.context, prefix), bindings)
+            if not isinstance(found, Hit) or found.node_id == target:
+                continue
+            source = self.backend.node(found.node_id)
+            if source is None or (source.kind == "template" and not is_declared(source.content)):
+                continue  # only the run's own word moves: a learned template's reply earns its trust where it is
+            if reply_carries_over(found.reply, found.bindings, contents[:depth], prefix, bindings):
+                self.backend.record(rows[: depth + 1], target, found.reply_id, found.reply, False, False)
 
 
 class NamespacedTable:
@@ -240,5 +265,7 @@ class _DecodedTemplates:
                 if len(self.decoded) >= self.MAX:
                     self.decoded.clear()
                 self.decoded[child] = record
+            if free_text_in_words(record.content):
+                continue  # a catch-all (an older database's whole-message binding): never served
             out.append(record)
         return out, exact

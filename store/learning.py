@@ -26,7 +26,7 @@ from .canonical import digest
 from .induction import Observation, Proposal, Rejected, choose, propose_prefix
 from .lmdb_backend import LmdbBackend
 from .model import Conversation
-from .templates import bind_message, bind_reply
+from .declared import bound_contents
 from .tree import NodeWrite, child_id, plan_record, reply_id, root_id
 
 OBS_TABLE = "induction-obs"
@@ -190,15 +190,16 @@ def plan_bound_record(conversation: Conversation, namespace: str, bindings: dict
 
     Messages without a declared value stay exact nodes; the others become
     template nodes, so a later request with other values (or without the
-    header at all) matches them.
+    header at all) matches them. Values a tool result of the run returned and
+    its later output repeats are slots too (store/declared.py).
     """
     root = root_id(namespace, conversation.context)
     writes = [NodeWrite(root, None, 0, "root", conversation.context)]
     node = root
-    for depth, message in enumerate(conversation.messages, start=1):
-        content = bind_message(message, bindings)
+    contents, template = bound_contents(conversation.context, conversation.messages, bindings, reply)
+    for depth, (message, content) in enumerate(zip(conversation.messages, contents), start=1):
         kind, content = ("message", message) if content is None else ("template", content)
         nxt = child_id(node, content)
         writes.append(NodeWrite(nxt, node, depth, kind, content))
         node = nxt
-    return writes, node, bind_reply(reply, bindings)
+    return writes, node, template

@@ -47,10 +47,17 @@ Public API
     json_style(text, parsed) -> (items_sep, key_sep, ensure_ascii)
         the json.dumps settings that wrote `text`, so renders reproduce it
 
-    bind_message(message, bindings) -> (template content | None)
-    bind_reply(reply, bindings) -> reply template
+    bind_message(message, bindings, *, shapes, strict, origin) -> (template content | None)
+    bind_reply(reply, bindings, *, strict) -> reply template
         client-declared bindings (the Butter-Bindings header): every whole
-        occurrence of a value becomes its placeholder (longer values first)
+        occurrence of a value becomes its placeholder (longer values first);
+        a text that would be nothing but placeholders, and a user or system
+        text without a literal word beside its slot, stay exact
+    is_declared(content) -> bool   a template node recorded from Butter-Bindings
+        (content["origin"] == DECLARED_ORIGIN): the client's word, no probation
+    is_tool_result(value) -> bool  a canonical message or block a tool wrote
+    free_text_in_words(content) -> bool  a user/system free-text slot with no
+        literal word beside it: a catch-all the lookup never uses
 
 Bindings are always strings: a JSON number binds as `number_text(x)`
 ("42.5", "17.0"), which is also how Python writes it into text.
@@ -59,6 +66,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -144,8 +152,13 @@ def json_marker(value: Any, style: tuple[str, str, bool] = COMPACT) -> dict:
     return {MARK: "json", "value": value, "style": list(style)}
 
 
-def template_content(message: Any, slots: Mapping[str, str]) -> dict:
-    return {"message": message, "slots": dict(sorted(slots.items()))}
+def template_content(message: Any, slots: Mapping[str, str], origin: str | None = None) -> dict:
+    """What a template node stores; `origin` "declared" marks one recorded
+    with Butter-Bindings (the client's word), absent for learned ones."""
+    content = {"message": message, "slots": dict(sorted(slots.items()))}
+    if origin is not None:
+        content["origin"] = origin
+    return content
 
 
 def is_marker(value: Any) -> bool:
@@ -451,19 +464,68 @@ def json_style(text: str, parsed: Any) -> tuple[str, str, bool]:
 
 # -- client-declared bindings (Butter-Bindings) ----------------------------------------
 
-def _value_pattern(value: str) -> re.Pattern:
+DECLARED_ORIGIN = "declared"  # template_content(origin=...) of a recording with Butter-Bindings
+# A declared slot in a user or system message needs a literal word beside it
+# (two letters or digits in a row) in the same text: a value that is a whole
+# message, a whole text part or a whole JSON field of one would make a free
+# slot that serves every later question at that point.
+_ANCHOR = re.compile(r"[^\W_]{2}")
+_ALNUM = re.compile(r"[^\W_]")
+# Blocks whose content a tool wrote, in every wire format's canonical form:
+# OpenAI/Ollama `role: tool` messages, Anthropic `tool_result` blocks,
+# Responses `function_call_output` items, Gemini `functionResponse` parts.
+TOOL_RESULT_TYPES = ("tool_result", "function_call_output")
+
+
+def is_declared(content: Any) -> bool:
+    """Was this template node recorded from Butter-Bindings (not learned)?"""
+    return isinstance(content, dict) and content.get("origin") == DECLARED_ORIGIN
+
+
+def is_tool_result(value: Any) -> bool:
+    """Is this canonical message or block the output of a tool (data, not words to obey)?"""
+    return isinstance(value, dict) and (value.get("role") == "tool" or value.get("type") in TOOL_RESULT_TYPES
+                                        or "functionResponse" in value)
+
+
+@lru_cache(maxsize=4096)
+def _value_pattern(value: str, strict: bool = False) -> re.Pattern:
     # Whole occurrences only: binding "12" must not eat the "12" in "123".
+    # `strict` (values carried from a tool result): not part of a longer
+    # token either, so "8842" is not bound inside "8842.5" or "cus-8842".
+    if strict:
+        return re.compile(r"(?<![\w.@/#-])" + re.escape(value) + r"(?![\w@]|[.\-/]\w)")
     left = r"(?<![\w])" if re.match(r"\w", value) else ""
     right = r"(?![\w])" if re.search(r"\w$", value) else ""
     return re.compile(left + re.escape(value) + right)
 
 
-def _bind_text(s: str, bindings: Mapping[str, str]) -> str | None:
-    """`s` with every declared value as its placeholder; None if none occurs."""
+def whole_occurrences(value: str, text: str, strict: bool = False) -> int:
+    return sum(1 for _ in _value_pattern(value, strict).finditer(text))
+
+
+def without_occurrences(value: str, text: str, strict: bool = False) -> str:
+    """`text` with every whole occurrence of `value` cut out (a NUL in its place)."""
+    return _value_pattern(value, strict).sub("\x00", text)
+
+
+@dataclass(frozen=True)
+class _Binder:
+    values: Mapping[str, str]  # name -> value
+    numbers: Mapping[str, str]  # number_text -> name, for JSON numbers
+    strict: frozenset[str]  # names whose values are matched strictly
+
+
+def _binder(bindings: Mapping[str, str], strict: Iterable[str] = ()) -> _Binder:
+    return _Binder(bindings, {v: k for k, v in bindings.items() if fits("number", v)}, frozenset(strict))
+
+
+def _bind_text(s: str, binder: _Binder) -> str | None:
+    """`s` with every bound value as its placeholder; None if none occurs."""
     spans: list[tuple[int, int, str]] = []
     # Longer values first, so "Ana Ruiz" wins over "Ana".
-    for name, value in sorted(bindings.items(), key=lambda kv: -len(kv[1])):
-        for m in _value_pattern(value).finditer(s):
+    for name, value in sorted(binder.values.items(), key=lambda kv: -len(kv[1])):
+        for m in _value_pattern(value, name in binder.strict).finditer(s):
             if all(m.end() <= a or m.start() >= b for a, b, _ in spans):
                 spans.append((m.start(), m.end(), name))
     if not spans:
@@ -478,49 +540,112 @@ def _bind_text(s: str, bindings: Mapping[str, str]) -> str | None:
     return "".join(out)
 
 
-def _bind_value(value: Any, bindings: Mapping[str, str], numbers: Mapping[str, str], in_reply: bool) -> Any:
+def _literal_text(t: str) -> str:
+    return "".join(p for p in parse_text(t) if isinstance(p, str))
+
+
+# Where a string is words (a text part, a message's content) rather than a
+# field of data, and the keys under which everything is data (tool-call
+# arguments in each format, Gemini's function response).
+PROSE_KEYS = frozenset({"text", "content", "output", "thinking", "refusal"})
+DATA_KEYS = frozenset({"arguments", "input", "args", "functionResponse"})
+
+
+def _bind_value(value: Any, binder: _Binder, in_reply: bool, anchored: bool = False, data: bool = False,
+                key: str | None = None) -> Any:
+    """`value` with bound values as placeholders.
+
+    In a message (not a reply) a text that would be nothing but placeholders
+    stays literal; a data field (inside JSON text or tool-call arguments, as
+    a tool result's `"id": "{{id}}"`, whose key anchors it) may be one slot.
+    With `anchored` (a user or system message, outside tool results) every
+    templated string keeps a literal word.
+    """
     if isinstance(value, str):
         parsed = _json_container(value)
         if parsed is not None:
-            inner = _bind_value(parsed, bindings, numbers, in_reply)
+            inner = _bind_value(parsed, binder, in_reply, anchored, True)
             if has_markers(inner):
                 return json_marker(inner, json_style(value, parsed) if in_reply else COMPACT)
             return value
-        bound = _bind_text(value, bindings)
-        return value if bound is None else text_marker(bound)
+        bound = _bind_text(value, binder)
+        if bound is None:
+            return value
+        if not in_reply:
+            literal = _literal_text(bound)
+            if anchored and not _ANCHOR.search(literal):
+                return value
+            if not data and key in PROSE_KEYS and not _ALNUM.search(literal):
+                return value
+        return text_marker(bound)
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
-        name = numbers.get(number_text(value))
+        name = binder.numbers.get(number_text(value))
         return number_marker(name) if name else value
     if isinstance(value, dict):
-        return {k: _bind_value(v, bindings, numbers, in_reply) for k, v in value.items()}
+        if anchored and is_tool_result(value):
+            anchored = False  # a tool's output inside a user message (Anthropic, Gemini): data, not words
+        return {k: _bind_value(v, binder, in_reply, anchored, data or k in DATA_KEYS, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_bind_value(v, bindings, numbers, in_reply) for v in value]
+        return [_bind_value(v, binder, in_reply, anchored, data, key) for v in value]
     return value
 
 
-def _numeric(bindings: Mapping[str, str]) -> dict[str, str]:
-    return {v: k for k, v in bindings.items() if fits("number", v)}
+def free_text_in_words(content: Any) -> bool:
+    """Does this template have a free-text slot in a user or system message's own
+    words with no literal word beside it (`{{question}}`, `Q: {{q}}`)?
+
+    Such a template matches every question at its point. Neither induction
+    (three literal words at least) nor Butter-Bindings recordings (see
+    `_bind_value`) write one; a database written before declared bindings
+    were anchored may hold one, and the lookup skips it (store/cache.py).
+    """
+    message = content.get("message") if isinstance(content, dict) else None
+    if not isinstance(message, dict) or message.get("role") not in ("user", "system") or is_tool_result(message):
+        return False
+    shapes = content.get("slots") or {}
+
+    def unanchored(value: Any) -> bool:
+        if isinstance(value, dict):
+            if is_tool_result(value):
+                return False
+            if value.get(MARK) == "text" and isinstance(value.get("t"), str):
+                parts = _parsed_text(value["t"])
+                return (any(shapes.get(p[0], "text") == "text" for p in parts if type(p) is tuple)
+                        and not _ANCHOR.search("".join(p for p in parts if type(p) is str)))
+            inner = value.get("value") if value.get(MARK) == "json" else value
+            return any(unanchored(v) for v in (inner.values() if isinstance(inner, dict) else [inner]))
+        if isinstance(value, list):
+            return any(unanchored(v) for v in value)
+        return False
+
+    return unanchored(message)
 
 
-def bind_message(message: Any, bindings: Mapping[str, str]) -> dict | None:
-    """The template content for a message with declared values, or None if none occurs.
+def bind_message(message: Any, bindings: Mapping[str, str], *, shapes: Mapping[str, str] | None = None,
+                 strict: Iterable[str] = (), origin: str | None = None) -> dict | None:
+    """The template content for a message with bound values, or None if none occurs.
 
     Declared slots are `text`: the client says what varies, so the shape of
-    one example must not narrow it.
+    one example must not narrow it; `shapes` gives others (values carried
+    from a tool result, store/declared.py). A user or system message keeps a
+    literal word beside every slot of its own text (see `_bind_value`), so a
+    value equal to a whole message or text part leaves it exact.
     """
     if has_markers(message):
         return None  # content that spells butter's own marker is only ever matched exactly
-    templated = _bind_value(message, bindings, _numeric(bindings), in_reply=False)
+    anchored = isinstance(message, dict) and message.get("role") in ("user", "system") and not is_tool_result(message)
+    templated = _bind_value(message, _binder(bindings, strict), False, anchored)
     if not has_markers(templated):
         return None
-    return template_content(templated, {name: "text" for name in slots_in(templated)})
+    shapes = shapes or {}
+    return template_content(templated, {name: shapes.get(name, "text") for name in slots_in(templated)}, origin)
 
 
-def bind_reply(reply: Any, bindings: Mapping[str, str]) -> Any:
+def bind_reply(reply: Any, bindings: Mapping[str, str], *, strict: Iterable[str] = ()) -> Any:
     if has_markers(reply):
         # A reply that spells butter's marker cannot be told apart from a
         # template: keep no record of it that could be misread.
         raise RenderError("the reply contains butter's template marker key")
-    return _bind_value(reply, bindings, _numeric(bindings), in_reply=True)
+    return _bind_value(reply, _binder(bindings, strict), True)

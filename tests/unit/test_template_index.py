@@ -187,12 +187,26 @@ class _NoMemo:
         pass
 
 
+class _ServableTemplates:
+    """The snapshot minus the catch-alls a lookup never serves (templates.free_text_in_words)."""
+
+    def __init__(self, snap):
+        self.snap = snap
+
+    def __getattr__(self, name: str):
+        return getattr(self.snap, name)
+
+    def template_children(self, node_id: bytes):
+        from store.templates import free_text_in_words
+        return [t for t in self.snap.template_children(node_id) if not free_text_in_words(t.content)]
+
+
 def plain_lookup(cache: Cache, conversation: Conversation, bindings: dict | None, monkeypatch) -> Hit | Miss:
     """The walk as it was: template children read from the snapshot, every match computed."""
     with monkeypatch.context() as m:
         m.setattr(tree, "_MATCHES", _NoMemo())
         with cache.backend.snapshot() as snap:
-            return tree.lookup(conversation, NS, snap, cache.policy, match_template=match_message,
+            return tree.lookup(conversation, NS, _ServableTemplates(snap), cache.policy, match_template=match_message,
                                bindings=bindings, explain_template=explain_mismatch)
 
 
