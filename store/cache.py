@@ -175,6 +175,7 @@ class Cache:
                 continue  # only the run's own word moves: a learned template's reply earns its trust where it is
             if reply_carries_over(found.reply, found.bindings, contents[:depth], prefix, bindings):
                 self.backend.record(rows[: depth + 1], target, found.reply_id, found.reply, False, False)
+                trust_ledger.note_declared(self.backend, target, found.reply_id)  # the client's word, like the step it copies
 
 
 class NamespacedTable:
