@@ -1,0 +1,130 @@
+"""`butter run -- CMD` as a person types it: a real `butter` process starts its own mitmdump,
+runs an unmodified openai-SDK agent (a Python subprocess) through it, and prints a summary.
+
+The agent keeps the provider's real host name; the test-only redirect addon
+(`--script tests/e2e/upstream_redirect.py`) sends what butter forwards to the
+fake provider over TLS on loopback. HOME and the CA's config dir are temp dirs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.proxy_process import free_port
+from tests.e2e.harness import REDIRECT, ROOT
+from tests.fakes.provider import FakeProvider
+
+AGENT = """
+import json, sys
+sys.path.insert(0, {root!r})
+import openai
+from tests.fakes.openai_chat import run_agent
+
+order = sys.argv[1]
+client = openai.OpenAI(api_key="sk-test-run", max_retries=0, timeout=20)
+try:
+    result = run_agent(client, order)
+except openai.APIStatusError as e:
+    print("agent error", e.status_code, e.message)
+    sys.exit(0 if "--tolerant" in sys.argv else 1)
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An agent's project directory: butter's database goes to .butter/db in it."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "agent.py").write_text(AGENT.format(root=str(ROOT)))
+    monkeypatch.delenv("BUTTER_DB", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return folder
+
+
+def butter_run(project: Path, upstream: str, tls, *args: str, cmd: list[str] | None = None
+               ) -> tuple[subprocess.CompletedProcess, dict]:
+    report = project / f"report-{len(list(project.glob('report-*')))}.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "run", "--script", str(REDIRECT), "--set", f"test_upstream={upstream}",
+         "--set", f"ssl_verify_upstream_trusted_ca={tls[0]}", "--report", str(report), *args,
+         "--", *(cmd or [sys.executable, "agent.py", "1234"])],
+        cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    summary = json.loads(report.read_text()) if report.exists() else {}
+    return done, summary
+
+
+def test_second_run_of_the_same_agent_is_all_hits_and_the_summary_says_so(project: Path, provider: FakeProvider, tls):
+    upstream = f"127.0.0.1:{provider.port}"
+    first, s1 = butter_run(project, upstream, tls)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["answer"] == "Refunded 42.5 for order 1234 (Ana Ruiz)."
+    assert (s1["requests"], s1["hits"], s1["misses"], s1["recorded"]) == (3, 0, 3, 3)
+    assert len(provider.calls) == 3
+    assert (project / ".butter" / "db" / "data.mdb").is_file()
+
+    second, s2 = butter_run(project, upstream, tls)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["cache"] == ["hit", "hit", "hit"]
+    assert (s2["requests"], s2["hits"], s2["misses"], s2["provider_calls_saved"]) == (3, 3, 0, 3)
+    assert s2["tokens_saved"] == 3 * 62  # the fake provider's usage.total_tokens per reply
+    assert len(provider.calls) == 3  # no provider call in the second run
+    assert "butter run: 3 LLM request(s): 3 hit(s), 0 miss(es)" in second.stderr
+    assert "provider calls saved 3, tokens saved 186" in second.stderr
+
+
+def test_replay_strict_with_the_provider_down_serves_what_was_recorded_and_fails_on_the_rest(
+        project: Path, provider: FakeProvider, tls):
+    recorded, _ = butter_run(project, f"127.0.0.1:{provider.port}", tls)
+    assert recorded.returncode == 0, recorded.stderr
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+
+    replayed, s = butter_run(project, down, tls, "--mode", "replay", "--strict")
+    assert replayed.returncode == 0, replayed.stderr
+    assert (s["hits"], s["replay_misses"]) == (3, 0)
+
+    # A conversation never recorded: the agent tolerates the error, --strict still fails the run.
+    missed, s = butter_run(project, down, tls, "--mode", "replay", "--strict",
+                           cmd=[sys.executable, "agent.py", "5555", "--tolerant"])
+    assert "agent error 404" in missed.stdout
+    assert missed.returncode == 3, missed.stderr
+    assert s["replay_misses"] == 1 and s["exit_code"] == 0
+    assert s["replay_miss_list"][0]["format"] == "openai-chat"
+    assert "left the tree at message" in s["replay_miss_list"][0]["where"]
+    assert "1 replay-miss(es)" in missed.stderr and "--strict: exiting 3" in missed.stderr
+    assert len(provider.calls) == 3  # only the recording run reached the provider
+
+
+def test_replay_without_strict_exits_with_the_commands_code(project: Path, provider: FakeProvider, tls):
+    done, s = butter_run(project, f"127.0.0.1:{free_port()}", tls, "--mode", "replay",
+                         cmd=[sys.executable, "agent.py", "5555"])
+    assert done.returncode == 1  # the agent's own failure (a 404 it did not catch)
+    assert s["replay_misses"] == 1
+
+
+def test_exit_code_and_output_are_the_commands(project: Path, provider: FakeProvider, tls):
+    done, s = butter_run(project, f"127.0.0.1:{provider.port}", tls,
+                         cmd=[sys.executable, "-c", "import os, sys; print(os.environ['HTTPS_PROXY']); sys.exit(7)"])
+    assert done.returncode == 7
+    assert done.stdout.startswith("http://127.0.0.1:")
+    assert s["requests"] == 0 and s["exit_code"] == 7
+
+
+def test_a_command_that_does_not_exist_exits_127(project: Path, provider: FakeProvider, tls):
+    done, _ = butter_run(project, f"127.0.0.1:{provider.port}", tls, cmd=["no-such-command-for-butter"])
+    assert done.returncode == 127
+    assert "no-such-command-for-butter: command not found" in done.stderr
+
+
+def test_curl_goes_through_butter_run_with_the_trust_bundle(project: Path, provider: FakeProvider, tls):
+    # curl trusts butter's CA only through CURL_CA_BUNDLE, which butter run sets.
+    done, _ = butter_run(project, f"127.0.0.1:{provider.port}", tls,
+                         cmd=["curl", "-sS", "--fail", "https://butter.local/health"])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["butter"] == "ok"
