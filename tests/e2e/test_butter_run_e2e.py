@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,11 @@ import pytest
 
 from cli.proxy_process import free_port
 from tests.e2e.harness import REDIRECT, ROOT
+from tests.fakes import openai_chat
 from tests.fakes.provider import FakeProvider
+
+NODE = shutil.which("node")
+NODE_DIR = ROOT / "tests" / "node"
 
 AGENT = """
 import json, sys
@@ -47,15 +52,15 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def butter_run(project: Path, upstream: str, tls, *args: str, cmd: list[str] | None = None
-               ) -> tuple[subprocess.CompletedProcess, dict]:
+def butter_run(project: Path, upstream: str, tls, *args: str, cmd: list[str] | None = None, cwd: Path | None = None,
+               env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     report = project / f"report-{len(list(project.glob('report-*')))}.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     done = subprocess.run(
         [sys.executable, "-m", "cli.main", "run", "--script", str(REDIRECT), "--set", f"test_upstream={upstream}",
          "--set", f"ssl_verify_upstream_trusted_ca={tls[0]}", "--report", str(report), *args,
          "--", *(cmd or [sys.executable, "agent.py", "1234"])],
-        cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        cwd=cwd or project, env=env, capture_output=True, text=True, timeout=120)
     summary = json.loads(report.read_text()) if report.exists() else {}
     return done, summary
 
@@ -128,3 +133,22 @@ def test_curl_goes_through_butter_run_with_the_trust_bundle(project: Path, provi
                          cmd=["curl", "-sS", "--fail", "https://butter.local/health"])
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["butter"] == "ok"
+
+
+@pytest.mark.skipif(NODE is None or not (NODE_DIR / "node_modules" / "undici").is_dir(),
+                    reason="needs Node 20+ and tests/node's npm install")
+def test_node_openai_agent_through_butter_run_records_then_replays(project: Path, provider: FakeProvider, tls):
+    # No proxy settings of its own: butter run's NODE_OPTIONS preload (undici found in the agent's
+    # project, here tests/node) and NODE_EXTRA_CA_CERTS are all the Node agent gets.
+    scenario = json.dumps({"model": "gpt-4o-mini", "system": openai_chat.SYSTEM, "user": "Please refund order 1234.",
+                           "tools": openai_chat.TOOLS, "orders": openai_chat.ORDERS, "stream": True})
+    cmd = [NODE, "openai_agent.mjs", scenario]
+    env = {"OPENAI_API_KEY": "sk-test-node-run", "NODE_OPTIONS": "", "OPENAI_BASE_URL": ""}
+    upstream = f"127.0.0.1:{provider.port}"
+    first, s1 = butter_run(project, upstream, tls, "--db", str(project / "db"), cmd=cmd, cwd=NODE_DIR, env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout.splitlines()[-1])["cache"] == ["miss", "miss", "miss"]
+    second, s2 = butter_run(project, upstream, tls, "--db", str(project / "db"), cmd=cmd, cwd=NODE_DIR, env=env)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout.splitlines()[-1])["cache"] == ["hit", "hit", "hit"]
+    assert (s1["misses"], s2["hits"], len(provider.calls)) == (3, 3, 3)
