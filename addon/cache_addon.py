@@ -436,8 +436,15 @@ class Butter:
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)
+        message = flow.error.msg if flow.error else "the exchange failed"
         if state is not None and state.record:
-            log.info("butter: not recorded: %s", flow.error.msg if flow.error else "the exchange failed")
+            log.info("butter: not recorded: %s", message)
+        if "certificate" in message.lower() or "tls handshake" in message.lower():
+            # mitmproxy answers the client with its own 502 page after this hook; say what to do about it.
+            self._log_once(f"upstream-tls:{flow.request.host}",
+                           "butter: TLS to %s failed (%s); the client got a 502. A self-signed upstream? Start "
+                           "butter with --upstream-insecure (butter proxy/run), or trust its CA with "
+                           "--set ssl_verify_upstream_trusted_ca=PATH", flow.request.host, message)
 
     # -- recording, off the event loop ----------------------------------------
     def _received_body(self, flow: http.HTTPFlow, state: FlowState) -> bytes:

@@ -132,6 +132,8 @@ def proxy(args: argparse.Namespace) -> int:
         process = ProxyProcess(opts, trust)
     except ProxyStartError as e:
         raise CliError(str(e)) from None
+    except KeyboardInterrupt:  # Ctrl-C while it started: ProxyProcess has stopped it
+        return 130
     try:
         print(banner(process, opts), flush=True)
         return process.wait()

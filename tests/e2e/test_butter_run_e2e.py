@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import shutil
 import subprocess
 import sys
@@ -53,12 +55,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def butter_run(project: Path, upstream: str, tls, *args: str, cmd: list[str] | None = None, cwd: Path | None = None,
-               env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+               env: dict[str, str] | None = None, trust_upstream: bool = True) -> tuple[subprocess.CompletedProcess, dict]:
     report = project / f"report-{len(list(project.glob('report-*')))}.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    trusted = ["--set", f"ssl_verify_upstream_trusted_ca={tls[0]}"] if trust_upstream else []
     done = subprocess.run(
         [sys.executable, "-m", "cli.main", "run", "--script", str(REDIRECT), "--set", f"test_upstream={upstream}",
-         "--set", f"ssl_verify_upstream_trusted_ca={tls[0]}", "--report", str(report), *args,
+         *trusted, "--report", str(report), *args,
          "--", *(cmd or [sys.executable, "agent.py", "1234"])],
         cwd=cwd or project, env=env, capture_output=True, text=True, timeout=120)
     summary = json.loads(report.read_text()) if report.exists() else {}
@@ -152,3 +155,52 @@ def test_node_openai_agent_through_butter_run_records_then_replays(project: Path
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout.splitlines()[-1])["cache"] == ["hit", "hit", "hit"]
     assert (s1["misses"], s2["hits"], len(provider.calls)) == (3, 3, 3)
+
+
+def test_upstream_insecure_reaches_a_self_signed_upstream_that_otherwise_fails_with_a_hint(
+        project: Path, provider: FakeProvider, tls):
+    # The fake provider's certificate comes from a CA nobody trusts unless told.
+    upstream = f"127.0.0.1:{provider.port}"
+    refused, s = butter_run(project, upstream, tls, "--log", str(project / "proxy.log"), trust_upstream=False,
+                            cmd=[sys.executable, "agent.py", "1234", "--tolerant"])
+    assert "agent error 502" in refused.stdout
+    assert s["recorded"] == 0 and not provider.calls
+    assert "--upstream-insecure" in (project / "proxy.log").read_text()
+
+    served, s = butter_run(project, upstream, tls, "--upstream-insecure", trust_upstream=False)
+    assert served.returncode == 0, served.stderr
+    assert json.loads(served.stdout)["answer"] == "Refunded 42.5 for order 1234 (Ana Ruiz)."
+    assert s["recorded"] == 3 and len(provider.calls) == 3
+
+
+def test_butter_proxy_prints_lines_that_work_when_pasted_and_stops_on_ctrl_c(project: Path, tmp_path: Path):
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "proxy", "--port", "0", "--mode", "replay",
+                             "--reverse", "openai"], cwd=project, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Ctrl-C stops"):
+                break
+        text = "\n".join(lines)
+        assert "mode      replay" in text
+        assert f"database  {(project / '.butter' / 'db').resolve()}" in text
+        exports = {}
+        for line in lines:
+            if line.strip().startswith("export "):
+                for word in shlex.split(line.strip())[1:]:
+                    name, _, value = word.partition("=")
+                    exports[name] = value
+        assert exports["OPENAI_BASE_URL"].startswith("https://localhost:") and exports["OPENAI_BASE_URL"].endswith("/v1")
+        assert Path(exports["SSL_CERT_FILE"]).is_file() and Path(exports["NODE_EXTRA_CA_CERTS"]).is_file()
+        assert Path(exports["SSL_CERT_FILE"]).parent == Path(os.environ["BUTTER_CONFDIR"])
+        env = {**os.environ, **{k: v for k, v in exports.items() if k not in ("OPENAI_BASE_URL",)}}
+        done = subprocess.run(["curl", "-sS", "--fail", "https://butter.local/health"], env=env,
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["mode"] == "replay"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest
