@@ -20,7 +20,7 @@ import pytest
 
 from cli.proxy_process import free_port
 from tests.e2e.harness import REDIRECT, ROOT
-from tests.fakes import openai_chat
+from tests.fakes import openai_chat, smolagents_chat
 from tests.fakes.provider import FakeProvider
 
 NODE = shutil.which("node")
@@ -204,3 +204,24 @@ def test_butter_proxy_prints_lines_that_work_when_pasted_and_stops_on_ctrl_c(pro
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest
+
+
+def test_smolagents_records_once_then_replays_offline_with_the_ids_it_echoed(project: Path, provider: FakeProvider, tls):
+    pytest.importorskip("smolagents")
+    # smolagents writes each tool call's id into its next request's text; an exact hit must serve
+    # the recorded ids, or the replayed run's next request would name ids never recorded.
+    provider.handler = smolagents_chat.handler
+    cmd = [sys.executable, str(ROOT / "tests" / "e2e" / "smolagents_agent.py"), "1234"]
+    first, s1 = butter_run(project, f"127.0.0.1:{provider.port}", tls, cmd=cmd)
+    assert first.returncode == 0, first.stderr
+    recorded = json.loads(first.stdout.splitlines()[-1])
+    assert recorded["answer"] == "Refunded order 1234."
+    assert recorded["calls"] == [["get_order", "1234"], ["refund", "1234", 42.5]]
+    assert s1["recorded"] == 3 and len(provider.calls) == 3
+
+    offline, s2 = butter_run(project, f"127.0.0.1:{free_port()}", tls, "--mode", "replay", "--strict", cmd=cmd)
+    assert offline.returncode == 0, offline.stderr
+    replayed = json.loads(offline.stdout.splitlines()[-1])
+    assert (s2["hits"], s2["replay_misses"]) == (3, 0)
+    assert replayed == recorded  # the same answer, calls and the very ids recorded
+    assert len(provider.calls) == 3
