@@ -289,6 +289,28 @@ def stats_rows(index: TreeIndex) -> list[dict]:
                                      "templates": 0, "replies": 0, "observations": 0, "hits": 0, "misses": 0,
                                      "tokens_saved": 0, "last_hit": 0.0})
 
+    on_template_path: dict[bytes, bool] = {}
+
+    def learned(node_id: bytes) -> bool:
+        """Is this node a template or below one (made by induction, not by a provider's answer)?"""
+        walked: list[bytes] = []
+        current: bytes | None = node_id
+        found = False
+        while current is not None and current not in on_template_path:
+            node = index.nodes.get(current)
+            if node is None:
+                break
+            walked.append(current)
+            if node.kind == "template":
+                found = True
+                break
+            current = node.parent
+        else:
+            found = on_template_path.get(current, False) if current is not None else False
+        for n in walked:
+            on_template_path[n] = found
+        return found
+
     for node in index.nodes.values():
         root_id_ = index.root_of(node.node_id)
         root = index.nodes.get(root_id_) if root_id_ else None
@@ -300,7 +322,9 @@ def stats_rows(index: TreeIndex) -> list[dict]:
         row["templates"] += node.kind == "template"
         replies = index.replies.get(node.node_id, [])
         row["replies"] += len(replies)
-        row["observations"] += sum(r.count for r in replies)
+        if not learned(node.node_id):
+            # A reply on a template's path counts the runs it was learned from, each already counted at its own node.
+            row["observations"] += sum(r.count for r in replies)
         hits = index.hits(node.node_id)
         row["hits"] += hits
         row["last_hit"] = max(row["last_hit"], float(index.stats.get(node.node_id, {}).get("last_hit", 0) or 0))
