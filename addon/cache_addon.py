@@ -272,9 +272,10 @@ class Butter:
                 return
         if result.template_failure:
             log.debug("butter: nearest template %s at message %d: %s", result.template.hex()[:12] if result.template
-                      else "?", result.matched, result.template_failure)
-        where = (f"left the tree at message {result.matched}: {result.detail}" if result.matched >= 0
-                 else result.detail)
+                      else "?", result.matched + 1, result.template_failure)
+        # Positions people read are 1-based: "message 1" is the first message.
+        where = (f"left the tree after {result.matched} of {len(conversation.messages)} message(s): {result.detail}"
+                 if result.matched >= 0 else result.detail)
         self.misses[miss_key(state.namespace, conversation.context)] += 1
         if self.report is not None:
             self.report.miss(state.fmt.name, model, where, replay=mode == "replay")
@@ -490,7 +491,7 @@ class Butter:
         if outcome.accepted is not None:
             proposal = outcome.accepted
             log.info("butter: induction %s: learned a template from %d runs (slots %s) at message %d", where,
-                     len(proposal.keys), ", ".join(f"{k}:{v}" for k, v in proposal.slots.items()), proposal.start)
+                     len(proposal.keys), ", ".join(f"{k}:{v}" for k, v in proposal.slots.items()), proposal.start + 1)
         else:
             # Reasons quote the conversation's values: debug only, like miss explanations.
             for rejected in outcome.rejected:

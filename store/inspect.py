@@ -120,6 +120,8 @@ def tool_calls_of(message: Message) -> list[tuple[str, Any]]:
         if isinstance(call, dict):
             fn = call.get("function") if isinstance(call.get("function"), dict) else call
             calls.append((str(fn.get("name", "?")), fn.get("arguments", fn.get("input"))))
+    if message.get("type") in ("function_call", "custom_tool_call"):  # a Responses item
+        calls.append((str(message.get("name", "?")), message.get("arguments", message.get("input"))))
     for part in _parts(message):
         if part.get("type") == "tool_use":
             calls.append((str(part.get("name", "?")), part.get("input")))
@@ -134,6 +136,11 @@ def text_of(message: Message) -> str:
     content = message.get("content")
     if isinstance(content, str):
         texts.append(content)
+    output = message.get("output")  # a Responses function_call_output item
+    if isinstance(output, str):
+        texts.append(output)
+    elif isinstance(output, list):
+        texts.append(text_of({"content": output}))
     for part in _parts(message):
         if isinstance(part.get("text"), str):
             texts.append(part["text"])
@@ -176,7 +183,7 @@ def summarise(message: Message, width: int = 60) -> str:
         pieces.append(f'"{_clip(text, width)}"')
     for name, arguments in tool_calls_of(message):
         pieces.append(f"→ {name}({_clip(_args_brief(arguments), max(width // 2, 10))})")
-    ref = message.get("tool_call_ref") or message.get("tool_call_id")
+    ref = message.get("tool_call_ref") or message.get("tool_call_id") or message.get("call")  # `call`: Responses
     label = f"{role}[{ref}]" if ref else role
     return f"{label}: {' '.join(pieces)}" if pieces else label
 
@@ -187,11 +194,16 @@ def summarise_context(context: dict) -> str:
     tools = params.pop("tools", None) or context.get("tools") or []
     names = []
     for tool in tools if isinstance(tools, list) else []:
-        if isinstance(tool, dict):
-            fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
-            names.append(str(fn.get("name") or tool.get("type") or "?"))
-            for decl in tool.get("functionDeclarations") or []:  # Gemini
-                names.append(str(decl.get("name", "?")))
+        if not isinstance(tool, dict):
+            continue
+        declarations = tool.get("functionDeclarations")
+        if isinstance(declarations, list):  # Gemini: one tool entry holds every function
+            names += [str(d.get("name", "?")) for d in declarations if isinstance(d, dict)]
+            continue
+        fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        # A built-in tool names itself by type (Responses, Anthropic) or by its only key (Gemini's googleSearch).
+        only_key = next(iter(tool)) if len(tool) == 1 else None
+        names.append(str(fn.get("name") or tool.get("type") or only_key or "?"))
     bits = [str(context.get("api", "?")), str(context.get("model", "?"))]
     if names:
         bits.append("tools: " + ", ".join(n for n in names if n))

@@ -5,7 +5,7 @@ line, keys sorted, non-ASCII kept as is. The first line is a header; then
 every node in tree order (root, then depth first, children by id), each
 followed by its replies and its hit statistics; then the side tables.
 
-    {"type": "butter-export", "version": 1, "schema": 1, "counts": {...}}
+    {"type": "butter-export", "version": 1, "schema": 2, "counts": {...}}
     {"type": "node", "id": "<hex>", "parent": "<hex>|null", "depth": 1, "kind": "message", "content": {...}, ...}
     {"type": "reply", "node": "<hex>", "id": "<hex>", "reply": {...}, "count": 2, ...}
     {"type": "stats", "node": "<hex>", "hits": 3, "last_hit": ...}

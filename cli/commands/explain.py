@@ -190,7 +190,7 @@ def explain_command(args: argparse.Namespace) -> int:
         out.append(f"matched   {result.matched} of {len(messages)} message(s); deepest node {short_id(result.node)}"
                    + (f"  {node_summary(deepest)}" if deepest else ""))
         if result.differing_message is not None:
-            out.append(f"differs   message {result.matched}: {summarise(result.differing_message)}")
+            out.append(f"differs   message {result.matched + 1}: {summarise(result.differing_message)}")
         for t in result.templates:
             out.append(f"template  {short_id(t['node'])}  {t['summary']}")
             out.append(f"          failed: {t['failed']}")

@@ -104,7 +104,7 @@ def test_replay_strict_with_the_provider_down_serves_what_was_recorded_and_fails
     assert missed.returncode == 3, missed.stderr
     assert s["replay_misses"] == 1 and s["exit_code"] == 0
     assert s["replay_miss_list"][0]["format"] == "openai-chat"
-    assert "left the tree at message" in s["replay_miss_list"][0]["where"]
+    assert s["replay_miss_list"][0]["where"] == "left the tree after 1 of 2 message(s): message 2 (user) is new at this point"
     assert "1 replay-miss(es)" in missed.stderr and "--strict: exiting 3" in missed.stderr
     assert len(provider.calls) == 3  # only the recording run reached the provider
 
