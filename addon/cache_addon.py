@@ -30,6 +30,7 @@ from addon.run_report import RunReport  # butter_run_report: this process's coun
 from store import Cache, Hit, ServePolicy, admin, default_db_path
 from store.cache import NamespacedTable
 from store.inspect import MISSES_TABLE, miss_key
+from store.last_miss import LAST_MISS_TABLE, last_miss_key, last_miss_row  # for `butter explain --last-miss`
 from store.model import Miss
 from store.templates import RenderError, render_reply
 from store.tree import plan_record
@@ -279,6 +280,8 @@ class Butter:
         self.misses[miss_key(state.namespace, conversation.context)] += 1
         if self.report is not None:
             self.report.miss(state.fmt.name, model, where, replay=mode == "replay")
+        self._submit(self._remember_miss, state.fmt.name, flow.request.path.split("?", 1)[0], state.namespace,
+                     conversation, mode, where)
         self._flush_hits()
         if mode == "replay":
             state.status = "replay-miss"
@@ -473,6 +476,13 @@ class Butter:
                                     state.induction_min, state.fmt.name)
             except RuntimeError:
                 pass  # shutting down: learning waits for the next run
+
+    def _remember_miss(self, fmt: str, path: str, namespace: str, conversation, mode: str, where: str) -> None:
+        """The namespace's last miss, canonical and credential-free, replacing the one before (on the writer)."""
+        assert self.cache is not None
+        row = last_miss_row(fmt, path, namespace, conversation, mode, where)
+        if row is not None:
+            self.cache.backend.put_aux(LAST_MISS_TABLE, last_miss_key(namespace), row)
 
     def _induce(self, namespace: str, conversation, min_observations: int, fmt: str = "") -> None:
         """Learn templates from a recorded miss, on the induction thread.

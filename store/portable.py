@@ -33,6 +33,8 @@ from .tree import child_id, root_id
 
 FORMAT = "butter-export"
 FORMAT_VERSION = 1
+# Side tables about the proxy's traffic, not about what is recorded (store/last_miss.py).
+NOT_EXPORTED = frozenset({"last_miss"})
 BATCH_ROWS = 500  # rows per write transaction: short, so proxies never wait long
 
 
@@ -95,6 +97,8 @@ def export_records(rows: Iterable[tuple[str, bytes, Any]], *, namespace: str | N
             stats[key] = value
         elif table == "aux":
             name, _, rest = key.partition(b"\x00")
+            if name.decode() in NOT_EXPORTED:
+                continue
             aux.append((name.decode(), rest, value))
 
     roots = [k for k, v in nodes.items() if v.get("kind") == "root"

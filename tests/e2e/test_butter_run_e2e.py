@@ -108,6 +108,16 @@ def test_replay_strict_with_the_provider_down_serves_what_was_recorded_and_fails
     assert "1 replay-miss(es)" in missed.stderr and "--strict: exiting 3" in missed.stderr
     assert len(provider.calls) == 3  # only the recording run reached the provider
 
+    # `butter explain --last-miss` replays that miss from the database, with no credential given.
+    explained = subprocess.run([sys.executable, "-m", "cli.main", "explain", "--last-miss"], cwd=project,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert explained.returncode == 0, explained.stderr
+    assert "MISS (diverged): message 2 (user) is new at this point" in explained.stdout
+    assert 'differs   message 2: user: "Please refund order 5555."' in explained.stdout
+    assert "last miss openai-chat /v1/chat/completions" in explained.stderr
+    raw = b"".join(p.read_bytes() for p in (project / ".butter" / "db").glob("*.mdb"))
+    assert b"sk-test-run" not in raw  # the kept request carries no credential
+
 
 def test_replay_without_strict_exits_with_the_commands_code(project: Path, provider: FakeProvider, tls):
     done, s = butter_run(project, f"127.0.0.1:{free_port()}", tls, "--mode", "replay",
