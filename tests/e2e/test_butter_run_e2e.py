@@ -235,3 +235,18 @@ def test_smolagents_records_once_then_replays_offline_with_the_ids_it_echoed(pro
     assert (s2["hits"], s2["replay_misses"]) == (3, 0)
     assert replayed == recorded  # the same answer, calls and the very ids recorded
     assert len(provider.calls) == 3
+
+
+def test_a_sigterm_to_butter_run_reaches_the_command_and_the_proxy_is_stopped(project: Path, tmp_path: Path):
+    report = tmp_path / "report.json"
+    sleeper = [sys.executable, "-c", "import signal, sys, time\n"
+               "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\nprint('ready', flush=True)\ntime.sleep(60)"]
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "--report", str(report), "--", *sleeper],
+                            cwd=project, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 42, err
+    summary = json.loads(report.read_text())
+    assert summary["exit_code"] == 42 and not summary.get("report_missing")  # the proxy stopped cleanly
