@@ -154,7 +154,10 @@ class Butter:
         self._flush_hits(force=True)
         self._close()
         if self.report is not None:
-            self.report.write(force=True)
+            try:
+                self.report.write(force=True)
+            except OSError as e:
+                log.warning("butter: could not write the run report %s: %s", self.report.path, e)
 
     def _open(self, path: str) -> None:
         self._close()
