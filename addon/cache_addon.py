@@ -31,11 +31,13 @@ from addon import recent, webview  # the web view at http://butter.local/ and it
 from addon import limits  # body ceilings, work off the loop, bounded log-once
 from addon.induction_queue import InductionQueue
 from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
+from addon.run_report import RunReport  # butter_run_report: this process's counts, for `butter run`
 from store import Cache, Hit, ServePolicy, admin, default_db_path
 from store.cache import NamespacedTable
 from store.db_check import DatabaseDamaged
 from store.lmdb_backend import probe_in_subprocess
 from store.inspect import INDUCTION_SKIPS_TABLE, MISSES_TABLE, miss_key
+from store.last_miss import LAST_MISS_TABLE, last_miss_key, last_miss_row  # for `butter explain --last-miss`
 from store.model import Miss
 from store.templates import RenderError, render_reply
 from store.tree import plan_record, root_id
@@ -112,6 +114,8 @@ class Butter:
         self.verifier = verification.Verifier()
         self.recent = recent.RecentRequests()
         self.web_token = webview.Settings("proxy").token  # one per proxy run, embedded in its page
+        self.report: RunReport | None = None
+        self._ticker: asyncio.Task | None = None
 
     # -- lifecycle (kept synchronous: async versions break hot reload) ------
     def load(self, loader) -> None:
@@ -140,6 +144,9 @@ class Butter:
         loader.add_option("butter_ui_writes", bool, False,
                           "Let the web view at http://butter.local/ (loopback clients only) mark replies "
                           "good/bad and forget nodes, with its per-session token.")
+        loader.add_option("butter_run_report", str, "",
+                          "Write this process's counts (requests, hits, misses, tokens saved, replay-misses) "
+                          "as JSON to this file every few seconds and at exit (`butter run` reads it).")
 
     def configure(self, updated: set[str]) -> None:
         if "termlog_verbosity" in updated:
@@ -153,16 +160,40 @@ class Butter:
             self._open(ctx.options.butter_db)
         if self.cache is not None:
             self.cache.set_trust(verification.rules())
+        if "butter_run_report" in updated:
+            self.report = RunReport(ctx.options.butter_run_report) if ctx.options.butter_run_report else None
         # Offline replay needs mitmproxy to defer the upstream connection until
         # a hook has decided; with the default `eager` a CONNECT to an
         # unreachable provider fails before butter ever sees the request.
         if "connection_strategy" in ctx.options.keys() and ctx.options.connection_strategy != "lazy":
             ctx.options.connection_strategy = "lazy"
 
+    def running(self) -> None:
+        # Counters reach the database (and `butter stats`) on a timer too, not only with the next request.
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(HIT_FLUSH_SECONDS)
+            try:
+                self._flush_hits()
+                if self.report is not None:
+                    self.report.write()
+            except Exception as e:
+                self._log_once(f"tick:{type(e).__name__}", "butter: periodic flush failed: %r", e)
+
     def done(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         self._flush_hits(force=True)
         self._flush_recent()
         self._close()
+        if self.report is not None:
+            try:
+                self.report.write(force=True)
+            except OSError as e:
+                log.warning("butter: could not write the run report %s: %s", self.report.path, e)
 
     def _open(self, path: str) -> None:
         self._close()
@@ -270,6 +301,8 @@ class Butter:
             self._log_once("surrogate", "butter: a %s request holds a lone UTF-16 surrogate, which cannot be stored; "
                            "passing it (and any like it) through", state.fmt.name)
             state.status = "bypass (not understood)"
+            if self.report is not None:
+                self.report.passed(state.fmt.name, None)
             return
         except (limits.BodyTooLarge, limits.BadEncoding) as e:
             self._log_once(f"body:{type(e).__name__}", "butter: a %s request body was not read (%s); passing it "
@@ -292,6 +325,8 @@ class Butter:
             return
         conversation = state.parsed.conversation
         if mode == "record":
+            if self.report is not None:
+                self.report.miss(state.fmt.name, conversation.context.get("model"), "record mode", replay=False)
             self._forward_and_record(flow, state, refresh=True, status="record")
             return
         declared = state.bindings or None
@@ -322,11 +357,16 @@ class Butter:
                 return
         if result.template_failure:
             log.debug("butter: nearest template %s at message %d: %s", result.template.hex()[:12] if result.template
-                      else "?", result.matched, result.template_failure)
-        where = (f"left the tree at message {result.matched}: {result.detail}" if result.matched >= 0
-                 else result.detail)
+                      else "?", result.matched + 1, result.template_failure)
+        # Positions people read are 1-based: "message 1" is the first message.
+        where = (f"left the tree after {result.matched} of {len(conversation.messages)} message(s): {result.detail}"
+                 if result.matched >= 0 else result.detail)
         self.misses[miss_key(state.namespace, conversation.context)] += 1
         flow.metadata["butter-miss"] = (result.matched, result.detail, result.deepest)  # for the request list
+        if self.report is not None:
+            self.report.miss(state.fmt.name, model, where, replay=mode == "replay")
+        self._submit(self._remember_miss, state.fmt.name, flow.request.path.split("?", 1)[0], state.namespace,
+                     conversation, mode, where)
         self._flush_hits()
         if mode == "replay":
             state.status = "replay-miss"
@@ -360,6 +400,8 @@ class Butter:
         except NotUnderstood as e:
             if state.mode == "replay":
                 state.status = "replay-miss"
+                if self.report is not None:
+                    self.report.miss(state.fmt.name, state.parsed.conversation.context.get("model"), str(e), replay=True)
                 self._respond(flow, state.fmt.error(REPLAY_MISS_STATUS, f"butter replay mode: {e}", "butter_replay_miss"),
                               {"butter-cache": "replay-miss", "x-should-retry": "false"})
             else:
@@ -432,6 +474,8 @@ class Butter:
         if state.fmt.keeps_state:
             self._submit(state.fmt.remember, state.parsed, reply, self._state_table(state))
         self.hits[hit.node_id] += 1
+        if self.report is not None:
+            self.report.hit(state.fmt.name, state.parsed.conversation.context.get("model"), reply, bool(hit.bindings))
         self._flush_hits()
 
     def _respond(self, flow: http.HTTPFlow, wire: WireResponse, extra: dict[str, str]) -> None:
@@ -570,11 +614,18 @@ class Butter:
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)
+        message = flow.error.msg if flow.error else "the exchange failed"
         if state is not None:
             exchange.hide_query_credentials(flow.request)
-            self._note_request(flow, state, flow.error.msg if flow.error else "the exchange failed")
+            self._note_request(flow, state, message)
         if state is not None and state.record:
-            log.info("butter: not recorded: %s", flow.error.msg if flow.error else "the exchange failed")
+            log.info("butter: not recorded: %s", message)
+        if "certificate" in message.lower() or "tls handshake" in message.lower():
+            # mitmproxy answers the client with its own 502 page after this hook; say what to do about it.
+            self._log_once(f"upstream-tls:{flow.request.host}",
+                           "butter: TLS to %s failed (%s); the client got a 502. A self-signed upstream? Start "
+                           "butter with --upstream-insecure (butter proxy/run), or trust its CA with "
+                           "--set ssl_verify_upstream_trusted_ca=PATH", flow.request.host, message)
 
     # -- recording, off the event loop ----------------------------------------
     def _received_body(self, flow: http.HTTPFlow, state: FlowState) -> bytes:
@@ -592,6 +643,8 @@ class Butter:
                                     streamed=state.streamed, refresh=state.refresh,
                                     state=self._state_table(state) if state.fmt.keeps_state else None,
                                     bindings=state.bindings)
+        if self.report is not None:
+            self.report.record()
         log.info("butter: recorded %s %s reply at node %s", state.fmt.name,
                  state.parsed.conversation.context.get("model"), node.hex()[:12])
         conversation = state.parsed.conversation
@@ -606,6 +659,13 @@ class Butter:
                                     state.fmt.name, key=workflow)
             except RuntimeError:
                 pass  # shutting down: learning waits for the next run
+
+    def _remember_miss(self, fmt: str, path: str, namespace: str, conversation, mode: str, where: str) -> None:
+        """The namespace's last miss, canonical and credential-free, replacing the one before (on the writer)."""
+        assert self.cache is not None
+        row = last_miss_row(fmt, path, namespace, conversation, mode, where)
+        if row is not None:
+            self.cache.backend.put_aux(LAST_MISS_TABLE, last_miss_key(namespace), row)
 
     def _induce(self, namespace: str, conversation, min_observations: int, fmt: str = "") -> None:
         """Learn templates from a recorded miss, on the induction thread.
@@ -624,7 +684,7 @@ class Butter:
         if outcome.accepted is not None:
             proposal = outcome.accepted
             log.info("butter: induction %s: learned a template from %d runs (slots %s) at message %d", where,
-                     len(proposal.keys), ", ".join(f"{k}:{v}" for k, v in proposal.slots.items()), proposal.start)
+                     len(proposal.keys), ", ".join(f"{k}:{v}" for k, v in proposal.slots.items()), proposal.start + 1)
         else:
             # Reasons quote the conversation's values: debug only, like miss explanations.
             for rejected in outcome.rejected:

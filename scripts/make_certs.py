@@ -2,35 +2,26 @@
 
 `certs/bundle.pem` is the system's (or certifi's) CAs plus mitmproxy's CA, so
 a client pointed at it trusts butter *and* keeps trusting everything else it
-reaches through the proxy. Run by `make proxy`; safe to run again.
+reaches through the proxy. Run by `make proxy`; safe to run again. (`butter
+proxy` and `butter run` do the same in the per-user config dir instead:
+cli/proxy_process.py.)
 """
 from __future__ import annotations
 
-import os
-import ssl
 import sys
 from pathlib import Path
 
-from mitmproxy.certs import CertStore
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-CERTS = Path(__file__).resolve().parents[1] / "certs"
+from cli.proxy_process import ensure_trust  # noqa: E402
 
-
-def system_bundle() -> str:
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
-        if candidate and os.path.isfile(candidate):
-            return Path(candidate).read_text()
-    import certifi
-    return Path(certifi.where()).read_text()
+CERTS = ROOT / "certs"
 
 
 def main() -> int:
-    CERTS.mkdir(exist_ok=True)
-    CertStore.from_store(str(CERTS), "mitmproxy", 2048)  # writes the CA on first run only
-    ca = (CERTS / "mitmproxy-ca-cert.pem").read_text()
-    (CERTS / "bundle.pem").write_text(system_bundle().rstrip() + "\n" + ca)
-    print(f"butter: CA {CERTS / 'mitmproxy-ca-cert.pem'}; trust bundle {CERTS / 'bundle.pem'}", file=sys.stderr)
+    trust = ensure_trust(CERTS, bundle_name="bundle.pem")
+    print(f"butter: CA {trust.ca_cert}; trust bundle {trust.bundle}", file=sys.stderr)
     return 0
 
 

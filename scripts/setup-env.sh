@@ -23,36 +23,40 @@ find_python() {
     exit 1
 }
 
-# Debian's Chromium for the web view's browser tests (Playwright drives it;
-# never `playwright install`). Only when missing, only as root with apt-get;
-# elsewhere those tests skip and say why.
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing chromium (apt-get) for the web view tests" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
-        || echo "could not install chromium; the browser tests will be skipped" >&2
-fi
-
 stamp=.venv/.butter-installed
 if [ ! -x .venv/bin/python ]; then
-    "$(find_python)" -m venv .venv
+    # An assignment, so `set -e` stops here when find_python fails (inside
+    # "$(...)" as an argument the failure was ignored and "" ran as a command).
+    python="$(find_python)"
+    "$python" -m venv .venv
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e '.[test]'
     touch "$stamp"
 fi
-# Services the tests run for real: redis-server for the shared store
-# (Debian's package; installed only when missing and we may: root with apt).
-if ! command -v redis-server >/dev/null 2>&1 && ! command -v valkey-server >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing redis-server (apt-get)" >&2
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } >/dev/null 2>&1 ||
-            echo "setup: could not install redis-server; the shared-store tests will fail" >&2
+# Services and programs the tests use for real, from Debian's packages:
+# redis-server (the shared store) and chromium (the web view's browser tests,
+# driven by Playwright; never `playwright install`). Installed only when
+# missing, and only as root with apt-get; elsewhere say what is missing.
+apt_updated=""
+need() {  # need PACKAGE COMMAND [COMMAND...]: install PACKAGE unless one of the commands exists
+    local package="$1"; shift
+    for cmd in "$@"; do command -v "$cmd" >/dev/null 2>&1 && return 0; done
+    if [ "${EUID:-1}" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing $package (apt-get)" >&2
+        if [ -z "$apt_updated" ]; then
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true
+            apt_updated=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null 2>&1 \
+            || echo "setup: could not install $package; the tests that use it will fail" >&2
     else
-        echo "setup: redis-server is missing; install it (apt-get install redis-server) for the shared-store tests" >&2
+        echo "setup: $package is missing; install it (apt-get install $package) for the tests that use it" >&2
     fi
-fi
+}
+need redis-server redis-server valkey-server
+need chromium chromium
 # Node SDKs for the Node end-to-end tests, when Node and npm are here.
 if [ -f tests/node/package.json ] && command -v npm >/dev/null 2>&1; then
     if [ ! -d tests/node/node_modules ] || [ tests/node/package.json -nt tests/node/node_modules ]; then

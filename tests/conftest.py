@@ -18,6 +18,7 @@ from tests.fakes.tls import make_ca_and_cert
 def _isolated_user_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # No test may touch a real .butter/db or a real proxy setting.
     monkeypatch.setenv("BUTTER_DB", str(tmp_path / "default-db"))
+    monkeypatch.setenv("BUTTER_CONFDIR", str(tmp_path / "butter-confdir"))  # never ~/.mitmproxy
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
 
