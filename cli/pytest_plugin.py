@@ -348,7 +348,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         return
     test._explained = len(misses)
     group = test._session.group_for(item)
-    original = report.longreprtext.strip() if report.failed else ""
+    original = ""
+    if report.failed:
+        original = call.excinfo.exconly() if call.excinfo is not None else report.longreprtext.strip()
     report.outcome = "failed"
     report.longrepr = _miss_report(test._session, group, new, original)
 
@@ -360,8 +362,7 @@ def _miss_report(session: ButterSession, group: Group, misses: list[dict], origi
              ""]
     for n, miss in enumerate(misses[:MAX_EXPLAINED], start=1):
         lines.append(f"request {n}: {miss['method']} {miss['host']}{miss['path']}")
-        lines.append(f"  {miss['message']}")
-        explanation = session.explain(group, miss)
+        explanation = session.explain(group, miss) or miss["message"]
         lines.extend("  " + line for line in explanation.splitlines())
         lines.append("")
     if len(misses) > MAX_EXPLAINED:
@@ -370,11 +371,6 @@ def _miss_report(session: ButterSession, group: Group, misses: list[dict], origi
     lines.append("If the change is intended, record it: pytest --butter-mode=auto (adds what is missing to the "
                  "cassette) or --butter-mode=record (records the test again from scratch).")
     if original:
-        lines += ["", "The test's own failure (a consequence of the miss):", _tail(original, 15)]
+        lines += ["", "What the test then failed with (a consequence of the miss):",
+                  *("  " + line for line in original.splitlines()[:10])]
     return "\n".join(lines)
-
-
-def _tail(text: str, lines: int) -> str:
-    parts = text.splitlines()
-    shown = (["..."] if len(parts) > lines else []) + parts[-lines:]
-    return "\n".join("  " + p for p in shown)
