@@ -118,6 +118,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         session.close()
 
 
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if items:
+        session = items[0].config.stash.get(_SESSION, None)
+        if session is not None:
+            session.deselected(items)
+
+
 def pytest_report_header(config: pytest.Config) -> str | None:
     session = config.stash.get(_SESSION, None)
     return f"butter: mode {session.mode}, one cassette per {session.scope}" if session else None
@@ -164,6 +171,7 @@ class ButterTest:
 class Group:
     """One cassette: its file, its namespace and the session database it is loaded into."""
 
+    key: tuple[Path, str]  # (cassette folder, namespace)
     name: str
     path: Path
     db: Path
@@ -179,6 +187,7 @@ class ButterSession:
         self.proxy: Any = None
         self.token = secrets.token_hex(16)
         self.groups: dict[tuple[Path, str], Group] = {}
+        self.partial: set[tuple[Path, str]] = set()  # shared cassettes with deselected tests
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -226,7 +235,8 @@ class ButterSession:
             self._tmp = None
 
     # -- cassettes
-    def group_for(self, item: pytest.Item) -> Group:
+    def cassette_of(self, item: pytest.Item) -> tuple[Path, str, Path, bool]:
+        """(cassette folder, namespace, cassette file, shared by several tests?) of a test."""
         marker = item.get_closest_marker("butter")
         kwargs = marker.kwargs if marker else {}
         test_file = Path(str(item.path))
@@ -234,27 +244,39 @@ class ButterSession:
         module = test_file.stem
         if kwargs.get("namespace"):
             name = str(kwargs["namespace"])
-            path = folder / f"{_safe(name)}.jsonl"
-        elif kwargs.get("shared") or self.scope == "module":
-            name, path = module, folder / f"{_safe(module)}.jsonl"
-        else:
-            test = item.name if item.cls is None else f"{item.cls.__name__}.{item.name}"
-            name, path = f"{module}/{test}", folder / _safe(module) / f"{_safe(test)}.jsonl"
+            return folder, name, folder / f"{_safe(name)}.jsonl", True
+        if kwargs.get("shared") or self.scope == "module":
+            return folder, module, folder / f"{_safe(module)}.jsonl", True
+        test = item.name if getattr(item, "cls", None) is None else f"{item.cls.__name__}.{item.name}"
+        return folder, f"{module}/{test}", folder / _safe(module) / f"{_safe(test)}.jsonl", False
+
+    def group_for(self, item: pytest.Item) -> Group:
+        folder, name, path, _ = self.cassette_of(item)
         key = (folder, name)
         if key not in self.groups:
-            self.groups[key] = Group(name, path, self.workdir / f"db-{len(self.groups)}")
+            self.groups[key] = Group(key, name, path, self.workdir / f"db-{len(self.groups)}")
         return self.groups[key]
+
+    def deselected(self, items: list[pytest.Item]) -> None:
+        """A shared cassette some of whose tests do not run is recorded into, never started afresh."""
+        for item in items:
+            if item.get_closest_marker("butter") or "butter" in getattr(item, "fixturenames", ()):
+                folder, name, _, shared = self.cassette_of(item)
+                if shared:
+                    self.partial.add((folder, name))
 
     def begin(self, group: Group) -> None:
         """Before a test: its cassette loaded (once), the proxy switched to it."""
         if not group.prepared:
             group.db.mkdir(parents=True, exist_ok=True)
-            if self.mode != "record":  # record starts from nothing, like a fresh cassette
+            # Record mode starts from nothing, like a fresh cassette, unless that
+            # would drop the recordings of a shared cassette's tests not run now.
+            if self.mode != "record" or group.key in self.partial:
                 backend = LmdbBackend(group.db)
                 try:
                     cassette.load(backend, group.path)
                 except Exception as e:
-                    raise pytest.UsageError(f"butter: cannot load cassette {group.path}: {e}") from e
+                    pytest.fail(f"butter: cannot load cassette {group.path}: {e}", pytrace=False)
                 finally:
                     backend.close()
             group.prepared = True
