@@ -84,8 +84,11 @@ class SessionControl:
         if route == "POST /begin":
             try:
                 wanted = json.loads(flow.request.get_text() or "{}")
-                ctx.options.update(**{k: wanted[k.removeprefix("butter_")] for k in SWITCHED
-                                      if k.removeprefix("butter_") in wanted})
+                # Only what changes: setting butter_db at all reopens the tree.
+                changes = {k: wanted[k.removeprefix("butter_")] for k in SWITCHED
+                           if k.removeprefix("butter_") in wanted and getattr(ctx.options, k) != wanted[k.removeprefix("butter_")]}
+                if changes:
+                    ctx.options.update(**changes)
             except Exception as e:  # a bad path or mode: the plugin reports it, the proxy keeps serving
                 self._answer(flow, 400, {"error": str(e)})
                 return

@@ -16,8 +16,9 @@ started when the first test needs it, with addon/session_control.py loaded
 after butter. Each cassette gets its own small database in the session's
 temporary folder, loaded from the cassette file before its first test; the
 control addon switches butter to that database, mode and namespace before
-each test (measured at a few milliseconds), and after the test waits until
-everything the test sent is recorded and learned from. The cassette file is
+each test, and after the test waits until everything the test sent is
+recorded and learned from: tens of milliseconds per test where a proxy
+started per test costs seconds (bench/pytest_switch.py). The cassette file is
 then rewritten only when its content changed (store/cassette.py).
 
 Cassettes: by default one per test, `<cassettes>/<module>/<test>.jsonl`
