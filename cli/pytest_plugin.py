@@ -43,6 +43,7 @@ import os
 import re
 import secrets
 import tempfile
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +223,9 @@ class ButterSession:
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"butter proxy control {path}: {e.code} {e.read().decode(errors='replace')}"
                                + self.log_tail()) from None
+        except (urllib.error.URLError, OSError) as e:  # the proxy is gone or hung
+            state = "exited" if self.proxy is not None and not self.proxy.running() else "did not answer"
+            raise RuntimeError(f"butter proxy control {path}: the proxy {state} ({e})" + self.log_tail()) from None
 
     def log_tail(self, lines: int = 20) -> str:
         text = self.proxy.log_text() if self.proxy is not None else ""

@@ -82,19 +82,30 @@ def test_a_request_with_no_cassette_in_replay_mode_fails_naming_the_cassette_to_
     pytester.makepyfile(test_new="""
         import openai, pytest
 
-        @pytest.mark.butter
-        def test_asks_the_model():
+        def ask():
             client = openai.OpenAI(api_key="sk-test-none", max_retries=0)
             client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+        @pytest.mark.butter
+        def test_asks_the_model():
+            ask()
+
+        @pytest.mark.butter
+        def test_swallows_the_error():
+            try:
+                ask()
+            except openai.APIError:
+                pass  # an agent that carries on without an answer still fails in replay mode
     """)
     result = run()  # replay is the default mode
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(failed=2)
     text = result.stdout.str()
     assert "1 LLM request(s) of this test were never recorded in" in text
     assert "cassettes/test_new/test_asks_the_model.jsonl (no such cassette yet)" in text
     assert "request 1: POST api.openai.com/v1/chat/completions" in text
     assert "--butter-mode=auto" in text
     assert "sk-test-none" not in text
+    assert "cassettes/test_new/test_swallows_the_error.jsonl (no such cassette yet)" in text
 
 
 def test_an_unknown_mode_in_the_ini_file_is_a_usage_error(pytester, run):
