@@ -26,6 +26,7 @@ from addon import controls  # per-request butter-mode / butter-namespace headers
 from addon import exchange, formats
 from addon import feedback  # the butter.local endpoint
 from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
+from addon.run_report import RunReport  # butter_run_report: this process's counts, for `butter run`
 from store import Cache, Hit, ServePolicy, admin, default_db_path
 from store.cache import NamespacedTable
 from store.inspect import MISSES_TABLE, miss_key
@@ -88,6 +89,8 @@ class Butter:
         self.summary_hits = 0
         self.summary_misses = 0
         self.last_summary = time.monotonic()
+        self.report: RunReport | None = None
+        self._ticker: asyncio.Task | None = None
 
     # -- lifecycle (kept synchronous: async versions break hot reload) ------
     def load(self, loader) -> None:
@@ -108,6 +111,9 @@ class Butter:
         loader.add_option("butter_induction_min", int, 2,
                           "Accept a learned template only when at least this many recorded runs are all "
                           "reproduced by it.")
+        loader.add_option("butter_run_report", str, "",
+                          "Write this process's counts (requests, hits, misses, tokens saved, replay-misses) "
+                          "as JSON to this file every few seconds and at exit (`butter run` reads it).")
 
     def configure(self, updated: set[str]) -> None:
         if "termlog_verbosity" in updated:
@@ -118,15 +124,36 @@ class Butter:
             raise exceptions.OptionsError("butter_induction_min must be at least 2: a template needs two runs to compare")
         if "butter_db" in updated or "butter_min_observations" in updated:
             self._open(ctx.options.butter_db)
+        if "butter_run_report" in updated:
+            self.report = RunReport(ctx.options.butter_run_report) if ctx.options.butter_run_report else None
         # Offline replay needs mitmproxy to defer the upstream connection until
         # a hook has decided; with the default `eager` a CONNECT to an
         # unreachable provider fails before butter ever sees the request.
         if "connection_strategy" in ctx.options.keys() and ctx.options.connection_strategy != "lazy":
             ctx.options.connection_strategy = "lazy"
 
+    def running(self) -> None:
+        # Counters reach the database (and `butter stats`) on a timer too, not only with the next request.
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(HIT_FLUSH_SECONDS)
+            try:
+                self._flush_hits()
+                if self.report is not None:
+                    self.report.write()
+            except Exception as e:
+                self._log_once(f"tick:{type(e).__name__}", "butter: periodic flush failed: %r", e)
+
     def done(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         self._flush_hits(force=True)
         self._close()
+        if self.report is not None:
+            self.report.write(force=True)
 
     def _open(self, path: str) -> None:
         self._close()
@@ -205,6 +232,8 @@ class Butter:
         except NotUnderstood as e:
             self._log_once(f"parse:{state.fmt.name}:{e}", "butter: %s request not understood (%s); passing it through", state.fmt.name, e)
             state.status = "bypass (not understood)"
+            if self.report is not None:
+                self.report.passed(state.fmt.name, None)
             return
         _move_query_key_to_header(request)
         state.namespace = self.cache.namespace(credential, state.fixed_namespace)
@@ -213,6 +242,8 @@ class Butter:
             return
         conversation = state.parsed.conversation
         if mode == "record":
+            if self.report is not None:
+                self.report.miss(state.fmt.name, conversation.context.get("model"), "record mode", replay=False)
             self._forward_and_record(flow, state, refresh=True, status="record")
             return
         declared = state.bindings or None
@@ -245,6 +276,8 @@ class Butter:
         where = (f"left the tree at message {result.matched}: {result.detail}" if result.matched >= 0
                  else result.detail)
         self.misses[miss_key(state.namespace, conversation.context)] += 1
+        if self.report is not None:
+            self.report.miss(state.fmt.name, model, where, replay=mode == "replay")
         self._flush_hits()
         if mode == "replay":
             state.status = "replay-miss"
@@ -274,6 +307,8 @@ class Butter:
         except NotUnderstood as e:
             if state.mode == "replay":
                 state.status = "replay-miss"
+                if self.report is not None:
+                    self.report.miss(state.fmt.name, state.parsed.conversation.context.get("model"), str(e), replay=True)
                 self._respond(flow, state.fmt.error(REPLAY_MISS_STATUS, f"butter replay mode: {e}", "butter_replay_miss"),
                               {"butter-cache": "replay-miss", "x-should-retry": "false"})
             else:
@@ -306,6 +341,8 @@ class Butter:
         if state.fmt.keeps_state:
             self._submit(state.fmt.remember, state.parsed, reply, self._state_table(state))
         self.hits[hit.node_id] += 1
+        if self.report is not None:
+            self.report.hit(state.fmt.name, state.parsed.conversation.context.get("model"), reply, bool(hit.bindings))
         self._flush_hits()
 
     def _respond(self, flow: http.HTTPFlow, wire: WireResponse, extra: dict[str, str]) -> None:
@@ -399,8 +436,15 @@ class Butter:
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)
+        message = flow.error.msg if flow.error else "the exchange failed"
         if state is not None and state.record:
-            log.info("butter: not recorded: %s", flow.error.msg if flow.error else "the exchange failed")
+            log.info("butter: not recorded: %s", message)
+        if "certificate" in message.lower() or "tls handshake" in message.lower():
+            # mitmproxy answers the client with its own 502 page after this hook; say what to do about it.
+            self._log_once(f"upstream-tls:{flow.request.host}",
+                           "butter: TLS to %s failed (%s); the client got a 502. A self-signed upstream? Start "
+                           "butter with --upstream-insecure (butter proxy/run), or trust its CA with "
+                           "--set ssl_verify_upstream_trusted_ca=PATH", flow.request.host, message)
 
     # -- recording, off the event loop ----------------------------------------
     def _received_body(self, flow: http.HTTPFlow, state: FlowState) -> bytes:
@@ -418,6 +462,8 @@ class Butter:
                                     streamed=state.streamed, refresh=state.refresh,
                                     state=self._state_table(state) if state.fmt.keeps_state else None,
                                     bindings=state.bindings)
+        if self.report is not None:
+            self.report.record()
         log.info("butter: recorded %s %s reply at node %s", state.fmt.name,
                  state.parsed.conversation.context.get("model"), node.hex()[:12])
         if state.induction and not state.bindings and self.inducer is not None:

@@ -12,11 +12,14 @@ import importlib
 import pkgutil
 import sys
 
+import cli
 from cli import commands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="butter", description="See and steer what butter remembers.")
+    parser = argparse.ArgumentParser(prog="butter", description="Run butter (proxy, run) and see and steer what "
+                                                                "it remembers.")
+    parser.add_argument("--version", action="version", version=f"butter {cli.__version__}")
     parser.add_argument("--db", help="LMDB directory (default: $BUTTER_DB, else .butter/db)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):

@@ -235,11 +235,13 @@ class ProxyProcess:
     """One `mitmdump -s addon/butter.py` child. Starts in the constructor; `stop()` (or `with`) ends it.
 
     `log`: a file to append mitmdump's output to; None lets it share this
-    process's stdout/stderr (the foreground `butter proxy`).
+    process's stdout/stderr (the foreground `butter proxy`). `own_session`:
+    a Ctrl-C in the terminal does not reach mitmdump (`butter run` stops it
+    itself, after the command, so the run's counts are complete).
     """
 
     def __init__(self, opts: ProxyOptions, trust: Trust | None = None, *, log: Path | None = None,
-                 cwd: Path | None = None, start_timeout: float = START_TIMEOUT):
+                 cwd: Path | None = None, start_timeout: float = START_TIMEOUT, own_session: bool = False):
         self.opts = opts
         self.trust = trust or ensure_trust()
         self.log_path = log
@@ -255,7 +257,7 @@ class ProxyProcess:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         out = self._log_file if self._log_file else None
         self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                     env=env, cwd=cwd)
+                                     env=env, cwd=cwd, start_new_session=own_session)
         try:
             for port in [self.port] + [r.port for r in self.reverse]:
                 self._wait_for_port(port, start_timeout)

@@ -25,7 +25,10 @@ find_python() {
 
 stamp=.venv/.butter-installed
 if [ ! -x .venv/bin/python ]; then
-    "$(find_python)" -m venv .venv
+    # An assignment, so `set -e` stops here when find_python fails (inside
+    # "$(...)" as an argument the failure was ignored and "" ran as a command).
+    python="$(find_python)"
+    "$python" -m venv .venv
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip

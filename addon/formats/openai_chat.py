@@ -77,12 +77,15 @@ class OpenAIChat(WireFormat):
     # -- reply: provider -> canonical ---------------------------------------
     def reply_from_body(self, body: bytes, streamed: bool) -> dict | None:
         reply = _assemble_stream(body) if streamed else _plain_reply(body)
-        if reply is None:
-            return None
-        for choice in reply["choices"]:
-            for call in choice.get("message", {}).get("tool_calls") or []:
-                call.pop("id", None)  # fresh ids on every render
+        # Tool-call ids are kept (`id` is bookkeeping to reply agreement and
+        # induction): an exact hit serves them as recorded, because agents
+        # such as smolagents write them into the next request's text
+        # ("Calling tools: [{'id': 'call_…'"), which then matches the recording.
         return reply
+
+    def bound_reply(self, reply: dict, bindings: dict[str, str]) -> dict:
+        """A template hit answers another run: fresh tool-call ids (render makes them), never a recorded run's."""
+        return {**reply, "choices": [_without_call_ids(c) for c in reply.get("choices") or []]}
 
     # -- reply: canonical -> wire ------------------------------------------
     def render(self, reply: dict, parsed: ParsedRequest) -> WireResponse:
@@ -312,10 +315,25 @@ class _FreshIds:
 
 
 def _with_call_ids(choice: dict, ids: _FreshIds) -> dict:
+    """Each call with its recorded id (an exact hit), else a fresh one (a template hit, an older recording)."""
     message = dict(choice.get("message") or {})
     if message.get("tool_calls"):
-        message["tool_calls"] = [{"id": ids.call(), **c} for c in message["tool_calls"]]
+        message["tool_calls"] = [{**c, "id": _call_id(c, ids)} if "id" in c else {"id": _call_id(c, ids), **c}
+                                 for c in message["tool_calls"]]
     return {**choice, "message": message}
+
+
+def _call_id(call: dict, ids: _FreshIds) -> str:
+    recorded = call.get("id")
+    return recorded if isinstance(recorded, str) and recorded else ids.call()
+
+
+def _without_call_ids(choice: dict) -> dict:
+    message = choice.get("message")
+    if not isinstance(message, dict) or not message.get("tool_calls"):
+        return choice
+    calls = [{k: v for k, v in c.items() if k != "id"} if isinstance(c, dict) else c for c in message["tool_calls"]]
+    return {**choice, "message": {**message, "tool_calls": calls}}
 
 
 def _pieces(text: str) -> list[str]:
@@ -373,7 +391,7 @@ def _stream_chunks(reply: dict, ids: _FreshIds, include_usage: bool) -> Iterator
                     yield chunk([piece(index, {field: part}, lp)])
         for n, call in enumerate(message.get("tool_calls") or []):
             fn = call.get("function") or {}
-            opening = {"index": n, "id": ids.call(), "type": call.get("type", "function"),
+            opening = {"index": n, "id": _call_id(call, ids), "type": call.get("type", "function"),
                        "function": {"name": fn.get("name", ""), "arguments": ""}}
             yield chunk([piece(index, {"tool_calls": [opening]})])
             if fn.get("arguments"):

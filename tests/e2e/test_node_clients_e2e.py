@@ -8,7 +8,7 @@ subprocess against the fake provider over TLS:
    `OPENAI_BASE_URL=https://localhost:PORT/v1` (for Anthropic,
    `reverse:https://api.anthropic.com` and `ANTHROPIC_BASE_URL=https://localhost:PORT`),
    trusting mitmproxy's CA through `NODE_EXTRA_CA_CERTS`;
-2. the undici preload (`NODE_OPTIONS=--import tests/node/proxy-preload.mjs`)
+2. the undici preload (`NODE_OPTIONS=--import cli/node/proxy-preload.mjs`)
    that makes fetch honour `HTTPS_PROXY`, with the SDK's default base URL.
 
 Each SDK is tested plain and streamed (the SDK's own stream accumulator),
@@ -32,7 +32,7 @@ from tests.fakes import anthropic_messages, openai_chat
 from tests.fakes.provider import FakeProvider
 
 NODE_DIR = ROOT / "tests" / "node"
-PRELOAD = NODE_DIR / "proxy-preload.mjs"
+PRELOAD = ROOT / "cli" / "node" / "proxy-preload.mjs"  # the preload `butter run` gives Node agents
 NODE = shutil.which("node")
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="needs Node 20+ on PATH")

@@ -113,7 +113,7 @@ def test_a_stream_assembles_every_choice_logprob_and_tool_call():
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parallel] == [
         ("GetWeatherArgs", {"city": "Edinburgh", "country": "GB", "units": "c"}),
         ("get_stock_price", {"ticker": "AAPL", "exchange": "NASDAQ"})]
-    assert all("id" not in c for c in parallel), "tool-call ids are regenerated on every render"
+    assert all(c["id"].startswith("call_") for c in parallel), "tool-call ids are kept for exact hits"
     logprobs = assemble_file("83b060bae42eb41c")["choices"][0]
     assert "".join(t["token"] for t in logprobs["logprobs"]["content"]) == logprobs["message"]["content"]
 
@@ -134,13 +134,35 @@ def test_a_streamed_render_carries_usage_only_when_asked():
     assert all(e["choices"] and "usage" not in e for e in events)
 
 
-def test_a_plain_render_has_fresh_ids_consistent_within_the_reply():
+def test_an_exact_render_serves_the_recorded_call_ids_and_a_fresh_completion_id():
     reply = assemble_file("f82268f2fefd5cfb")
+    recorded = [c["id"] for c in reply["choices"][0]["message"]["tool_calls"]]
+    assert len(set(recorded)) == 2 and all(i.startswith("call_") for i in recorded)
     parsed = FORMAT.parse_request(wire(BASE))
     one, two = (json.loads(FORMAT.render(reply, parsed).body) for _ in range(2))
     assert one["id"] != two["id"] and one["id"].startswith("chatcmpl-")
-    ids = [c["id"] for c in one["choices"][0]["message"]["tool_calls"]]
-    assert len(set(ids)) == 2 and all(i.startswith("call_") for i in ids)
+    assert [c["id"] for c in one["choices"][0]["message"]["tool_calls"]] == recorded
+    streamed = FORMAT.render(reply, FORMAT.parse_request(wire({**BASE, "stream": True})))
+    again = FORMAT.reply_from_body(streamed.body, streamed=True)
+    assert [c["id"] for c in again["choices"][0]["message"]["tool_calls"]] == recorded
+
+
+def test_a_template_render_has_fresh_call_ids_consistent_within_the_reply():
+    reply = assemble_file("f82268f2fefd5cfb")
+    recorded = {c["id"] for c in reply["choices"][0]["message"]["tool_calls"]}
+    parsed = FORMAT.parse_request(wire(BASE))
+    one, two = (json.loads(FORMAT.render(FORMAT.bound_reply(reply, {"x": "1"}), parsed).body) for _ in range(2))
+    ids_one = [c["id"] for c in one["choices"][0]["message"]["tool_calls"]]
+    ids_two = [c["id"] for c in two["choices"][0]["message"]["tool_calls"]]
+    assert len(set(ids_one)) == 2 and all(i.startswith("call_") for i in ids_one)
+    assert not (set(ids_one) & recorded) and not (set(ids_one) & set(ids_two))
+
+
+def test_replies_that_differ_only_in_call_ids_are_one_answer():
+    from store.tree import reply_id
+    reply = assemble_file("f82268f2fefd5cfb")
+    other = FORMAT.bound_reply(reply, {"x": "1"})
+    assert reply_id(reply) == reply_id(other)
 
 
 def test_a_stream_cut_before_its_finish_is_not_recordable():
