@@ -11,6 +11,8 @@ served by the template learned from the other two).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,7 +27,7 @@ import pytest
 
 from tests.e2e.harness import REDIRECT, ROOT
 from tests.fakes import openai_chat
-from tests.fakes.provider import FakeProvider
+from tests.fakes.provider import Call, FakeProvider, JSONReply, StreamReply
 
 EXAMPLE = ROOT / "examples" / "agent-tests"
 NODE_MODULES = ROOT / "tests" / "node" / "node_modules"  # the example's Node SDKs (same pins as tests/node)
@@ -36,6 +38,7 @@ TESTS = ["test_refund_is_made_and_confirmed", "test_refund_streamed", "test_node
 CASSETTES = ["refunds.jsonl", "test_support_agent/test_node_agent_refunds.jsonl",
              "test_support_agent/test_refund_is_made_and_confirmed.jsonl",
              "test_support_agent/test_refund_streamed.jsonl"]
+FAKE_ID = re.compile(rb"\b(chatcmpl-|call_)[0-9a-f]{16}\b")
 # Provider calls of a recording from scratch: three per agent run, and none for
 # the new customer, served by the template learned from the two before it.
 RECORDED_CALLS = 3 * 5
@@ -90,10 +93,33 @@ def mtimes(project: Path) -> dict[str, int]:
     return {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*.jsonl")}
 
 
+def same_answer_same_ids(call: Call) -> JSONReply | StreamReply:
+    """The fake OpenAI model, with the ids it makes up derived from the request.
+
+    butter keeps the provider's tool-call ids in a recording (an agent may echo
+    them), so a provider with fresh ids on every call, like the real one (whose
+    text varies too), never records the same cassette twice. This one answers
+    the same request with the same bytes: what byte-identical re-recording needs.
+    """
+    reply = openai_chat.handler(call)
+    stable: dict[bytes, bytes] = {}
+
+    def fix(m: re.Match) -> bytes:
+        if m.group(0) not in stable:
+            stable[m.group(0)] = m.group(1) + hashlib.sha256(call.body + bytes([len(stable)])).hexdigest()[:16].encode()
+        return stable[m.group(0)]
+
+    if isinstance(reply, JSONReply):
+        reply.body = json.loads(FAKE_ID.sub(fix, json.dumps(reply.body).encode()))
+    else:
+        reply.chunks = [FAKE_ID.sub(fix, chunk) for chunk in reply.chunks]
+    return reply
+
+
 @pytest.fixture(scope="module")
 def fake(tls) -> Iterator[FakeProvider]:
     _, cert, key = tls
-    provider = FakeProvider(cert, key, openai_chat.handler)
+    provider = FakeProvider(cert, key, same_answer_same_ids)
     yield provider
     provider.close()
 
