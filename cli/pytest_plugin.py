@@ -26,7 +26,7 @@ Cassettes: by default one per test, `<cassettes>/<module>/<test>.jsonl`
 `@pytest.mark.butter(namespace="refunds")` puts every test naming it in one
 namespace and one cassette, `<cassettes>/refunds.jsonl`, so templates learned
 from some tests serve the others. `<cassettes>` is `--butter-cassettes` (ini
-`butter_cassettes`, relative to the rootdir), else `cassettes/` beside the
+`butter_cassettes`, relative to the ini file), else `cassettes/` beside the
 test file.
 
 In replay mode a request that was never recorded gets butter's replay-miss
@@ -72,8 +72,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "auto: replay and record what is missing; record: record every test again; "
                          "off: no proxy at all")
     group.addoption("--butter-cassettes", metavar="DIR", default=None,
-                    help="folder of the cassettes (relative to the rootdir); default: cassettes/ beside each "
-                         "test file")
+                    help="folder of the cassettes; default: cassettes/ beside each test file")
     group.addoption("--butter-scope", choices=SCOPES, default=None,
                     help="one cassette (and namespace) per test (default) or per module")
     group.addoption("--butter-proxy-option", action="append", default=[], metavar="NAME=VALUE",
@@ -81,7 +80,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--butter-proxy-script", action="append", default=[], metavar="PATH",
                     help="another mitmproxy addon script for the session's proxy (loaded after butter), repeatable")
     parser.addini("butter_mode", f"default for --butter-mode (default {DEFAULT_MODE})", default=DEFAULT_MODE)
-    parser.addini("butter_cassettes", "default for --butter-cassettes", default="")
+    parser.addini("butter_cassettes", "default for --butter-cassettes (relative to the ini file)", default="")
     parser.addini("butter_scope", "default for --butter-scope (test or module)", default="test")
     parser.addini("butter_proxy_options", "mitmproxy options for the proxy, NAME=VALUE per line", type="linelist",
                   default=[])
@@ -107,11 +106,17 @@ def pytest_configure(config: pytest.Config) -> None:
         if not sep or not name.strip():
             raise pytest.UsageError(f"butter proxy option {pair!r} is not NAME=VALUE")
         options[name.strip()] = value.strip()
-    root = Path(str(config.rootpath))
-    scripts = [_resolve(root, s) for s in list(config.getini("butter_proxy_scripts"))
-               + config.getoption("--butter-proxy-script")]
-    folder = config.getoption("--butter-cassettes") or config.getini("butter_cassettes")
-    config.stash[_SESSION] = ButterSession(mode, scope, _resolve(root, folder) if folder else None, options, scripts)
+    # Paths on the command line are relative to where pytest runs, in the ini file to that file.
+    here = Path(config.invocation_params.dir)
+    ini_dir = Path(config.inipath).parent if config.inipath else Path(config.rootpath)
+    scripts = [_resolve(ini_dir, s) for s in config.getini("butter_proxy_scripts")]
+    scripts += [_resolve(here, s) for s in config.getoption("--butter-proxy-script")]
+    folder = None
+    if config.getoption("--butter-cassettes"):
+        folder = _resolve(here, config.getoption("--butter-cassettes"))
+    elif config.getini("butter_cassettes"):
+        folder = _resolve(ini_dir, config.getini("butter_cassettes"))
+    config.stash[_SESSION] = ButterSession(mode, scope, folder, options, scripts)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
