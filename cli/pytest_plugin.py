@@ -192,6 +192,7 @@ class ButterSession:
         self.mode, self.scope, self.folder = mode, scope, folder
         self.options, self.scripts = options, scripts
         self.proxy: Any = None
+        self.start_error = ""
         self.token = secrets.token_hex(16)
         self.groups: dict[tuple[Path, str], Group] = {}
         self.partial: set[tuple[Path, str]] = set()  # shared cassettes with deselected tests
@@ -206,14 +207,21 @@ class ButterSession:
         return Path(self._tmp.name)
 
     def start(self) -> Any:
+        if self.start_error:  # one failed start is reported once, not waited for again by every test
+            pytest.fail(f"butter: the proxy could not start earlier in this session: {self.start_error}",
+                        pytrace=False)
         if self.proxy is None:
             from addon import session_control
-            from cli.proxy_process import ProxyOptions, ProxyProcess
+            from cli.proxy_process import ProxyOptions, ProxyProcess, ProxyStartError
 
             opts = ProxyOptions(db=self.workdir / "idle", mode="replay", namespace="idle",
                                 scripts=[Path(session_control.__file__).resolve(), *self.scripts],
                                 options={"butter_control_token": self.token, **self.options})
-            self.proxy = ProxyProcess(opts, log=self.workdir / "mitmdump.log")
+            try:
+                self.proxy = ProxyProcess(opts, log=self.workdir / "mitmdump.log")
+            except ProxyStartError as e:
+                self.start_error = str(e).splitlines()[0]
+                pytest.fail(f"butter: the proxy did not start: {e}", pytrace=False)
             self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": self.proxy.url}))
         return self.proxy
 

@@ -114,3 +114,19 @@ def test_an_unknown_mode_in_the_ini_file_is_a_usage_error(pytester, run):
     result = run()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "butter_mode = 'sometimes'" in result.stderr.str()
+
+
+def test_a_proxy_that_cannot_start_fails_the_first_test_with_its_log_and_the_rest_at_once(pytester, run):
+    pytester.makepyfile(test_broken="""
+        def test_one(butter):
+            pass
+
+        def test_two(butter):
+            pass
+    """)
+    result = run("--butter-mode=auto", "--butter-proxy-option=butter_min_observations=0")
+    result.assert_outcomes(errors=2)
+    text = result.stdout.str()
+    assert "butter: the proxy did not start: mitmdump exited" in text
+    assert "butter_min_observations must be at least 1" in text  # mitmdump's own words, from its log
+    assert "the proxy could not start earlier in this session" in text
