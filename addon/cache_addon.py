@@ -30,6 +30,7 @@ from addon.run_report import RunReport  # butter_run_report: this process's coun
 from store import Cache, Hit, ServePolicy, admin, default_db_path
 from store.cache import NamespacedTable
 from store.inspect import MISSES_TABLE, miss_key
+from store.last_miss import LAST_MISS_TABLE, last_miss_key, last_miss_row  # for `butter explain --last-miss`
 from store.model import Miss
 from store.templates import RenderError, render_reply
 from store.tree import plan_record
@@ -153,7 +154,10 @@ class Butter:
         self._flush_hits(force=True)
         self._close()
         if self.report is not None:
-            self.report.write(force=True)
+            try:
+                self.report.write(force=True)
+            except OSError as e:
+                log.warning("butter: could not write the run report %s: %s", self.report.path, e)
 
     def _open(self, path: str) -> None:
         self._close()
@@ -272,12 +276,15 @@ class Butter:
                 return
         if result.template_failure:
             log.debug("butter: nearest template %s at message %d: %s", result.template.hex()[:12] if result.template
-                      else "?", result.matched, result.template_failure)
-        where = (f"left the tree at message {result.matched}: {result.detail}" if result.matched >= 0
-                 else result.detail)
+                      else "?", result.matched + 1, result.template_failure)
+        # Positions people read are 1-based: "message 1" is the first message.
+        where = (f"left the tree after {result.matched} of {len(conversation.messages)} message(s): {result.detail}"
+                 if result.matched >= 0 else result.detail)
         self.misses[miss_key(state.namespace, conversation.context)] += 1
         if self.report is not None:
             self.report.miss(state.fmt.name, model, where, replay=mode == "replay")
+        self._submit(self._remember_miss, state.fmt.name, flow.request.path.split("?", 1)[0], state.namespace,
+                     conversation, mode, where)
         self._flush_hits()
         if mode == "replay":
             state.status = "replay-miss"
@@ -473,6 +480,13 @@ class Butter:
             except RuntimeError:
                 pass  # shutting down: learning waits for the next run
 
+    def _remember_miss(self, fmt: str, path: str, namespace: str, conversation, mode: str, where: str) -> None:
+        """The namespace's last miss, canonical and credential-free, replacing the one before (on the writer)."""
+        assert self.cache is not None
+        row = last_miss_row(fmt, path, namespace, conversation, mode, where)
+        if row is not None:
+            self.cache.backend.put_aux(LAST_MISS_TABLE, last_miss_key(namespace), row)
+
     def _induce(self, namespace: str, conversation, min_observations: int, fmt: str = "") -> None:
         """Learn templates from a recorded miss, on the induction thread.
 
@@ -490,7 +504,7 @@ class Butter:
         if outcome.accepted is not None:
             proposal = outcome.accepted
             log.info("butter: induction %s: learned a template from %d runs (slots %s) at message %d", where,
-                     len(proposal.keys), ", ".join(f"{k}:{v}" for k, v in proposal.slots.items()), proposal.start)
+                     len(proposal.keys), ", ".join(f"{k}:{v}" for k, v in proposal.slots.items()), proposal.start + 1)
         else:
             # Reasons quote the conversation's values: debug only, like miss explanations.
             for rejected in outcome.rejected:

@@ -120,6 +120,8 @@ def tool_calls_of(message: Message) -> list[tuple[str, Any]]:
         if isinstance(call, dict):
             fn = call.get("function") if isinstance(call.get("function"), dict) else call
             calls.append((str(fn.get("name", "?")), fn.get("arguments", fn.get("input"))))
+    if message.get("type") in ("function_call", "custom_tool_call"):  # a Responses item
+        calls.append((str(message.get("name", "?")), message.get("arguments", message.get("input"))))
     for part in _parts(message):
         if part.get("type") == "tool_use":
             calls.append((str(part.get("name", "?")), part.get("input")))
@@ -134,6 +136,11 @@ def text_of(message: Message) -> str:
     content = message.get("content")
     if isinstance(content, str):
         texts.append(content)
+    output = message.get("output")  # a Responses function_call_output item
+    if isinstance(output, str):
+        texts.append(output)
+    elif isinstance(output, list):
+        texts.append(text_of({"content": output}))
     for part in _parts(message):
         if isinstance(part.get("text"), str):
             texts.append(part["text"])
@@ -176,7 +183,7 @@ def summarise(message: Message, width: int = 60) -> str:
         pieces.append(f'"{_clip(text, width)}"')
     for name, arguments in tool_calls_of(message):
         pieces.append(f"→ {name}({_clip(_args_brief(arguments), max(width // 2, 10))})")
-    ref = message.get("tool_call_ref") or message.get("tool_call_id")
+    ref = message.get("tool_call_ref") or message.get("tool_call_id") or message.get("call")  # `call`: Responses
     label = f"{role}[{ref}]" if ref else role
     return f"{label}: {' '.join(pieces)}" if pieces else label
 
@@ -187,11 +194,16 @@ def summarise_context(context: dict) -> str:
     tools = params.pop("tools", None) or context.get("tools") or []
     names = []
     for tool in tools if isinstance(tools, list) else []:
-        if isinstance(tool, dict):
-            fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
-            names.append(str(fn.get("name") or tool.get("type") or "?"))
-            for decl in tool.get("functionDeclarations") or []:  # Gemini
-                names.append(str(decl.get("name", "?")))
+        if not isinstance(tool, dict):
+            continue
+        declarations = tool.get("functionDeclarations")
+        if isinstance(declarations, list):  # Gemini: one tool entry holds every function
+            names += [str(d.get("name", "?")) for d in declarations if isinstance(d, dict)]
+            continue
+        fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        # A built-in tool names itself by type (Responses, Anthropic) or by its only key (Gemini's googleSearch).
+        only_key = next(iter(tool)) if len(tool) == 1 else None
+        names.append(str(fn.get("name") or tool.get("type") or only_key or "?"))
     bits = [str(context.get("api", "?")), str(context.get("model", "?"))]
     if names:
         bits.append("tools: " + ", ".join(n for n in names if n))
@@ -289,6 +301,28 @@ def stats_rows(index: TreeIndex) -> list[dict]:
                                      "templates": 0, "replies": 0, "observations": 0, "hits": 0, "misses": 0,
                                      "tokens_saved": 0, "last_hit": 0.0})
 
+    on_template_path: dict[bytes, bool] = {}
+
+    def learned(node_id: bytes) -> bool:
+        """Is this node a template or below one (made by induction, not by a provider's answer)?"""
+        walked: list[bytes] = []
+        current: bytes | None = node_id
+        found = False
+        while current is not None and current not in on_template_path:
+            node = index.nodes.get(current)
+            if node is None:
+                break
+            walked.append(current)
+            if node.kind == "template":
+                found = True
+                break
+            current = node.parent
+        else:
+            found = on_template_path.get(current, False) if current is not None else False
+        for n in walked:
+            on_template_path[n] = found
+        return found
+
     for node in index.nodes.values():
         root_id_ = index.root_of(node.node_id)
         root = index.nodes.get(root_id_) if root_id_ else None
@@ -300,7 +334,9 @@ def stats_rows(index: TreeIndex) -> list[dict]:
         row["templates"] += node.kind == "template"
         replies = index.replies.get(node.node_id, [])
         row["replies"] += len(replies)
-        row["observations"] += sum(r.count for r in replies)
+        if not learned(node.node_id):
+            # A reply on a template's path counts the runs it was learned from, each already counted at its own node.
+            row["observations"] += sum(r.count for r in replies)
         hits = index.hits(node.node_id)
         row["hits"] += hits
         row["last_hit"] = max(row["last_hit"], float(index.stats.get(node.node_id, {}).get("last_hit", 0) or 0))

@@ -5,7 +5,7 @@ line, keys sorted, non-ASCII kept as is. The first line is a header; then
 every node in tree order (root, then depth first, children by id), each
 followed by its replies and its hit statistics; then the side tables.
 
-    {"type": "butter-export", "version": 1, "schema": 1, "counts": {...}}
+    {"type": "butter-export", "version": 1, "schema": 2, "counts": {...}}
     {"type": "node", "id": "<hex>", "parent": "<hex>|null", "depth": 1, "kind": "message", "content": {...}, ...}
     {"type": "reply", "node": "<hex>", "id": "<hex>", "reply": {...}, "count": 2, ...}
     {"type": "stats", "node": "<hex>", "hits": 3, "last_hit": ...}
@@ -33,6 +33,8 @@ from .tree import child_id, root_id
 
 FORMAT = "butter-export"
 FORMAT_VERSION = 1
+# Side tables about the proxy's traffic, not about what is recorded (store/last_miss.py).
+NOT_EXPORTED = frozenset({"last_miss"})
 BATCH_ROWS = 500  # rows per write transaction: short, so proxies never wait long
 
 
@@ -95,6 +97,8 @@ def export_records(rows: Iterable[tuple[str, bytes, Any]], *, namespace: str | N
             stats[key] = value
         elif table == "aux":
             name, _, rest = key.partition(b"\x00")
+            if name.decode() in NOT_EXPORTED:
+                continue
             aux.append((name.decode(), rest, value))
 
     roots = [k for k, v in nodes.items() if v.get("kind") == "root"

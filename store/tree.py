@@ -249,7 +249,8 @@ def lookup(
                     return found
         if match_template is not None and (not best_miss or depth > best_miss[0].matched):
             best_templates[:] = [(message, bindings, node)]
-        note_miss(depth, node, path, "diverged", f"message {depth} ({message.get('role', '?')}) is new at this point")
+        # Positions people read are 1-based ("message 1" is the first).
+        note_miss(depth, node, path, "diverged", f"message {depth + 1} ({message.get('role', '?')}) is new at this point")
         return None
 
     try:

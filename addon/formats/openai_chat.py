@@ -126,7 +126,8 @@ def _canonical_messages(messages: list[dict]) -> Iterator[dict]:
             elif key == "tool_calls" and isinstance(value, list):
                 calls = []
                 for call in value:
-                    call = dict(call) if isinstance(call, dict) else {"raw": call}
+                    # Echoed nulls go here too (the stream helper's `function.parsed_arguments: null`).
+                    call = {k: v for k, v in call.items() if v is not None} if isinstance(call, dict) else {"raw": call}
                     raw_id = call.pop("id", None)
                     # The SDK's stream accumulator leaves each call's `index`
                     # on the message an agent echoes back; a plain reply has
@@ -136,6 +137,8 @@ def _canonical_messages(messages: list[dict]) -> Iterator[dict]:
                         aliases.setdefault(raw_id, f"call#{len(aliases)}")
                         call["ref"] = aliases[raw_id]
                     fn = call.get("function")
+                    if isinstance(fn, dict) and any(v is None for v in fn.values()):
+                        fn = call["function"] = {k: v for k, v in fn.items() if v is not None}
                     if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
                         parsed = parse_json_text(fn["arguments"])
                         # Whitespace and key order inside arguments are not meaning.

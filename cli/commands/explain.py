@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from urllib.parse import parse_qsl, urlsplit
 
 from cli.output import CliError, add_common, emit, open_cache, run, short_id
@@ -36,7 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "a diff against the nearest recorded sibling(s), and for templates which slot or literal "
                     "failed. Read-only.")
     add_common(parser)
-    parser.add_argument("request", metavar="REQUEST.json", help="the request body (JSON), or - for stdin")
+    parser.add_argument("request", metavar="REQUEST.json", nargs="?",
+                        help="the request body (JSON), or - for stdin")
+    parser.add_argument("--last-miss", action="store_true",
+                        help="instead of REQUEST.json, the last request the proxy missed (in --namespace's "
+                             "namespace if given, else the newest of all); kept without credentials")
     parser.add_argument("--url", help="the request URL (picks the wire format; a ?key= is used as credential)")
     parser.add_argument("--path", help="the request path, e.g. /v1/chat/completions (default: guessed)")
     parser.add_argument("--header", "-H", action="append", default=[], metavar="K:V",
@@ -75,55 +80,36 @@ def _credential(args: argparse.Namespace, fmt_name: str, credential: str | None)
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    from addon import credentials, formats  # the proxy's own adapters
-    from addon.formats import NotUnderstood, WireRequest
-
-    raw = sys.stdin.buffer.read() if args.request == "-" else _read(args.request)
-    try:
-        json.loads(raw)
-    except ValueError as e:
-        raise CliError(f"{args.request} is not JSON: {e}") from e
-    headers = _headers(args.header)
-    query: dict[str, str] = {}
-    paths: tuple[str, ...] = DEFAULT_PATHS
-    if args.url:
-        parts = urlsplit(args.url)
-        paths = (parts.path or "/",)
-        query = dict(parse_qsl(parts.query))
-    elif args.path:
-        path, _, qs = args.path.partition("?")
-        paths, query = (path,), dict(parse_qsl(qs))
-    header_credential, clean_headers, clean_query = credentials.split(headers, query)
-    bindings = _bindings(headers.get("butter-bindings"))
-    fixed = args.namespace or headers.get("butter-namespace", "")
-
-    candidates = []
-    errors = []
-    for path in paths:
-        fmt = formats.recognise("POST", path)
-        if fmt is None:
-            errors.append(f"{path}: no wire format serves this path")
-            continue
-        try:
-            parsed = fmt.parse_request(WireRequest("POST", path, clean_query, clean_headers, raw))
-        except NotUnderstood as e:
-            errors.append(f"{path} ({fmt.name}): {e}")
-            continue
-        candidates.append((path, fmt, parsed))
-    if not candidates:
-        raise CliError("the request is not one butter understands (the proxy would pass it through):\n  "
-                       + "\n  ".join(errors))
+    from addon.formats import NotUnderstood
 
     if args.min_observations < 1:
         raise CliError("--min-observations must be at least 1")
+    if args.last_miss:
+        if args.request:
+            raise CliError("give REQUEST.json or --last-miss, not both")
+        # The proxy's namespace for it, decided then; no credential needed to replay it.
+        forced_namespace, candidates = _last_miss(args)
+        header_credential, bindings, fixed = None, None, forced_namespace
+    elif not args.request:
+        raise CliError("give REQUEST.json (or - for stdin), or --last-miss")
+    else:
+        raw = sys.stdin.buffer.read() if args.request == "-" else _read(args.request)
+        try:
+            json.loads(raw)
+        except ValueError as e:
+            raise CliError(f"{args.request} is not JSON: {e}") from e
+        forced_namespace = ""
+        header_credential, bindings, fixed, candidates = _parse_body(args, raw, _headers(args.header))
     with open_cache(args) as cache:
         cache.policy = ServePolicy(min_observations=args.min_observations)
         best = None
         for path, fmt, parsed in candidates:
             credential = _credential(args, fmt.name, header_credential)
-            namespace = cache.namespace(credential, fixed)
+            namespace = forced_namespace or cache.namespace(credential, fixed)
             not_expanded = ""
-            if fmt.keeps_state:  # a Responses `previous_response_id`: the conversation it continues, as the proxy does
+            # A Responses `previous_response_id`: the conversation it continues, as the proxy does (a kept
+            # last miss was stored expanded).
+            if fmt.keeps_state and not forced_namespace:
                 try:
                     parsed = fmt.expand(parsed, cache.state_table(fmt.name, namespace))
                 except NotUnderstood as e:
@@ -190,7 +176,7 @@ def explain_command(args: argparse.Namespace) -> int:
         out.append(f"matched   {result.matched} of {len(messages)} message(s); deepest node {short_id(result.node)}"
                    + (f"  {node_summary(deepest)}" if deepest else ""))
         if result.differing_message is not None:
-            out.append(f"differs   message {result.matched}: {summarise(result.differing_message)}")
+            out.append(f"differs   message {result.matched + 1}: {summarise(result.differing_message)}")
         for t in result.templates:
             out.append(f"template  {short_id(t['node'])}  {t['summary']}")
             out.append(f"          failed: {t['failed']}")
@@ -210,6 +196,64 @@ def explain_command(args: argparse.Namespace) -> int:
 
     emit(args, data, human)
     return 0
+
+
+def _parse_body(args: argparse.Namespace, raw: bytes, headers: dict[str, str]):
+    """(credential from the headers, declared bindings, fixed namespace, [(path, format, parsed)])."""
+    from addon import credentials, formats  # the proxy's own adapters
+    from addon.formats import NotUnderstood, WireRequest
+
+    query: dict[str, str] = {}
+    paths: tuple[str, ...] = DEFAULT_PATHS
+    if args.url:
+        parts = urlsplit(args.url)
+        paths = (parts.path or "/",)
+        query = dict(parse_qsl(parts.query))
+    elif args.path:
+        path, _, qs = args.path.partition("?")
+        paths, query = (path,), dict(parse_qsl(qs))
+    header_credential, clean_headers, clean_query = credentials.split(headers, query)
+    bindings = _bindings(headers.get("butter-bindings"))
+    fixed = args.namespace or headers.get("butter-namespace", "")
+
+    candidates = []
+    errors = []
+    for path in paths:
+        fmt = formats.recognise("POST", path)
+        if fmt is None:
+            errors.append(f"{path}: no wire format serves this path")
+            continue
+        try:
+            parsed = fmt.parse_request(WireRequest("POST", path, clean_query, clean_headers, raw))
+        except NotUnderstood as e:
+            errors.append(f"{path} ({fmt.name}): {e}")
+            continue
+        candidates.append((path, fmt, parsed))
+    if not candidates:
+        raise CliError("the request is not one butter understands (the proxy would pass it through):\n  "
+                       + "\n  ".join(errors))
+
+    return header_credential, bindings, fixed, candidates
+
+
+def _last_miss(args: argparse.Namespace):
+    """The namespace and the one candidate (path, format, parsed) of the proxy's last miss."""
+    from addon import formats
+    from addon.formats import ParsedRequest
+    from store.last_miss import conversation_of, newest_last_miss
+
+    with open_cache(args) as cache:
+        wanted = cache.namespace(None, args.namespace) if args.namespace else None
+        row = newest_last_miss(cache.backend, wanted)
+    if row is None:
+        raise CliError("no miss recorded yet" + (f" in namespace {wanted}" if wanted else "")
+                       + " (proxies keep each namespace's last miss from this version on)")
+    fmt = formats.recognise("POST", row["path"])
+    if fmt is None:
+        raise CliError(f"the last miss was at {row['path']}, which no wire format of this butter serves")
+    print(f"last miss {row['format']} {row['path']} at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row['time']))}"
+          f" ({row.get('mode', '?')} mode): {row.get('where', '')}", file=sys.stderr)
+    return row["namespace"], [(row["path"], fmt, ParsedRequest(conversation_of(row), stream=False))]
 
 
 def _bindings(raw: str | None) -> dict[str, str] | None:

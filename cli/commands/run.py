@@ -110,11 +110,15 @@ def _run_child(command: list[str], env: dict[str, str]) -> int:
     except PermissionError:
         print(f"butter: {command[0]}: permission denied", file=sys.stderr)
         return 126
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C reaches CMD from the terminal by itself; a SIGTERM sent to butter (a CI timeout) is passed on,
+    # and either way butter waits for CMD, then stops the proxy and prints the summary.
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
     try:
         code = child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
     # A command killed by a signal exits like a shell reports it: 128 + the signal.
     return 128 - code if code < 0 else code
 

@@ -104,9 +104,19 @@ def test_replay_strict_with_the_provider_down_serves_what_was_recorded_and_fails
     assert missed.returncode == 3, missed.stderr
     assert s["replay_misses"] == 1 and s["exit_code"] == 0
     assert s["replay_miss_list"][0]["format"] == "openai-chat"
-    assert "left the tree at message" in s["replay_miss_list"][0]["where"]
+    assert s["replay_miss_list"][0]["where"] == "left the tree after 1 of 2 message(s): message 2 (user) is new at this point"
     assert "1 replay-miss(es)" in missed.stderr and "--strict: exiting 3" in missed.stderr
     assert len(provider.calls) == 3  # only the recording run reached the provider
+
+    # `butter explain --last-miss` replays that miss from the database, with no credential given.
+    explained = subprocess.run([sys.executable, "-m", "cli.main", "explain", "--last-miss"], cwd=project,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert explained.returncode == 0, explained.stderr
+    assert "MISS (diverged): message 2 (user) is new at this point" in explained.stdout
+    assert 'differs   message 2: user: "Please refund order 5555."' in explained.stdout
+    assert "last miss openai-chat /v1/chat/completions" in explained.stderr
+    raw = b"".join(p.read_bytes() for p in (project / ".butter" / "db").glob("*.mdb"))
+    assert b"sk-test-run" not in raw  # the kept request carries no credential
 
 
 def test_replay_without_strict_exits_with_the_commands_code(project: Path, provider: FakeProvider, tls):
@@ -225,3 +235,18 @@ def test_smolagents_records_once_then_replays_offline_with_the_ids_it_echoed(pro
     assert (s2["hits"], s2["replay_misses"]) == (3, 0)
     assert replayed == recorded  # the same answer, calls and the very ids recorded
     assert len(provider.calls) == 3
+
+
+def test_a_sigterm_to_butter_run_reaches_the_command_and_the_proxy_is_stopped(project: Path, tmp_path: Path):
+    report = tmp_path / "report.json"
+    sleeper = [sys.executable, "-c", "import signal, sys, time\n"
+               "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\nprint('ready', flush=True)\ntime.sleep(60)"]
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "--report", str(report), "--", *sleeper],
+                            cwd=project, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 42, err
+    summary = json.loads(report.read_text())
+    assert summary["exit_code"] == 42 and not summary.get("report_missing")  # the proxy stopped cleanly

@@ -9,7 +9,7 @@ import pytest
 from cli.main import main
 from store import Cache, Conversation
 from store.inspect import (diff_lines, first_difference, load_index, node_summary, stats_rows, summarise,
-                           tokens_of)
+                           summarise_context, tokens_of)
 
 CONTEXT = {"api": "openai-chat", "model": "m", "params": {}, "headers": {}}
 
@@ -35,6 +35,10 @@ def reply(text: str, tokens: int = 10) -> dict:
      "assistant: → search(q=x)"),
     ({"role": "model", "parts": [{"text": "hi"}, {"functionCall": {"name": "lookup", "args": {"id": 3}}}]},  # Gemini
      'model: "hi" → lookup(id=3)'),
+    ({"type": "function_call", "call": "call#0", "name": "get_order", "arguments": {"order_id": "1234"}},  # Responses
+     "function_call[call#0]: → get_order(order_id=1234)"),
+    ({"type": "function_call_output", "call": "call#0", "output": '{"amount": 42.5}'},
+     'function_call_output[call#0]: "{"amount": 42.5}"'),
 ])
 def test_messages_of_every_format_summarise_to_role_words_and_tool_names(message, expected):
     assert summarise(message) == expected
@@ -175,3 +179,15 @@ def test_explain_follows_a_responses_previous_response_id_as_the_proxy_does(tmp_
     assert main(["--db", str(tmp_path / "db"), "explain", str(request), "--namespace", "shop", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["hit"] is False and "resp_unknown" in data["not_expanded"]
+
+
+@pytest.mark.parametrize("context,expected", [
+    ({"api": "gemini", "model": "gemini-2.0-flash", "params": {"tools": [
+        {"functionDeclarations": [{"name": "get_order"}, {"name": "refund"}]}, {"googleSearch": {}}]}},
+     "gemini  gemini-2.0-flash  tools: get_order, refund, googleSearch"),
+    ({"api": "openai-responses", "model": "gpt-4o", "params": {"tools": [
+        {"type": "function", "name": "get_order"}, {"type": "web_search"}]}},
+     "openai-responses  gpt-4o  tools: get_order, web_search"),
+])
+def test_root_summaries_name_every_tool(context, expected):
+    assert summarise_context(context) == expected

@@ -190,3 +190,20 @@ def test_errors_have_openais_shape():
     err = FORMAT.error(404, "nope", "butter_replay_miss")
     assert err.status == 404 and json.loads(err.body)["error"] == {
         "message": "nope", "type": "butter_error", "param": None, "code": "butter_replay_miss"}
+
+
+def test_nulls_the_stream_helper_echoes_inside_tool_calls_are_out_of_the_key():
+    # `client.chat.completions.stream(...).get_final_completion()` gives each call
+    # `function.parsed_arguments: None` (and the message `parsed: None`); an agent that
+    # appends `message.model_dump()` sends them back.
+    def history(extra_call: dict, extra_fn: dict) -> dict:
+        call = {"id": "call_1", "type": "function", **extra_call,
+                "function": {"name": "f", "arguments": '{"x": 1}', **extra_fn}}
+        return {"model": "m", "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": None, "parsed": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "one"}]}
+    plain = key(history({}, {}))
+    assert key(history({}, {"parsed_arguments": None})) == plain
+    assert key(history({"index": 0}, {"parsed_arguments": None})) == plain
+    assert key(history({}, {"parsed_arguments": {"x": 1}})) != plain  # a value is meaning; only nulls are echoes

@@ -443,5 +443,5 @@ async def test_a_miss_near_a_template_is_explained_in_the_debug_log(tmp_path, ca
         await addon.request(flow)
         assert flow.response is None  # forwarded
         explained = [r.getMessage() for r in caplog.records if "nearest template" in r.getMessage()]
-        assert explained and "at message 1" in explained[0] and "literal 'Please refund order '" in explained[0]
+        assert explained and "at message 2" in explained[0] and "literal 'Please refund order '" in explained[0]
     addon.done()
