@@ -190,7 +190,7 @@ def test_a_changed_prompt_fails_the_test_with_where_it_left_the_recording(record
     cassette = project / "tests/cassettes/test_support_agent/test_refund_is_made_and_confirmed.jsonl"
     assert f"1 LLM request(s) of this test were never recorded in {cassette}" in run.output
     assert "request 1: POST api.openai.com/v1/chat/completions" in run.output
-    assert "MISS (diverged): message 0 (system) is new at this point" in run.output
+    assert "MISS (diverged): message 1 (system) is new at this point" in run.output
     assert '-      "text": "You are a support agent for a web shop. Use the tools, then answer in one sentence.",' \
         in run.output
     assert '+      "text": "You are a support agent for a web shop. Use the tools, then answer in two sentences.",' \
