@@ -103,9 +103,16 @@ class AnthropicMessages(WireFormat):
             return None
         if not all(isinstance(b, dict) for b in message["content"]):
             return None
-        reply = {k: v for k, v in message.items() if k != "id"}
-        reply["content"] = [_without_tool_id(b) for b in message["content"]]
-        return reply
+        # Tool-use ids stay in the stored reply (bookkeeping to agreement and induction): an exact hit
+        # serves them as recorded, for agents that write them into their next prompt's text.
+        return {k: v for k, v in message.items() if k != "id"}
+
+    def bound_reply(self, reply: dict, bindings: dict[str, str]) -> dict:
+        """A template hit answers another run: fresh tool-use ids, never a recorded run's."""
+        content = reply.get("content")
+        if not isinstance(content, list):
+            return reply
+        return {**reply, "content": [_without_tool_id(b) if isinstance(b, dict) else b for b in content]}
 
     # -- reply: canonical -> wire ------------------------------------------
     def render(self, reply: dict, parsed: ParsedRequest) -> WireResponse:
@@ -252,11 +259,11 @@ class _Assembler:
         for index, buf in self.json_bufs.items():
             self.blocks[index]["input"] = _final_input(buf, closed=index in self.closed)
         reply = {k: v for k, v in self.message.items() if k != "id"}
-        reply["content"] = [_without_tool_id(b) for b in self.blocks]
+        reply["content"] = list(self.blocks)  # tool-use ids kept, as in a plain reply
         for entry in self.script:
             if entry[0] == "block":  # the opening block, or null when it equals the final one
                 opening = _without_tool_id(self.starts[entry[1]])
-                entry[2] = None if opening == reply["content"][entry[1]] else opening
+                entry[2] = None if opening == _without_tool_id(reply["content"][entry[1]]) else opening
         reply[STREAM_KEY] = {"start": self.start, "events": self.script}
         return reply
 
@@ -511,11 +518,13 @@ def _random_id(n: int) -> str:
 
 
 class _FreshIds:
-    """A fresh message id and one fresh id per tool_use block, used throughout one reply."""
+    """A fresh message id and one id per tool_use block (the recorded one on an exact hit, else fresh),
+    used throughout one reply."""
 
     def __init__(self, reply: dict) -> None:
         self.message = "msg_01" + _random_id(22)
-        self.tools = {i: "toolu_01" + _random_id(22) for i, b in enumerate(reply.get("content") or [])
+        self.tools = {i: b["id"] if isinstance(b.get("id"), str) and b["id"] else "toolu_01" + _random_id(22)
+                      for i, b in enumerate(reply.get("content") or [])
                       if isinstance(b, dict) and b.get("type") == "tool_use"}
 
     def block(self, index: int, block: dict) -> dict:

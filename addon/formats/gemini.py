@@ -85,11 +85,17 @@ class Gemini(WireFormat):
         reply = _assemble(chunks)
         if reply is None:
             return None
-        for candidate in reply.get("candidates") or []:
-            for part in (candidate.get("content") or {}).get("parts") or []:
-                call = part.get("functionCall") if isinstance(part, dict) else None
-                if isinstance(call, dict) and "id" in call:
-                    call["id"] = ""  # volatile: a fresh one on every render
+        # Function-call ids stay (bookkeeping to agreement and induction): an exact hit serves them as
+        # recorded, for agents that write them into their next prompt's text.
+        return reply
+
+    def bound_reply(self, reply: dict, bindings: dict[str, str]) -> dict:
+        """A template hit answers another run: fresh function-call ids (render makes them)."""
+        if not _call_ids(reply):
+            return reply
+        reply = json.loads(json.dumps(reply))
+        for call in _call_ids(reply):
+            call["id"] = ""
         return reply
 
     # -- reply: canonical -> wire ------------------------------------------
@@ -303,16 +309,21 @@ def _append_part(parts: list, part: Any) -> None:
         parts.append(dict(part) if isinstance(part, dict) else part)
 
 
+def _call_ids(reply: dict) -> list[dict]:
+    """Every functionCall of the reply that has an `id` field."""
+    return [part["functionCall"] for candidate in reply.get("candidates") or []
+            for part in (candidate.get("content") or {}).get("parts") or []
+            if isinstance(part, dict) and isinstance(part.get("functionCall"), dict) and "id" in part["functionCall"]]
+
+
 def _with_fresh_call_ids(reply: dict) -> dict:
-    if not any("id" in (p.get("functionCall") or {}) for c in reply.get("candidates") or []
-               for p in (c.get("content") or {}).get("parts") or [] if isinstance(p, dict)):
+    """A fresh id for each call that has none recorded (a template hit, an older recording)."""
+    if not any(not call["id"] for call in _call_ids(reply)):
         return reply
     reply = json.loads(json.dumps(reply))
-    for candidate in reply.get("candidates") or []:
-        for part in (candidate.get("content") or {}).get("parts") or []:
-            call = part.get("functionCall") if isinstance(part, dict) else None
-            if isinstance(call, dict) and "id" in call:
-                call["id"] = secrets.token_hex(4)
+    for call in _call_ids(reply):
+        if not call["id"]:
+            call["id"] = secrets.token_hex(4)
     return reply
 
 

@@ -65,10 +65,17 @@ class OllamaChat(WireFormat):
         reply = _assemble(lines)
         if reply is None:
             return None
-        for call in reply["message"].get("tool_calls") or []:
-            if isinstance(call, dict) and "id" in call:
-                call["id"] = ""  # volatile: fresh on every render
+        # Tool-call ids stay (bookkeeping to agreement and induction): an exact hit serves them as
+        # recorded, for agents that write them into their next prompt's text.
         return reply
+
+    def bound_reply(self, reply: dict, bindings: dict[str, str]) -> dict:
+        """A template hit answers another run: fresh tool-call ids (render makes them), never a recorded run's."""
+        calls = reply.get("message", {}).get("tool_calls") or []
+        if not any(isinstance(c, dict) and c.get("id") for c in calls):
+            return reply
+        blank = [{**c, "id": ""} if isinstance(c, dict) and "id" in c else c for c in calls]
+        return {**reply, "message": {**reply["message"], "tool_calls": blank}}
 
     # -- reply: canonical -> wire ------------------------------------------
     def render(self, reply: dict, parsed: ParsedRequest) -> WireResponse:
@@ -180,10 +187,12 @@ def _with_time(reply: dict, now: str) -> dict:
 
 
 def _with_fresh_call_ids(reply: dict) -> dict:
+    """A fresh id for each call that has none recorded (a template hit, an older recording)."""
     calls = reply["message"].get("tool_calls") or []
-    if not any(isinstance(c, dict) and "id" in c for c in calls):
+    if not any(isinstance(c, dict) and "id" in c and not c["id"] for c in calls):
         return reply
-    fresh = [{**c, "id": "call_" + secrets.token_hex(4)} if isinstance(c, dict) and "id" in c else c for c in calls]
+    fresh = [{**c, "id": "call_" + secrets.token_hex(4)} if isinstance(c, dict) and "id" in c and not c["id"] else c
+             for c in calls]
     return {**reply, "message": {**reply["message"], "tool_calls": fresh}}
 
 

@@ -69,13 +69,14 @@ def test_a_recording_replays_in_the_other_form(shared_proxy, through, provider, 
         assert comparable(a.model_dump(mode="json")) == comparable(b.model_dump(mode="json"))
 
 
-def test_replayed_tool_ids_are_fresh_and_consistent_within_a_reply(shared_proxy, through, provider, api_key):
+def test_an_exact_replay_serves_the_recorded_tool_ids_and_fresh_message_ids(shared_proxy, through, provider, api_key):
+    # Recorded tool ids, so an agent that writes them into its next prompt's text matches the recording.
     through(shared_proxy)
     first = run_agent(client(api_key), "1234")
     second = run_agent(client(api_key), "1234", stream=True)
-    recorded_ids = {b.id for r in first["replies"] for b in r.content if b.type == "tool_use"}
-    replayed = [b for r in second["replies"] for b in r.content if b.type == "tool_use"]
-    assert replayed and all(b.id.startswith("toolu_") and b.id not in recorded_ids for b in replayed)
+    recorded_ids = [b.id for r in first["replies"] for b in r.content if b.type == "tool_use"]
+    replayed = [b.id for r in second["replies"] for b in r.content if b.type == "tool_use"]
+    assert replayed and replayed == recorded_ids and all(i.startswith("toolu_") for i in replayed)
     assert all(r.id.startswith("msg_") for r in second["replies"])
     assert {r.id for r in second["replies"]}.isdisjoint({r.id for r in first["replies"]})
 

@@ -214,14 +214,16 @@ def test_a_plain_render_is_the_response_with_a_fresh_id():
     assert first["responseId"] != second["responseId"]
 
 
-def test_recorded_function_call_ids_are_rendered_fresh():
+def test_function_call_ids_are_the_recorded_ones_on_an_exact_hit_and_fresh_on_a_template_hit():
     body = {"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"id": "abc1", "name": "f", "args": {}}}]},
                             "finishReason": "STOP"}]}
     reply = GEMINI.reply_from_body(json.dumps(body).encode(), streamed=False)
-    assert "abc1" not in json.dumps(reply)
-    ids = {json.loads(GEMINI.render(reply, GEMINI.parse_request(request(CAMEL))).body)["candidates"][0]["content"]["parts"][0]["functionCall"]["id"]
-           for _ in range(3)}
-    assert len(ids) == 3 and "" not in ids
+
+    def rendered_id(r: dict) -> str:
+        return json.loads(GEMINI.render(r, GEMINI.parse_request(request(CAMEL))).body)["candidates"][0]["content"]["parts"][0]["functionCall"]["id"]
+    assert rendered_id(reply) == "abc1"
+    ids = {rendered_id(GEMINI.bound_reply(reply, {"x": "1"})) for _ in range(3)}
+    assert len(ids) == 3 and "" not in ids and "abc1" not in ids
 
 
 def test_errors_have_googles_shape():

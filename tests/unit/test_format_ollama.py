@@ -142,14 +142,15 @@ def test_a_plain_render_is_one_object_with_a_fresh_time():
     assert body["created_at"] != "2024-01-01T00:00:00.1Z"
 
 
-def test_recorded_tool_call_ids_are_rendered_fresh():
+def test_tool_call_ids_are_the_recorded_ones_on_an_exact_hit_and_fresh_on_a_template_hit():
     stream = STREAM[:-2] + [line({"content": "", "tool_calls": [{"id": "call_x1", "function": {"name": "f", "arguments": {}}}]}),
                             STREAM[-1]]
     reply = OLLAMA.reply_from_body(ndjson(stream), streamed=True)
-    assert "call_x1" not in json.dumps(reply)
     plain = OLLAMA.parse_request(request({**BODY, "stream": False}))
-    ids = {json.loads(OLLAMA.render(reply, plain).body)["message"]["tool_calls"][0]["id"] for _ in range(3)}
-    assert len(ids) == 3 and "" not in ids
+    assert json.loads(OLLAMA.render(reply, plain).body)["message"]["tool_calls"][0]["id"] == "call_x1"
+    bound = OLLAMA.bound_reply(reply, {"x": "1"})
+    ids = {json.loads(OLLAMA.render(bound, plain).body)["message"]["tool_calls"][0]["id"] for _ in range(3)}
+    assert len(ids) == 3 and "" not in ids and "call_x1" not in ids
 
 
 def test_errors_have_ollamas_shape():
