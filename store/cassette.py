@@ -6,8 +6,9 @@ in a fixed order, `butter import` reads it) of the small database one test
 left out, so that recording an unchanged test again gives the same bytes:
 
 - node `created` times are dropped, reply `first_seen`/`last_seen` are 0;
-- hit statistics, miss counters and remembered induction failures are not
-  kept (they describe a run, not the recordings);
+- hit statistics, miss counters, remembered induction failures, skipped
+  learning jobs and recent requests are not kept (they describe a run, not
+  the recordings); a template's trust is kept without its clock times;
 - induction observations keep their order, not their clock time: the i-th
   observation of a (root, depth) says `{"t": i}`;
 - the header names the cassette and carries no secret or secret id (the
@@ -27,9 +28,13 @@ from typing import Any, Iterable, Iterator
 from .lmdb_backend import LmdbBackend
 from .portable import ImportReport, dumps_line, export_records, import_records, read_records
 
-# Side tables that count or remember what happened in one run.
-RUN_TABLES = frozenset({"misses", "induction-failed"})
+# Side tables that count or remember what happened in one run: misses, failed
+# proposals, skipped learning jobs, the web view's recent requests.
+RUN_TABLES = frozenset({"misses", "induction-failed", "induction-skips", "recent", "last_miss"})
 OBSERVATIONS = "induction-obs/"
+# A template's trust (store/trust.py) is kept, its clock times are not.
+TRUST = "trust"
+TRUST_TIMES = ("since", "demoted_at", "last_verified")
 
 
 def cassette_records(rows: Iterable[tuple[str, bytes, Any]], name: str) -> Iterator[dict]:
@@ -50,6 +55,8 @@ def cassette_records(rows: Iterable[tuple[str, bytes, Any]], name: str) -> Itera
             table = record["table"]
             if table in RUN_TABLES:
                 continue
+            if table == TRUST and isinstance(record.get("value"), dict):
+                record = {**record, "value": {k: (0 if k in TRUST_TIMES else v) for k, v in record["value"].items()}}
             if table.startswith(OBSERVATIONS) and isinstance(record.get("value"), dict):
                 record = {**record, "value": dict(record["value"])}
                 ranks.setdefault(table, []).append(record)

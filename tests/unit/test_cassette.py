@@ -60,13 +60,16 @@ def test_a_cassette_keeps_recordings_and_leaves_out_what_describes_one_run(tmp_p
     records = [json.loads(line) for line in cassette.cassette_text(cache.backend, "test_agent/test_refund").splitlines()]
     header, body = records[0], records[1:]
     assert header == {"type": "butter-export", "version": 1, "cassette": "test_agent/test_refund",
-                      "counts": {"aux": 2, "nodes": 4, "replies": 3, "stats": 0}, "schema": header["schema"]}
+                      "counts": {"aux": 3, "nodes": 4, "replies": 3, "stats": 0}, "schema": header["schema"]}
     assert {r["type"] for r in body} == {"node", "reply", "aux"}
     # root, two runs and the template learned from them, with its reply
     assert sorted(r["kind"] for r in body if r["type"] == "node") == ["message", "message", "root", "template"]
     assert all("created" not in r for r in body if r["type"] == "node")
     assert all((r["first_seen"], r["last_seen"]) == (0, 0) for r in body if r["type"] == "reply")
-    assert {r["table"].split("/")[0] for r in body if r["type"] == "aux"} == {"induction-obs"}
+    # two observations, and the learned template's trust (on probation) without its clock times
+    assert {r["table"].split("/")[0] for r in body if r["type"] == "aux"} == {"induction-obs", "trust"}
+    (trust,) = [r["value"] for r in body if r["type"] == "aux" and r["table"] == "trust"]
+    assert trust["state"] == "probation" and trust["since"] == 0
 
 
 def test_induction_observations_keep_their_order_as_ranks(tmp_path):
@@ -86,7 +89,7 @@ def test_a_saved_cassette_loads_into_a_fresh_database_that_serves_it_and_saves_u
     assert cassette.save(cache.backend, path, "t") is True
     fresh = Cache(tmp_path / "b")
     report = cassette.load(fresh.backend, path)
-    assert report is not None and report.added == {"nodes": 4, "replies": 3, "stats": 0, "aux": 2}
+    assert report is not None and report.added == {"nodes": 4, "replies": 3, "stats": 0, "aux": 3}
     served = fresh.lookup(NS, conv(user("refund order 2")))
     assert isinstance(served, Hit) and served.reply == reply("refunded order 2")
     before = path.stat().st_mtime_ns
