@@ -1,0 +1,137 @@
+"""Induction over real-shaped tool results: a tool result that is one bare
+value, JSON lists whose length differs between runs, and optional fields.
+
+Runs are built through the real OpenAI Chat adapter (`run` in
+test_induction_values). What may vary binds nothing unless a later step uses
+it; what a reply depends on must still be explained by substitution.
+"""
+from __future__ import annotations
+
+from store import Cache, Hit, Miss
+from store.induction import Proposal, Rejected, propose
+from store.templates import render_reply
+from tests.unit.test_induction_values import arguments, observations, run
+from tests.unit.test_induction import bindings_for as walk
+
+
+# -- a bare value as a whole tool result ------------------------------------------------------
+
+def account(email: str, user_id: str, balance: int) -> list:
+    return run(f"What is the balance of the account of {email}?", [
+        ("call", "find_user", {"email": email}, user_id),  # the tool answers with the bare id
+        ("call", "get_user", {"user_id": user_id}, {"user_id": user_id, "balance": balance}),
+        ("say", f"The balance is {balance}."),
+    ])
+
+
+RUNS = [account("ana@example.com", "ana_ruiz_1234", 120), account("bo@example.com", "bo_chen_9876", 75)]
+THIRD = account("cy@example.com", "sofia_rossi_8776", 5000)
+
+
+def test_a_tool_result_that_is_one_bare_id_is_a_value_the_next_call_binds():
+    result = propose(observations(RUNS, 1))
+    assert isinstance(result, Proposal), result
+    bound = walk(result, THIRD[1][0].messages)
+    assert bound is not None and "sofia_rossi_8776" in bound.values()
+    assert arguments(render_reply(result.reply, bound)) == {"user_id": "sofia_rossi_8776"}
+
+
+def test_every_step_after_a_bare_id_result_is_served_after_two_runs(tmp_path):
+    cache = Cache(tmp_path / "db")
+    for r in RUNS:
+        for conversation, reply in r:
+            cache.record("ns", conversation, reply)
+            cache.induce("ns", conversation)
+    for step, (conversation, reply) in enumerate(THIRD):
+        found = cache.lookup("ns", conversation)
+        assert isinstance(found, Hit), (step, found)
+        assert render_reply(found.reply, found.bindings) == reply
+    cache.close()
+
+
+def test_a_bare_word_tool_result_is_still_never_a_value():
+    # "approved" / "declined" is a status that decides the next step, not data.
+    def decide(user_id: str, verdict: str) -> list:
+        return run(f"Check the loan of {user_id}.", [
+            ("call", "get_user", {"user_id": user_id}, verdict),
+            ("say", f"Loan for {user_id} checked."),
+        ])
+    result = propose(observations([decide("u_1001", "approved"), decide("u_2002", "declined")], 1))
+    assert isinstance(result, Rejected) and "share no words" in result.reason
+
+
+# -- lists of varying length, optional fields ------------------------------------------------------
+
+def flight(number: str, price: int, **extra) -> dict:
+    return {"flight": number, "price": price, "status": "scheduled", **extra}
+
+
+def search(city: str, flights: list[dict], final: str | None = None) -> list:
+    return run(f"Find flights to {city}.", [
+        ("call", "search_flights", {"to": city}, {"to": city, "results": flights}),
+        ("say", final or f"I found flights to {city}."),
+    ])
+
+
+SEARCHES = [search("Porto", [flight("TP101", 80), flight("FR22", 45, note="night")]),
+            search("Lyon", [flight("AF7", 120)])]
+
+
+def test_lists_that_differ_in_length_with_optional_fields_make_one_template():
+    result = propose(observations(SEARCHES, 1))
+    assert isinstance(result, Proposal), result
+    longer = search("Graz", [flight("OS1", 99), flight("OS3", 60), flight("LH9", 210, note="via Munich")])
+    bound = walk(result, longer[1][0].messages)
+    assert bound is not None and bound.get("to") == "Graz"
+    assert render_reply(result.reply, bound)["choices"][0]["message"]["content"] == "I found flights to Graz."
+
+
+def test_a_list_template_does_not_match_an_empty_list_a_new_field_or_a_changed_constant():
+    result = propose(observations(SEARCHES, 1))
+    assert isinstance(result, Proposal), result
+    for other in (search("Graz", []),  # no results: another branch
+                  search("Graz", [flight("OS1", 99, gate="B4")]),  # a field no run had
+                  search("Graz", [flight("OS1", 99) | {"status": "cancelled"}])):  # a constant that decides
+        assert walk(result, other[1][0].messages) is None
+
+
+def test_a_reply_that_uses_the_first_list_item_binds_it():
+    def book(city: str, flights: list[dict]) -> list:
+        return run(f"Book the first flight to {city}.", [
+            ("call", "search_flights", {"to": city}, {"results": flights}),
+            ("call", "book_flight", {"flight": flights[0]["flight"]}, {"ok": True}),
+        ])
+    runs = [book("Porto", [flight("TP101", 80), flight("FR22", 45)]), book("Lyon", [flight("AF7", 120)])]
+    result = propose(observations(runs, 1))
+    assert isinstance(result, Proposal), result
+    third = book("Graz", [flight("OS1", 99), flight("OS3", 60), flight("LH9", 210)])
+    bound = walk(result, third[1][0].messages)
+    assert arguments(render_reply(result.reply, bound)) == {"flight": "OS1"}
+
+
+def test_a_reply_that_uses_an_optional_field_is_not_explained():
+    runs = [search("Porto", [flight("TP101", 80, note="night")], "Note: night."),
+            search("Lyon", [flight("AF7", 120)], "No notes.")]
+    assert isinstance(propose(observations(runs, 1)), Rejected)
+
+
+def test_a_whole_tool_result_varying_outside_json_still_needs_words():
+    # Two different prose outputs of a tool are not one value.
+    def note(city: str, text: str) -> list:
+        return run(f"Any news for {city}?", [("call", "search_flights", {"to": city}, text), ("say", "Done.")])
+    result = propose(observations([note("Porto", "All flights on time"), note("Lyon", "Strike tomorrow, expect delays")], 1))
+    assert isinstance(result, Rejected)
+
+
+def test_varying_lists_are_served_end_to_end_in_the_store(tmp_path):
+    cache = Cache(tmp_path / "db")
+    for r in SEARCHES:
+        for conversation, reply in r:
+            cache.record("ns", conversation, reply)
+            cache.induce("ns", conversation)
+    third = search("Graz", [flight("OS1", 99), flight("OS3", 60, note="red-eye"), flight("LH9", 210)])
+    found = cache.lookup("ns", third[1][0])
+    assert isinstance(found, Hit), found
+    assert render_reply(found.reply, found.bindings) == third[1][1]
+    assert isinstance(cache.lookup("ns", search("Graz", [])[1][0]), Miss)
+    cache.close()
