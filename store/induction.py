@@ -256,6 +256,18 @@ class _Slots:
             self.hints.setdefault(name, hint)
         return name
 
+    def private(self, values: Sequence[str], hint: str) -> str:
+        """A number slot of its own, never joined with equal values elsewhere (a
+        list's length: small numbers are equal by chance, not by meaning)."""
+        if self.frozen:
+            raise _Refuse("a list length is no slot's value")
+        name = f"_g{len(self.groups)}"
+        self.groups[name] = tuple(values)
+        self.numbers.add(name)
+        self.prose[name] = False
+        self.hints.setdefault(name, hint)
+        return name
+
     def live(self) -> dict[str, tuple[str, ...]]:
         return {n: v for n, v in self.groups.items() if n not in self.expansions}
 
@@ -464,7 +476,10 @@ class _Builder:
         # Every item is evidence for what the others look like, lined-up ones too.
         items = [x for v in values for x in v]
         item = _free(items, f"{where}[]") if items else None
-        return list_marker(lined, item, 1 if shortest else 0)
+        # The length is bound (a decision input to whatever judges the
+        # template: three results may be answered otherwise than one).
+        count = self.slots.private([str(len(v)) for v in values], f"{hint or 'items'}_count")
+        return list_marker(lined, item, 1 if shortest else 0, count)
 
 
 def _free(values: list[Any], where: str) -> Any:
@@ -700,6 +715,8 @@ def _rename(value: Any, names: dict[str, str]) -> Any:
             return {**value, "t": "".join(out)}
         if value.get(MARK) == "number":
             return {**value, "slot": names[value["slot"]]}
+        if value.get(MARK) == "list" and value.get("count"):
+            return {**{k: _rename(v, names) for k, v in value.items()}, "count": names[value["count"]]}
         if value.get(MARK) == "json":
             return {**value, "value": _rename(value["value"], names)}
         return {k: _rename(v, names) for k, v in value.items()}

@@ -23,9 +23,10 @@ without it mattering to a reply):
         any string of that shape (shape null: any string), or "kind": "number"
     {"$butter": "opt", "value": <template>}
         as a field's value: the field may be absent; if present, it matches
-    {"$butter": "list", "head": [<template>, ...], "item": <template | null>, "min": 1}
+    {"$butter": "list", "head": [<template>, ...], "item": <template | null>, "min": 1, "count": "n"}
         a list of at least `min` items (and at least len(head)): the first
-        items match `head` in order (and may bind), the rest each match `item`
+        items match `head` in order (and may bind), the rest each match `item`;
+        its length binds slot `count` (a number), so a length is a value too
 
 Everything else is literal and must be equal. Replies are stored with the
 same markers and rendered with the bindings of the walk.
@@ -165,8 +166,11 @@ def opt_marker(value: Any) -> dict:
     return {MARK: "opt", "value": value}
 
 
-def list_marker(head: list, item: Any, minimum: int) -> dict:
-    return {MARK: "list", "head": list(head), "item": item, "min": minimum}
+def list_marker(head: list, item: Any, minimum: int, count: str | None = None) -> dict:
+    out = {MARK: "list", "head": list(head), "item": item, "min": minimum}
+    if count is not None:
+        out["count"] = count
+    return out
 
 
 def template_content(message: Any, slots: Mapping[str, str]) -> dict:
@@ -224,6 +228,8 @@ def slots_in(value: Any) -> set[str]:
             found.update(p[0] for p in parse_text(marker["t"]) if isinstance(p, tuple))
         elif marker[MARK] == "number":
             found.add(marker["slot"])
+        elif marker[MARK] == "list" and marker.get("count"):
+            found.add(marker["count"])
     return found
 
 
@@ -366,6 +372,8 @@ def _match_list(t: dict, c: Any, bindings: dict, shapes: Mapping[str, str], wher
     head = t.get("head") or []
     if type(c) is not list or len(c) < max(len(head), t.get("min") or 0):
         raise _fail(where, lambda: f"expected a list of at least {max(len(head), t.get('min') or 0)} items")
+    if t.get("count"):
+        _bind(t["count"], str(len(c)), bindings, "number", where)
     for i, (tv, cv) in enumerate(zip(head, c)):
         bindings = _match(tv, cv, bindings, shapes, None if where is None else f"{where}[{i}]")
     item = t.get("item")
