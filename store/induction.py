@@ -99,6 +99,9 @@ MAX_PROSE_SLOT_WORDS = 6
 # many literal words (see `_check_anchor`).
 MIN_PROSE_LITERAL_WORDS = 3
 MAX_EXPLAIN_STEPS = 20_000
+# How lists in JSON are lined up, boldest first (see `_Builder`).
+LIST_FREE, LIST_HEAD, LIST_POSITIONAL = 0, 1, 2
+LIST_LEVELS = (LIST_FREE, LIST_HEAD, LIST_POSITIONAL)
 
 _TOKEN = re.compile(
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"  # e-mail
@@ -346,15 +349,18 @@ class _Slots:
 class _Builder:
     """Lines up the observations' messages, creating slots where they differ.
 
-    `list_head`: how many leading items of a list whose length differs
-    between the observations are lined up item by item (and may bind values
-    a later step uses, the first search result's id); the rest of such a
-    list is one item template that binds nothing.
+    `level`, for lists inside JSON: LIST_FREE makes a list of records
+    (objects) one item template that binds nothing but the list's length,
+    whatever the lengths; LIST_HEAD also lines up the first item (it may
+    bind values a later step uses, the first search result's id);
+    LIST_POSITIONAL lines up lists of equal length item by item and only
+    lists that differ in length get an item template (with the first item
+    lined up). A list whose length differs is never lined up item by item.
     """
 
-    def __init__(self, slots: _Slots, list_head: int = 0):
+    def __init__(self, slots: _Slots, level: int = LIST_POSITIONAL):
         self.slots = slots
-        self.list_head = list_head
+        self.level = level
         self.varied_lists = False  # a list template was made: another list_head may do better
         self.in_tool = False  # inside a tool result: its whole text may be one value
 
@@ -384,6 +390,9 @@ class _Builder:
             if any(len(v) != len(first) for v in values):
                 if not in_json:
                     raise _Refuse(f"{where}: the lists differ in length")
+                return self._varied_list(values, where, hint)
+            if in_json and self.level != LIST_POSITIONAL and first and all(
+                    isinstance(x, dict) for v in values for x in v):
                 return self._varied_list(values, where, hint)
             return [self.align([v[i] for v in values], f"{where}[{i}]", hint, in_json) for i in range(len(first))]
         if all(_is_number(v) for v in values):
@@ -464,22 +473,38 @@ class _Builder:
     def _varied_list(self, values: list[list], where: str, hint: str | None) -> dict:
         """A JSON list whose length differs between the observations.
 
-        Its first `list_head` items are lined up item by item; the other
+        Its first item (none at LIST_FREE) is lined up; the other
         items each match one item template that binds nothing, made from
         every item of every observation (lined-up ones too). An empty list is matched only if one was seen: an empty
         search result is another branch, not a shorter list.
         """
         self.varied_lists = True
         shortest = min(len(v) for v in values)
-        head = min(self.list_head, shortest)
-        lined = [self.align([v[i] for v in values], f"{where}[{i}]", hint, True) for i in range(head)]
+        head = min(0 if self.level == LIST_FREE else 1, shortest)
         # Every item is evidence for what the others look like, lined-up ones too.
         items = [x for v in values for x in v]
         item = _free(items, f"{where}[]") if items else None
+        lined = [self._head_item([v[i] for v in values], item, f"{where}[{i}]", hint) for i in range(head)]
         # The length is bound (a decision input to whatever judges the
         # template: three results may be answered otherwise than one).
         count = self.slots.private([str(len(v)) for v in values], f"{hint or 'items'}_count")
         return list_marker(lined, item, 1 if shortest else 0, count)
+
+
+    def _head_item(self, values: list[Any], item: Any, where: str, hint: str | None) -> Any:
+        """A lined-up item; a field that other items go without is optional
+        here too (free: it binds nothing, so no reply depends on it)."""
+        if not (isinstance(item, dict) and MARK not in item and all(isinstance(v, dict) for v in values)):
+            return self.align(values, where, hint, True)
+        optional = {k for k, t in item.items() if isinstance(t, dict) and t.get(MARK) == "opt"}
+        out = {}
+        for k in item:
+            present = [v[k] for v in values if k in v]
+            if k in optional:
+                out[k] = opt_marker(_optional_value(present, f"{where}.{k}")) if present else item[k]
+            else:
+                out[k] = self.align(present, f"{where}.{k}", k, True)
+        return out
 
 
 def _free(values: list[Any], where: str) -> Any:
@@ -528,9 +553,11 @@ def _optional_value(present: list[Any], where: str) -> Any:
 
 
 def _string_shape(values: list[str]) -> str | None:
-    """The shape an `any` string keeps: none (any string) for empty or multi-line values."""
+    """The shape an `any` string keeps: none (any string) for empty or multi-line
+    values; one value alone says nothing about the shape of the next ("9" as a
+    size, then "M"), so that is text."""
     if all(values) and not any("\n" in v or "\r" in v for v in values):
-        return common_shape(values)
+        return common_shape(values) if len(set(values)) > 1 else "text"
     return None
 
 
@@ -739,12 +766,16 @@ def _slot_name(hint: str | None) -> str | None:
 def propose(observations: Sequence[Observation], min_observations: int = 2) -> Proposal | Rejected:
     keys = tuple(o.key for o in observations)
     try:
-        try:
-            return _propose(list(observations), min_observations, 0)
-        except _VariedListRefuse:
-            # Lists that differ in length were free; a reply that uses the
-            # first item (the first search result's id) needs it lined up.
-            return _propose(list(observations), min_observations, 1)
+        # Lists of records are collections first (their items free, any
+        # length); a reply that uses the first item (the first search
+        # result's id) needs it lined up; one that uses a later item needs
+        # equal lists lined up item by item, as before.
+        for level in LIST_LEVELS[:-1]:
+            try:
+                return _propose(list(observations), min_observations, level)
+            except _VariedListRefuse:
+                continue
+        return _propose(list(observations), min_observations, LIST_LEVELS[-1])
     except _Refuse as e:
         return Rejected(str(e), keys)
 
@@ -753,14 +784,14 @@ class _VariedListRefuse(_Refuse):
     pass
 
 
-def _propose(obs: list[Observation], min_observations: int, list_head: int) -> Proposal:
-    builder = _Builder(_Slots(), list_head)
+def _propose(obs: list[Observation], min_observations: int, level: int) -> Proposal:
+    builder = _Builder(_Slots(), level)
     try:
         return _propose_with(obs, min_observations, builder)
     except _VariedListRefuse:
         raise
     except _Refuse as e:
-        if builder.varied_lists and list_head == 0:
+        if builder.varied_lists and level != LIST_LEVELS[-1]:
             raise _VariedListRefuse(str(e)) from None
         raise
 
