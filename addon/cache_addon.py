@@ -25,6 +25,7 @@ from addon import bindings as template_headers  # Butter-Bindings, Butter-Disabl
 from addon import controls  # per-request butter-mode / butter-namespace headers
 from addon import exchange, formats
 from addon import feedback  # the butter.local endpoint
+from addon import verification  # shadow verification of learned templates, butter-verify header
 from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
 from store import Cache, Hit, ServePolicy, admin, default_db_path
 from store.cache import NamespacedTable
@@ -43,7 +44,7 @@ HIT_SUMMARY_SECONDS = 10.0
 # A replay-mode miss: 404 is not retried by any SDK (they retry 408/409/429/5xx).
 REPLAY_MISS_STATUS = 404
 # Every control and binding header starts with `butter-` (see _has_butter_header).
-assert all(h.startswith("butter-") for h in controls.CONTROL_HEADERS + template_headers.HEADERS)
+assert all(h.startswith("butter-") for h in controls.CONTROL_HEADERS + template_headers.HEADERS + verification.HEADERS)
 NO_CONTROLS = controls.Controls()
 NO_BINDINGS = template_headers.RequestBindings()
 
@@ -65,6 +66,7 @@ class FlowState:
     bindings: dict[str, str] = field(default_factory=dict)  # declared by Butter-Bindings
     induction: bool = True  # learn templates from this request once it is recorded
     induction_min: int = 2
+    verify: Hit | None = None  # the template hit this forwarded request verifies (addon/verification.py)
 
 
 class Butter:
@@ -88,6 +90,7 @@ class Butter:
         self.summary_hits = 0
         self.summary_misses = 0
         self.last_summary = time.monotonic()
+        self.verifier = verification.Verifier()
 
     # -- lifecycle (kept synchronous: async versions break hot reload) ------
     def load(self, loader) -> None:
@@ -108,6 +111,7 @@ class Butter:
         loader.add_option("butter_induction_min", int, 2,
                           "Accept a learned template only when at least this many recorded runs are all "
                           "reproduced by it.")
+        verification.add_options(loader)
 
     def configure(self, updated: set[str]) -> None:
         if "termlog_verbosity" in updated:
@@ -116,8 +120,11 @@ class Butter:
             raise exceptions.OptionsError("butter_min_observations must be at least 1")
         if "butter_induction_min" in updated and ctx.options.butter_induction_min < 2:
             raise exceptions.OptionsError("butter_induction_min must be at least 2: a template needs two runs to compare")
+        verification.check_options(updated)
         if "butter_db" in updated or "butter_min_observations" in updated:
             self._open(ctx.options.butter_db)
+        if self.cache is not None:
+            self.cache.set_trust(verification.rules())
         # Offline replay needs mitmproxy to defer the upstream connection until
         # a hook has decided; with the default `eager` a CONNECT to an
         # unreachable provider fails before butter ever sees the request.
@@ -166,6 +173,11 @@ class Butter:
             except template_headers.BindingsError as e:
                 flow.metadata.setdefault("butter-refused", str(e))
                 declared = template_headers.RequestBindings()
+            try:
+                if not verification.take(flow.request.headers):
+                    flow.metadata[verification.OPTED_OUT] = True
+            except verification.HeaderError as e:
+                flow.metadata.setdefault("butter-refused", str(e))
         else:  # what both `take`s return for a request without butter's headers, at a tenth of the cost
             wanted, declared = NO_CONTROLS, NO_BINDINGS
         fmt = formats.recognise(flow.request.method, flow.request.path.split("?", 1)[0])
@@ -225,6 +237,7 @@ class Butter:
             # wait for it rather than miss what this process already knows.
             await asyncio.wrap_future(self._drain_future())
             result = self.cache.lookup(state.namespace, conversation, declared)
+        result = verification.recheck(result, flow)
         model = conversation.context.get("model")
         if isinstance(result, Hit):
             try:
@@ -238,6 +251,8 @@ class Butter:
                     log.debug("butter: hit  %s %s (%d messages) node %s%s", state.fmt.name, model,
                               len(conversation.messages), result.node_id.hex()[:12],
                               f" with {len(result.bindings)} bound value(s)" if result.bindings else "")
+                if result.templated and state.mode == "auto":
+                    self.verifier.after_serve(flow, result)
                 return
         if result.template_failure:
             log.debug("butter: nearest template %s at message %d: %s", result.template.hex()[:12] if result.template
@@ -253,6 +268,10 @@ class Butter:
             self._respond(flow, state.fmt.error(REPLAY_MISS_STATUS, message, "butter_replay_miss"),
                           {"butter-cache": "replay-miss", "x-should-retry": "false"})
             log.info("butter: replay-miss %s %s: %s", state.fmt.name, model, where)
+            return
+        state.verify = self.verifier.begin(flow, result, state.fmt.name, model)
+        if state.verify is not None:
+            self._forward_and_record(flow, state, refresh=False, status=verification.STATUS)
             return
         log.info("butter: miss %s %s (%d messages): %s", state.fmt.name, model, len(conversation.messages), where)
         self._forward_and_record(flow, state, refresh=False, status="miss")
@@ -359,6 +378,8 @@ class Butter:
         if state is None or flow.response is None or flow.is_replay == "response":
             return
         flow.response.headers["butter-cache"] = state.status or "bypass"
+        if state.verify is not None:
+            flow.response.headers["butter-template"] = state.verify.node_id.hex()
         if not state.record:
             return
         if not 200 <= flow.response.status_code < 300:
@@ -396,6 +417,9 @@ class Butter:
             log.info("butter: not recorded: the %s reply was incomplete or an error", state.fmt.name)
             return
         self._submit(self._record, state, reply)
+        if state.verify is not None and self.cache is not None:
+            self._submit(self.verifier.conclude, self.cache, state.fmt.name,
+                         state.parsed.conversation.context.get("model"), state.verify, reply)
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.pop(flow.id, None)

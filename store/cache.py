@@ -6,6 +6,7 @@ Miss). The addon and the CLI both come through here.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from .lmdb_backend import LmdbBackend
@@ -15,6 +16,8 @@ from .template_index import TemplateSet
 from .learning import InductionOutcome, Learner, plan_bound_record
 from .templates import explain_mismatch, match_message
 from .tree import ServePolicy, lookup, plan_record, reply_id
+from . import trust_ledger
+from .trust import TABLE as TRUST_TABLE, TrustRules, judge
 
 DEFAULT_DB_ENV = "BUTTER_DB"
 
@@ -30,9 +33,11 @@ def default_db_path() -> str:
 
 
 class Cache:
-    def __init__(self, path: str | os.PathLike[str], policy: ServePolicy = ServePolicy()):
+    def __init__(self, path: str | os.PathLike[str], policy: ServePolicy = ServePolicy(),
+                 trust: TrustRules = TrustRules()):
         self.backend = LmdbBackend(path)
         self.policy = policy
+        self.set_trust(trust)
         self._templates: dict[bytes, NodeRecord] = {}  # decoded template nodes, by id
         # Each node's template children with their index, valid for one
         # template generation of the database (see _DecodedTemplates).
@@ -40,6 +45,13 @@ class Cache:
 
     def close(self) -> None:
         self.backend.close()
+
+    def set_trust(self, rules: TrustRules) -> None:
+        """How learned templates earn trust (store/trust.py). With verification
+        on, a template reply's count of runs is not what serves it: its
+        verified agreements are."""
+        self.trust = rules
+        self.policy = replace(self.policy, template_min_observations=1 if rules.verify else None)
 
     def namespace(self, credential: str | None, fixed: str = "") -> str:
         return namespace_for(self.backend.secret, credential, fixed)
@@ -55,8 +67,21 @@ class Cache:
                 # snapshot never mixes its lists with newer ones.
                 sets = self._template_sets = (generation, {})
             reader = _DecodedTemplates(snap, self._templates, sets[1])
-            return lookup(conversation, namespace, reader, self.policy, match_template=match_message,
-                          bindings=bindings, explain_template=explain_mismatch)
+            result = lookup(conversation, namespace, reader, self.policy, match_template=match_message,
+                            bindings=bindings, explain_template=explain_mismatch)
+            if type(result) is Hit and result.templated:
+                return self._judged(snap, result, len(conversation.messages))
+            return result
+
+    def _judged(self, snap, hit: Hit, depth: int) -> Hit | Miss:
+        """A template reply is served only as far as its trust allows (store/trust.py)."""
+        verdict = judge(snap.get_aux(TRUST_TABLE, hit.node_id + hit.reply_id), hit.bindings, self.trust)
+        if verdict.action == "serve":
+            return hit if verdict.kind == hit.trust else replace(hit, trust=verdict.kind)
+        if verdict.action == "verify":
+            return Miss("verify", depth, hit.node_id, f"a template would answer, but {verdict.why}", hit.path,
+                        verify=replace(hit, trust=verdict.kind))
+        return Miss("demoted", depth, hit.node_id, verdict.why, hit.path)
 
     def record_bound(self, namespace: str, conversation: Conversation, reply: dict, bindings: dict[str, str],
                      *, streamed: bool = False, refresh: bool = False) -> bytes:
@@ -65,6 +90,7 @@ class Cache:
         rows = [(w.node_id, w.parent, w.depth, w.kind, w.content, namespace if w.kind == "root" else "")
                 for w in writes]
         self.backend.record(rows, node, reply_id(template), template, streamed, refresh)
+        trust_ledger.note_declared(self.backend, node, reply_id(template))
         return node
 
     def state_table(self, table: str, namespace: str) -> "NamespacedTable":

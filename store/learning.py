@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from . import trust_ledger
 from .canonical import digest
 from .induction import Observation, Proposal, Rejected, choose, propose_prefix
 from .lmdb_backend import LmdbBackend
@@ -161,6 +162,8 @@ class Learner:
         # One observation per recorded run: the count is the evidence behind it.
         for _ in proposal.keys:
             self.backend.record(rows, parent, rid, proposal.reply, False, False)
+        # Learned on syntax alone: served only once live traffic agrees (store/trust.py).
+        trust_ledger.note_learned(self.backend, parent, rid, proposal.slots, proposal.reply, proposal.bindings)
         return tuple(ids)
 
 

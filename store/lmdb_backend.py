@@ -305,6 +305,17 @@ class LmdbBackend:
             raw = txn.get(_aux_key(table, key), db=self.aux)
         return None if raw is None else _loads(raw)
 
+    def update_aux(self, table: str, key: bytes, change: Callable[[Any | None], Any]) -> Any:
+        """Read one side-table value, let `change` (pure) give the new one, write it,
+        in one write transaction: two processes updating one key never lose an
+        update (template trust, store/trust_ledger.py). Returns the new value."""
+        def write(txn: lmdb.Transaction) -> Any:
+            raw = txn.get(_aux_key(table, key), db=self.aux)
+            value = change(None if raw is None else _loads(raw))
+            txn.put(_aux_key(table, key), _dumps(value), db=self.aux)
+            return value
+        return self._write(write)
+
     def delete_aux(self, table: str, key: bytes) -> bool:
         return self._write(lambda txn: txn.delete(_aux_key(table, key), db=self.aux))
 
@@ -662,6 +673,11 @@ class Snapshot:
     def template_children(self, node_id: bytes) -> list[NodeRecord]:
         kids = [cid for cid, kind in self.children_of(node_id) if kind == "template"]
         return [n for n in (self.node(cid) for cid in kids) if n is not None]
+
+    def get_aux(self, table: str, key: bytes) -> Any | None:
+        """A side-table value read in this snapshot (a template's trust, on the hit path)."""
+        raw = self._txn.get(_aux_key(table, key), db=self._b.aux)
+        return None if raw is None else _loads(raw)
 
     def template_generation(self) -> int:
         """Changes whenever a node gains or loses a template child or a

@@ -28,6 +28,10 @@ class Hit:
     bindings: dict[str, str] = field(default_factory=dict)
     # Node ids walked, root first, for statistics and explanations.
     path: tuple[bytes, ...] = ()
+    # Reached through a template node: a template reply, judged by its trust
+    # (store/trust.py) before it is served. `trust` says how it was judged.
+    templated: bool = False
+    trust: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class Miss:
     path: tuple[bytes, ...] = ()
     template: bytes | None = None
     template_failure: str = ""
+    # reason "verify": a template reply on probation (or with a decision input
+    # never seen) would answer. Not served: the request goes to the provider
+    # and its answer is compared with this hit's (store/trust.py).
+    verify: Hit | None = None
 
 
 @dataclass(frozen=True)

@@ -161,16 +161,26 @@ class ServePolicy:
     """What a reply needs before it is served. Every rule leans to missing."""
 
     min_observations: int = 1
+    # For a reply reached through a template: None counts observations as
+    # above; with verification on, 1 (the template's trust counts verified
+    # agreements instead, store/trust.py).
+    template_min_observations: int | None = None
 
-    def choose(self, replies: Iterable[StoredReply]) -> StoredReply | None:
-        eligible = [r for r in replies if not r.bad and r.count >= self.min_observations]
+    def choose(self, replies: Iterable[StoredReply], templated: bool = False) -> StoredReply | None:
+        least = self._least(templated)
+        eligible = [r for r in replies if not r.bad and r.count >= least]
         if not eligible:
             return None
         # Reputation first, then agreement, then recency; the id breaks ties so
         # two processes choose the same reply.
         return max(eligible, key=lambda r: (r.score, r.count, r.last_seen, r.reply_id))
 
-    def why_not(self, replies: Iterable[StoredReply]) -> str:
+    def _least(self, templated: bool) -> int:
+        if templated and self.template_min_observations is not None:
+            return self.template_min_observations
+        return self.min_observations
+
+    def why_not(self, replies: Iterable[StoredReply], templated: bool = False) -> str:
         """Why `choose` found nothing, for a miss's explanation."""
         replies = list(replies)
         if not replies:
@@ -179,7 +189,7 @@ class ServePolicy:
         if not good:
             return "every reply here is marked bad (feedback)"
         most = max(r.count for r in good)
-        return (f"the reply here has {most} of the {self.min_observations} agreeing observations "
+        return (f"the reply here has {most} of the {self._least(templated)} agreeing observations "
                 "butter_min_observations asks for")
 
 
@@ -222,20 +232,22 @@ def lookup(
         if not best_miss or depth > best_miss[0].matched:
             best_miss[:] = [Miss(reason, depth, node, detail, path)]
 
-    def walk(node: bytes, depth: int, bindings: dict, path: tuple[bytes, ...], templated: bool = False) -> Hit | None:
+    # `templated`: this node was reached through a template; `below`: some node on the path was.
+    def walk(node: bytes, depth: int, bindings: dict, path: tuple[bytes, ...], templated: bool = False,
+             below: bool = False) -> Hit | None:
         if depth == len(messages):
             replies = reader.replies(node)
-            chosen = policy.choose(replies)
+            chosen = policy.choose(replies, below)
             if chosen is None:
-                note_miss(depth, node, path, "no-reply", f"every message matched, but {policy.why_not(replies)}")
+                note_miss(depth, node, path, "no-reply", f"every message matched, but {policy.why_not(replies, below)}")
                 return None
-            return Hit(node, chosen.reply, chosen.reply_id, dict(bindings), path)
+            return Hit(node, chosen.reply, chosen.reply_id, dict(bindings), path, below)
         message = messages[depth]
         text = _memo_text(message)  # once, for the exact id and for the template matches
         if not templated or exact_possible is None or exact_possible(node):
             exact = _child_id(node, message, text)
             if reader.has_node(exact):
-                found = walk(exact, depth + 1, bindings, path + (exact,))
+                found = walk(exact, depth + 1, bindings, path + (exact,), False, below)
                 if found is not None:
                     return found
         if match_template is not None:
@@ -244,7 +256,7 @@ def lookup(
                 extended = _matched(match_template, template, message, text, bindings)
                 if extended is None:
                     continue
-                found = walk(template.node_id, depth + 1, extended, path + (template.node_id,), True)
+                found = walk(template.node_id, depth + 1, extended, path + (template.node_id,), True, True)
                 if found is not None:
                     return found
         if match_template is not None and (not best_miss or depth > best_miss[0].matched):

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from cli.output import add_common, emit, human_time, open_cache, resolve_node, run
+from store import trust, trust_ledger
 from store.inspect import (message_of, node_slots, node_summary, role_of, summarise_context, text_of, tokens_of,
                            tool_calls_of)
 
@@ -49,6 +50,8 @@ def show(args: argparse.Namespace) -> int:
                 path.insert(0, parent)
             replies = snap.replies(node_id)
             children = [(cid, kind, snap.node(cid)) for cid, kind in snap.children_of(node_id)]
+        templated = any(n.kind == "template" for n in path)
+        trusts = {r.reply_id: trust_ledger.read(backend, node_id, r.reply_id) for r in replies} if templated else {}
         stats = backend.stats(node_id)
         policy = cache.policy
 
@@ -62,7 +65,11 @@ def show(args: argparse.Namespace) -> int:
                   "content": n.content} for n in path if n.kind != "root"],
         "replies": [{"id": r.reply_id.hex(), "count": r.count, "first_seen": r.first_seen, "last_seen": r.last_seen,
                      "streamed": r.streamed, "score": r.score, "bad": r.bad, "served": chosen is r,
-                     "tokens": tokens_of(r.reply), "reply": r.reply} for r in replies],
+                     "tokens": tokens_of(r.reply), "reply": r.reply,
+                     # A template reply's trust (store/trust.py); None for an exact reply.
+                     "trust": ({"state": (trusts.get(r.reply_id) or {}).get("state", trust.PROBATION),
+                                "entry": trusts.get(r.reply_id), "summary": trust.describe(trusts.get(r.reply_id))}
+                               if templated else None)} for r in replies],
         "stats": {"hits": int(stats.get("hits", 0)), "last_hit": stats.get("last_hit"),
                   "tokens_saved": int(stats.get("hits", 0)) * (tokens_of(chosen.reply) if chosen else 0)},
         "children": [{"id": cid.hex(), "kind": kind, "summary": node_summary(c) if c else "?"}
@@ -109,6 +116,8 @@ def show(args: argparse.Namespace) -> int:
                 out.append(f"  {r['id'][:12]}  seen {r['count']}×, first {human_time(r['first_seen'])}, "
                            f"last {human_time(r['last_seen'])}, score {r['score']}, tokens {r['tokens']}"
                            + (f"  ({flags})" if flags else ""))
+                if r["trust"] is not None:
+                    out.append(f"    trust     {r['trust']['summary']}")
                 out.append(_indent(_pretty(r["reply"])))
         else:
             out.append("replies   none (an inner node: the conversation goes on below)")

@@ -19,6 +19,11 @@ from store.learning import FAILED_TABLE
 from store.templates import match_message, render_reply
 from tests.fakes import openai_chat as fake
 from tests.fakes.provider import Call
+from store.trust import TrustRules
+
+# These tests are about what induction learns and how lookups find it: templates
+# are served on induction's word (trust has its own tests, tests/unit/test_trust.py).
+ON_INDUCTIONS_WORD = TrustRules(verify=False)
 
 # -- observations made by the real adapter from the scripted model ------------------------
 
@@ -188,7 +193,7 @@ def test_two_different_tasks_with_the_same_first_call_teach_no_template():
 
 
 def test_a_third_task_that_shares_a_word_with_two_recorded_ones_misses(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     for prompt in (BILL, GIFT):  # induction lines a new run up against its siblings
         conversation, reply = first_request(prompt, "get_most_recent_transactions", {"n": 100})
         cache.record("ns", conversation, reply)
@@ -305,7 +310,7 @@ def record_run(cache: Cache, o: dict, min_observations: int = 2) -> list:
 
 
 def test_after_two_recorded_runs_every_step_of_a_third_is_a_hit_with_its_values(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     record_run(cache, ANA)
     outcomes = record_run(cache, BO)
     assert all(o.accepted is not None for o in outcomes), [o.rejected for o in outcomes]
@@ -317,7 +322,7 @@ def test_after_two_recorded_runs_every_step_of_a_third_is_a_hit_with_its_values(
 
 
 def test_a_rejected_set_is_remembered_and_the_same_miss_is_not_induced_twice(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     quick = steps(ANA, "Please quickly refund order 1234.")[0]
     slow = steps(BO, "Please slowly refund order 9876.")[0]
     cache.record("ns", *quick)
@@ -333,7 +338,7 @@ def test_a_rejected_set_is_remembered_and_the_same_miss_is_not_induced_twice(tmp
 
 
 def test_induction_stays_inside_its_namespace(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     record_run(cache, ANA)
     for conversation, reply in steps(BO):
         cache.record("other", conversation, reply)
@@ -373,7 +378,7 @@ async def test_a_slow_induction_delays_no_response(tmp_path, monkeypatch):
     induction_started, release = threading.Event(), threading.Event()
     events: list[str] = []
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, butter_db=str(tmp_path / "db"))
+        tctx.configure(addon, butter_db=str(tmp_path / "db"), butter_verify=False)  # templates on induction's word
         real_induce = addon.cache.induce
 
         def slow_induce(*args, **kwargs):

@@ -16,6 +16,11 @@ from store import Cache, Conversation, Hit, Miss
 from store.induction import Observation, Proposal, Rejected, propose, propose_prefix
 from store.templates import render_reply
 from tests.unit.test_induction import bindings_for as walk
+from store.trust import TrustRules
+
+# These tests are about what induction learns and how lookups find it: templates
+# are served on induction's word (trust has its own tests, tests/unit/test_trust.py).
+ON_INDUCTIONS_WORD = TrustRules(verify=False)
 
 SYSTEM = "You are the back-office agent. Use the tools."
 TOOLS = [{"type": "function", "function": {"name": name, "description": name, "parameters": {"type": "object"}}}
@@ -173,7 +178,7 @@ def record(cache: Cache, steps: list[tuple[Conversation, dict]]) -> None:
 
 
 def test_after_two_runs_every_step_of_a_third_is_served_including_the_first(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     record(cache, ANA)
     record(cache, BO)
     for conversation, reply in refund("5555", "Cy Diaz", 99.9):
@@ -184,7 +189,7 @@ def test_after_two_runs_every_step_of_a_third_is_served_including_the_first(tmp_
 
 
 def test_a_changed_instruction_still_misses_at_the_first_step_after_derivation(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     record(cache, ANA)
     record(cache, BO)
     cancel = run("Please cancel order 5555 for Cy Diaz.", [("say", "")])[0][0]
@@ -193,7 +198,7 @@ def test_a_changed_instruction_still_misses_at_the_first_step_after_derivation(t
 
 
 def test_deriving_earlier_replies_again_adds_no_evidence(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     record(cache, ANA)
     record(cache, BO)
     first = cache.lookup("ns", refund("5555", "Cy Diaz", 99.9)[0][0])

@@ -25,6 +25,11 @@ from store.template_index import TemplateSet
 from store.templates import (SHAPES, RenderError, escape_literal, explain_mismatch, json_marker, match_message, number_marker,
                              render_reply, slots_in, template_content, text_marker)
 from store.tree import child_id, reply_id, root_id
+from store.trust import TrustRules
+
+# These tests are about what induction learns and how lookups find it: templates
+# are served on induction's word (trust has its own tests, tests/unit/test_trust.py).
+ON_INDUCTIONS_WORD = TrustRules(verify=False)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = {"api": "test", "model": "m"}
@@ -207,7 +212,7 @@ def write_path(cache: Cache, steps: list[tuple[str, dict]], reply: dict) -> list
 
 def test_indexed_lookups_give_the_plain_walks_hits_misses_bindings_and_explanations(tmp_path, monkeypatch):
     rng = random.Random(4)
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     system = {"role": "system", "content": "be brief"}
     first_level = [random_template_message(rng) for _ in range(24)]
     second_level = [random_template_message(rng) for _ in range(6)]
@@ -239,7 +244,7 @@ def test_indexed_lookups_give_the_plain_walks_hits_misses_bindings_and_explanati
 
 
 def test_a_miss_explains_the_first_template_even_when_the_index_skipped_it(tmp_path, monkeypatch):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     contents = [template_content({"role": "user", "content": text_marker(f"Refund order {{{{a}}}} for desk {n}.")},
                                  {"a": "number"}) for n in range(5)]
     for content in contents:
@@ -254,7 +259,7 @@ def test_a_miss_explains_the_first_template_even_when_the_index_skipped_it(tmp_p
 
 
 def test_a_number_slot_binds_one_and_one_point_zero_apart_through_the_memo(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     call = {"role": "assistant", "content": [{"type": "text", "text": "x"}],
             "tool_calls": [{"function": {"name": "pay", "arguments": {"amount": number_marker("n")}}}]}
     write_path(cache, [("template", template_content(call, {"n": "number"}))], {"content": text_marker("{{n}}")})
@@ -302,7 +307,7 @@ backend.close()
 
 def test_a_template_another_process_adds_is_found_by_the_next_lookup(tmp_path):
     db = tmp_path / "db"
-    cache = Cache(db)
+    cache = Cache(db, trust=ON_INDUCTIONS_WORD)
     write_path(cache, [("message", SYSTEM), ("template", REFUND)], {"content": text_marker("refunded {{a}}")})
     assert isinstance(cache.lookup(NS, asking("Refund order 7.")), Hit)
     before = cache.lookup(NS, asking("Cancel order 7."))
@@ -316,7 +321,7 @@ def test_a_template_another_process_adds_is_found_by_the_next_lookup(tmp_path):
 
 def test_an_exact_child_another_process_adds_below_a_template_is_found(tmp_path, monkeypatch):
     db = tmp_path / "db"
-    cache = Cache(db)
+    cache = Cache(db, trust=ON_INDUCTIONS_WORD)
     thanks = {"role": "user", "content": "Thanks!"}
     write_path(cache, [("message", SYSTEM), ("template", REFUND)], {"content": "r"})
     write_path(cache, [("message", SYSTEM), ("template", REFUND),
@@ -332,7 +337,7 @@ def test_an_exact_child_another_process_adds_below_a_template_is_found(tmp_path,
 
 
 def test_a_template_added_through_another_backend_on_the_same_path_is_found(tmp_path):
-    cache, other = Cache(tmp_path / "db"), Cache(tmp_path / "db")
+    cache, other = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD), Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     write_path(cache, [("message", SYSTEM), ("template", REFUND)], {"content": "r"})
     assert isinstance(cache.lookup(NS, asking("Cancel order 7.")), Miss)
     write_path(other, [("message", SYSTEM), ("template", CANCEL)], {"content": "c"})
@@ -342,11 +347,11 @@ def test_a_template_added_through_another_backend_on_the_same_path_is_found(tmp_
 
 
 def test_a_deleted_template_is_not_served_from_the_in_memory_list(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     ids = write_path(cache, [("message", SYSTEM), ("template", CANCEL)], {"content": "c"})
     write_path(cache, [("message", SYSTEM), ("template", REFUND)], {"content": "r"})
     assert isinstance(cache.lookup(NS, asking("Cancel order 7.")), Hit)
-    other = Cache(tmp_path / "db")
+    other = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     other.backend.delete_subtrees([ids[1]])
     miss = cache.lookup(NS, asking("Cancel order 7."))
     assert isinstance(miss, Miss) and miss.template == child_id(ids[0], REFUND)
@@ -355,7 +360,7 @@ def test_a_deleted_template_is_not_served_from_the_in_memory_list(tmp_path):
 
 
 def test_the_template_generation_moves_only_when_templates_are_added_or_deleted(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
 
     def generation() -> int:
         with cache.backend.snapshot() as snap:
@@ -381,7 +386,7 @@ def test_the_template_generation_moves_only_when_templates_are_added_or_deleted(
 @pytest.mark.parametrize("with_index", [True, False])
 def test_every_template_child_is_tried_when_no_probe_can_tell_them_apart(tmp_path, with_index, monkeypatch):
     # Slots at both ends and everything else inside JSON: the index proposes them all.
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     for status in ("paid", "shipped", "lost"):
         content = template_content({"role": "tool", "content": json_marker({"status": status, "id": text_marker("{{a}}")})},
                                    {"a": "number"})

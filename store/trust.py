@@ -1,0 +1,286 @@
+"""Trust in learned templates, earned from live traffic (sans-IO).
+
+Induction proposes a template from two recorded runs that agree by syntax.
+That is not evidence that a third run's values lead to the same answer: a
+number that decides the answer without appearing in it ("Is 8 prime?" after
+7 and 13), or a value the model rewrites (Milan -> "Milano" in a tool call),
+look exactly like free values. So a *learned* template reply is not served on
+the word of induction. Its trust is a state, kept per template reply (the
+node it hangs at and its reply id) in the side table `trust`:
+
+    probation --(N agreements on values not seen before)--> trusted
+    probation --(one disagreement)--> demoted
+    trusted   --(a sampled re-check disagrees)--> demoted
+
+While a template is on probation, a request it would answer is a
+*verification*: it goes to the provider unchanged, and the provider's answer
+is compared with what the template would have served for this request's
+values (store/agreement.py: text and tool calls, arguments as JSON,
+bookkeeping aside). A demoted template is never served again (its reply is
+also marked bad, so another reply at the node may be chosen).
+
+Slots whose value never reaches the reply are *decision inputs*: the value
+may decide the answer ("yes" for 7, "no" for 8). Even a trusted template is
+served only for decision-input values already seen with this reply (a
+recorded or verified run); other values are verified. They are freed only
+after `free_inputs_after` agreements on distinct values of them (more than
+promotion needs); after that, new values of them are served and re-checked
+at a sampled rate (the addon's `butter_verify_inputs_sample`).
+
+Client-declared templates (Butter-Bindings) are the client's word: trusted
+at once. Exact recorded replies never have a trust entry and are not judged.
+
+Public API
+----------
+    TABLE, PROBATION, TRUSTED, DEMOTED
+    TrustRules(verify, promote_after, free_inputs_after, min_observations)
+        .needed -> agreements that promote (butter_min_observations counts them too)
+    trust_key(node_id, reply_id) -> bytes
+    learned_entry(slot_names, reply_slots, run_bindings, now) -> dict
+    declared_entry(now) -> dict
+    merge_learned(existing, fresh, node_created) -> dict    a template learned again
+    Judgement(action, why, kind)   action: "serve" | "verify" | "refuse"
+    judge(entry, bindings, rules) -> Judgement
+    after_verification(entry, bindings, agreed, rules, why, now) -> (entry, event)
+    disagreement(expected, actual, bindings, new_names) -> str   a short why, for people
+    describe(entry, rules) -> str                                one line for the CLI
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .agreement import answer_of
+from .canonical import canonical_json, digest
+
+TABLE = "trust"
+PROBATION, TRUSTED, DEMOTED = "probation", "trusted", "demoted"
+MAX_SEEN = 256  # value tuples remembered per template; older ones fall out (they then verify again)
+
+
+@dataclass(frozen=True)
+class TrustRules:
+    """How much evidence a learned template needs. Every rule leans to missing."""
+
+    verify: bool = True  # False: serve learned templates on induction's word (the old behaviour)
+    promote_after: int = 2  # agreements on distinct values: probation -> trusted
+    free_inputs_after: int = 5  # agreements on distinct decision-input values to serve new ones
+    min_observations: int = 1  # butter_min_observations: for a template, verified agreements
+
+    @property
+    def needed(self) -> int:
+        return max(self.promote_after, self.min_observations, 1)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    action: str  # "serve" | "verify" | "refuse"
+    why: str = ""
+    # What was served, for sampling: "declared", "trusted", "new-inputs" (trusted, with
+    # decision-input values never seen), "seen" (values of a recorded or verified run),
+    # "" (verification off).
+    kind: str = ""
+
+
+SERVE_DECLARED = Judgement("serve", kind="declared")
+SERVE_TRUSTED = Judgement("serve", kind="trusted")
+SERVE_SEEN = Judgement("serve", kind="seen")
+SERVE_UNCHECKED = Judgement("serve")  # verification off: served on induction's word
+
+
+def trust_key(node_id: bytes, reply_id: bytes) -> bytes:
+    return node_id + reply_id
+
+
+def _values_id(bindings: Mapping[str, str], names: list[str]) -> str:
+    """A short id of the values of `names` (missing names included as absent)."""
+    return digest(b"trust-values", canonical_json([[n, bindings.get(n)] for n in names])).hex()[:20]
+
+
+def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float) -> dict:
+    """A template reply induction just learned: on probation, its runs' values seen."""
+    slots = sorted(slot_names)
+    inputs = [s for s in slots if s not in reply_slots]
+    entry = {"state": PROBATION, "source": "learned", "since": now, "slots": slots, "inputs": inputs,
+             "inputs_free": not inputs, "agreements": 0, "input_agreements": 0, "seen": [], "seen_inputs": [],
+             "why": ""}
+    for bindings in run_bindings:
+        _remember(entry, bindings)
+    return entry
+
+
+def declared_entry(now: float) -> dict:
+    return {"state": TRUSTED, "source": "declared", "since": now, "slots": [], "inputs": [], "inputs_free": True,
+            "agreements": 0, "input_agreements": 0, "seen": [], "seen_inputs": [], "why": ""}
+
+
+def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0) -> dict:
+    """The entry after induction (re)wrote a template: state kept, runs' values added.
+
+    The same template learned again from more runs gets the same node and
+    reply id, so it must not return to probation (or escape demotion). An
+    entry older than its node belongs to a template that was forgotten and
+    learned anew: it starts over.
+    """
+    if existing is None or existing.get("since", 0) < node_created:
+        return fresh
+    if existing.get("source") == "declared":
+        return existing
+    merged = dict(existing)
+    merged["seen"] = list(existing.get("seen", []))
+    merged["seen_inputs"] = list(existing.get("seen_inputs", []))
+    for value_id in fresh.get("seen", []):
+        if value_id not in merged["seen"]:
+            merged["seen"].append(value_id)
+    for value_id in fresh.get("seen_inputs", []):
+        if value_id not in merged["seen_inputs"]:
+            merged["seen_inputs"].append(value_id)
+    _trim(merged)
+    return merged
+
+
+def _remember(entry: dict, bindings: Mapping[str, str]) -> tuple[bool, bool]:
+    """Add this run's values; (were all its values new, were its decision-input values new)."""
+    full = _values_id(bindings, entry["slots"] or sorted(bindings))
+    new_full = full not in entry["seen"]
+    if new_full:
+        entry["seen"].append(full)
+    new_inputs = False
+    if entry["inputs"]:
+        inputs = _values_id(bindings, entry["inputs"])
+        new_inputs = inputs not in entry["seen_inputs"]
+        if new_inputs:
+            entry["seen_inputs"].append(inputs)
+    _trim(entry)
+    return new_full, new_inputs
+
+
+def _trim(entry: dict) -> None:
+    for key in ("seen", "seen_inputs"):
+        if len(entry.get(key, ())) > MAX_SEEN:
+            entry[key] = entry[key][-MAX_SEEN:]
+
+
+def judge(entry: Mapping[str, Any] | None, bindings: Mapping[str, str], rules: TrustRules) -> Judgement:
+    """What to do with a lookup that a template reply would answer.
+
+    Runs on the hit path: the commonest case (trusted, no decision input left)
+    returns before any value is hashed.
+    """
+    if entry is None:
+        # A template reply with no trust entry was learned before butter kept
+        # trust: it earns it like a new one.
+        if not rules.verify:
+            return SERVE_UNCHECKED
+        return Judgement("verify", "learned before trust was kept: on probation", PROBATION)
+    state = entry.get("state")
+    if state == DEMOTED:
+        return Judgement("refuse", f"the template reply was demoted: {entry.get('why') or 'a verification disagreed'}")
+    if entry.get("source") == "declared":
+        return SERVE_DECLARED
+    if not rules.verify:
+        return SERVE_UNCHECKED
+    if state == TRUSTED and entry.get("inputs_free"):
+        inputs = entry.get("inputs")
+        if inputs and _values_id(bindings, inputs) not in entry.get("seen_inputs", ()):
+            return Judgement("serve", kind="new-inputs")
+        return SERVE_TRUSTED
+    slots = entry.get("slots") or sorted(bindings)
+    if _values_id(bindings, slots) in entry.get("seen", ()):
+        return SERVE_SEEN  # the values of a recorded or verified run: that answer is known
+    inputs = entry.get("inputs") or []
+    if inputs and not entry.get("inputs_free") and _values_id(bindings, inputs) not in entry.get("seen_inputs", ()):
+        names = ", ".join(inputs)
+        return Judgement("verify", f"decision input(s) {names} never reach the reply, and these values were "
+                                   f"never seen with it ({entry.get('input_agreements', 0)} of "
+                                   f"{rules.free_inputs_after} verified values free them)", "inputs")
+    if state != TRUSTED:
+        return Judgement("verify", f"on probation ({entry.get('agreements', 0)} of {rules.needed} verified "
+                                   "agreements)", PROBATION)
+    return SERVE_TRUSTED
+
+
+def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, rules: TrustRules,
+                       why: str, now: float) -> tuple[dict, str]:
+    """The entry after the provider answered a verification (or a sampled re-check).
+
+    `entry` is the template's (for one with none, `learned_entry` with no
+    runs). Returns (entry, event): "demoted", "promoted", "inputs freed", "agreed"
+    (counted), "agreed again" (values seen before: no new evidence) or
+    "already demoted".
+    """
+    entry = {**entry, "seen": list(entry.get("seen", [])), "seen_inputs": list(entry.get("seen_inputs", []))}
+    if entry.get("state") == DEMOTED:
+        return entry, "already demoted"
+    if not agreed:
+        entry.update(state=DEMOTED, why=why, demoted_at=now)
+        return entry, "demoted"
+    new_full, new_inputs = _remember(entry, bindings)
+    if not new_full and not new_inputs:
+        return entry, "agreed again"
+    event = "agreed"
+    if new_full:
+        entry["agreements"] = entry.get("agreements", 0) + 1
+    if new_inputs:
+        entry["input_agreements"] = entry.get("input_agreements", 0) + 1
+    entry["last_verified"] = now
+    if entry.get("state") != TRUSTED and entry["agreements"] >= rules.needed:
+        entry["state"] = TRUSTED
+        event = "promoted"
+    if (entry.get("state") == TRUSTED and not entry.get("inputs_free")
+            and entry["input_agreements"] >= max(rules.free_inputs_after, rules.needed)):
+        entry["inputs_free"] = True
+        event = "promoted, decision inputs freed" if event == "promoted" else "decision inputs freed"
+    return entry, event
+
+
+# -- explaining, for logs at debug level and the CLI ------------------------------------
+
+def _brief(value: Any, limit: int = 40) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = _first_difference(x, y, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    return None if canonical_json(a) == canonical_json(b) else (where or "reply", a, b)
+
+
+def disagreement(expected: Any, actual: Any, bindings: Mapping[str, str], names: list[str]) -> str:
+    """Where the provider's answer left the template's, and with which values."""
+    found = _first_difference(answer_of(expected), answer_of(actual))
+    where = "the answers differ" if found is None else (
+        f"{found[0].replace(chr(0) + 'json', 'json')}: template {_brief(found[1])}, provider {_brief(found[2])}")
+    values = ", ".join(f"{n}={_brief(bindings[n], 24)}" for n in names if n in bindings)
+    return f"{where}" + (f" (with {values})" if values else "")
+
+
+def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) -> str:
+    """One line: state, counts and why."""
+    if entry is None:
+        return "probation (learned before trust was kept)"
+    state = entry.get("state")
+    if entry.get("source") == "declared":
+        return "trusted (declared by the client: Butter-Bindings)"
+    inputs = entry.get("inputs") or []
+    parts = [f"{state}", f"{entry.get('agreements', 0)} of {rules.needed} verified agreements"]
+    if inputs:
+        freed = "freed" if entry.get("inputs_free") else "not free"
+        parts.append(f"decision inputs {', '.join(inputs)} {freed} ({entry.get('input_agreements', 0)} of "
+                     f"{rules.free_inputs_after} verified values; {len(entry.get('seen_inputs', []))} seen)")
+    text = f"{parts[0]} ({'; '.join(parts[1:])})"
+    if state == DEMOTED and entry.get("why"):
+        text += f": {entry['why']}"
+    return text

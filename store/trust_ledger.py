@@ -1,0 +1,107 @@
+"""Template trust in the database: what induction, declared bindings and
+verifications write. store/trust.py decides; this module reads and writes
+through the backend's side table `trust` (key: node id + reply id), each
+update one write transaction, so every proxy process and the CLI see the
+same state and concurrent verifications never lose a count.
+
+    note_learned(backend, node, reply_id, slot_names, reply, run_bindings)
+    note_declared(backend, node, reply_id)
+    read(backend, node, reply_id) -> entry | None
+    conclude(backend, hit, actual_reply, rules) -> Outcome    after a verification
+    at_node(backend, node) -> {reply_id: entry}
+    everything(backend) -> {node_id: {reply_id: entry}}
+    trust_everything(backend) -> int   every learned template trusted (benchmarks only)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from . import trust
+from .agreement import same_answer
+from .lmdb_backend import LmdbBackend
+from .model import Hit
+from .templates import RenderError, render_reply, slots_in
+
+ID = 16
+
+
+def note_learned(backend: LmdbBackend, node: bytes, reply_id: bytes, slot_names: Iterable[str], reply: dict,
+                 run_bindings: Iterable[Mapping[str, str]]) -> dict:
+    """Induction wrote (or wrote again) a template reply: on probation, unless it already has a state."""
+    now = time.time()
+    fresh = trust.learned_entry(set(slot_names), slots_in(reply), list(run_bindings), now)
+    record = backend.node(node)
+    created = record.created if record is not None else 0.0
+    return backend.update_aux(trust.TABLE, trust.trust_key(node, reply_id),
+                              lambda existing: trust.merge_learned(existing, fresh, created))
+
+
+def note_declared(backend: LmdbBackend, node: bytes, reply_id: bytes) -> None:
+    """A reply recorded with Butter-Bindings: the client's word, trusted at once."""
+    backend.put_aux(trust.TABLE, trust.trust_key(node, reply_id), trust.declared_entry(time.time()))
+
+
+def read(backend: LmdbBackend, node: bytes, reply_id: bytes) -> dict | None:
+    return backend.get_aux(trust.TABLE, trust.trust_key(node, reply_id))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    agreed: bool
+    event: str  # trust.after_verification's, or "not comparable"
+    entry: dict | None
+    why: str = ""  # for a disagreement: where the answers differ, with which values (conversation content)
+
+
+def conclude(backend: LmdbBackend, hit: Hit, actual: dict, rules: trust.TrustRules) -> Outcome:
+    """The provider answered a request the template `hit` would have answered: compare, and update its trust."""
+    try:
+        expected = render_reply(hit.reply, hit.bindings)
+    except RenderError as e:
+        return Outcome(False, "not comparable", None, f"the template cannot be rendered: {e}")
+    agreed = same_answer(expected, actual)
+    why = "" if agreed else trust.disagreement(expected, actual, hit.bindings, sorted(hit.bindings)[:4])
+    now = time.time()
+    events: list[str] = []
+
+    def change(existing: dict | None) -> dict:
+        entry = existing or trust.learned_entry(set(hit.bindings), slots_in(hit.reply), (), now)
+        updated, event = trust.after_verification(entry, hit.bindings, agreed, rules, why, now)
+        events[:] = [event]
+        return updated
+
+    entry = backend.update_aux(trust.TABLE, trust.trust_key(hit.node_id, hit.reply_id), change)
+    if events[0] == "demoted":
+        # Marked bad as well: never chosen again at this node, so another reply there may be.
+        backend.rescore(hit.node_id, lambda replies: {r.reply_id: (r.score, True) for r in replies
+                                                      if r.reply_id == hit.reply_id})
+    return Outcome(agreed, events[0], entry, why)
+
+
+def at_node(backend: LmdbBackend, node: bytes) -> dict[bytes, dict]:
+    out = {}
+    for reply in backend.replies(node):
+        entry = read(backend, node, reply.reply_id)
+        if entry is not None:
+            out[reply.reply_id] = entry
+    return out
+
+
+def everything(backend: LmdbBackend) -> dict[bytes, dict[bytes, dict]]:
+    out: dict[bytes, dict[bytes, dict]] = {}
+    for key, entry in backend.iter_aux(trust.TABLE):
+        if len(key) == 2 * ID:
+            out.setdefault(key[:ID], {})[key[ID:]] = entry
+    return out
+
+
+def trust_everything(backend: LmdbBackend) -> int:
+    """Mark every learned template trusted with its decision inputs free, as if
+    verified. For benchmarks that time the hit path of trusted templates."""
+    keys = [key for key, entry in backend.iter_aux(trust.TABLE) if entry.get("state") != trust.DEMOTED]
+    for key in keys:
+        backend.update_aux(trust.TABLE, key, lambda e: {**e, "state": trust.TRUSTED, "inputs_free": True,
+                                                         "seen": [], "seen_inputs": []})
+    return len(keys)

@@ -1,0 +1,238 @@
+"""Trust earned from live traffic, through a real mitmdump, the openai SDK and a
+fake model that decides by value (tests/fakes/value_model.py).
+
+Two recorded runs teach a template by syntax; whether a third run's values
+give the same answer is a question only the provider can settle. So a
+learned template is first verified (the request goes to the provider, the
+client gets the provider's answer, butter compares), promoted after
+agreements on new values, demoted on one disagreement."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.e2e.harness import ROOT, Proxy
+from tests.fakes import value_model
+
+
+
+@pytest.fixture
+def value_model_provider(provider):
+    provider.handler = value_model.handler
+    return provider
+
+
+def client(api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(api_key=api_key, max_retries=0, timeout=20)
+
+
+def ask(sdk: openai.OpenAI, messages: list[dict], stream: bool = False) -> tuple[dict, dict]:
+    raw = sdk.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages,
+                                                        tools=value_model.TOOLS, stream=stream)
+    if stream:
+        content, calls = "", {}
+        for chunk in raw.parse():
+            for choice in chunk.choices:
+                content += choice.delta.content or ""
+                for tc in choice.delta.tool_calls or []:
+                    entry = calls.setdefault(tc.index, {"id": tc.id, "function": {"name": "", "arguments": ""}})
+                    entry["function"]["name"] += tc.function.name or ""
+                    entry["function"]["arguments"] += tc.function.arguments or ""
+        message = {"role": "assistant", "content": content or None}
+        if calls:
+            message["tool_calls"] = [dict(calls[i], type="function") for i in sorted(calls)]
+    else:
+        message = raw.parse().choices[0].message.model_dump(exclude_none=True)
+    return message, dict(raw.headers)
+
+
+def conversation(content: str) -> list[dict]:
+    return [{"role": "system", "content": value_model.SYSTEM}, {"role": "user", "content": content}]
+
+
+def prime(sdk, n: int, stream: bool = False) -> tuple[str, str]:
+    message, headers = ask(sdk, conversation(f"Is {n} prime?"), stream)
+    return message["content"], headers["butter-cache"]
+
+
+def weather(sdk, city: str) -> tuple[str, dict]:
+    message, headers = ask(sdk, conversation(f"What is the weather in {city}?"))
+    return json.loads(message["tool_calls"][0]["function"]["arguments"])["query"], headers
+
+
+def pay(sdk, invoice: str, balance: float) -> dict:
+    messages, calls, cache = conversation(f"Please pay invoice {invoice}."), [], []
+    for _ in range(4):
+        message, headers = ask(sdk, messages)
+        cache.append(headers["butter-cache"])
+        messages.append(message)
+        if not message.get("tool_calls"):
+            return {"answer": message["content"], "calls": calls, "cache": cache}
+        for tc in message["tool_calls"]:
+            name = tc["function"]["name"]
+            calls.append(name)
+            result = {"invoice": invoice, "balance": balance} if name == "get_balance" else {"paid": True}
+            messages.append({"role": "tool", "tool_call_id": tc["id"], "content": json.dumps(result)})
+    raise AssertionError("the agent did not finish")
+
+
+def settle(proxy: Proxy, api_key: str) -> None:
+    """Wait (not a timing assertion) until every recorded miss so far has been learned from:
+    induction works in order, so one more miss under its own model name is learned from last."""
+    model = f"settle-{uuid.uuid4().hex[:12]}"
+    client(api_key).chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}])
+    wait_for(proxy, f"butter: induction openai-chat {model}:")
+
+
+def wait_for(proxy: Proxy, text: str, count: int = 1) -> None:
+    deadline = time.monotonic() + 60
+    while proxy.log_text().count(text) < count:
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{proxy.log_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+class Verifications:
+    """Waits until the proxy has concluded N more verifications (their log lines)."""
+
+    LINE = "butter: verified openai-chat gpt-4o-mini:"
+
+    def __init__(self, proxy: Proxy):
+        self.proxy, self.start = proxy, proxy.log_text().count(self.LINE)
+
+    def wait(self, n: int) -> list[str]:
+        wait_for(self.proxy, self.LINE, self.start + n)
+        return [line for line in self.proxy.log_text().splitlines() if self.LINE in line][self.start:]
+
+
+def butter_show(db: Path, node: str) -> str:
+    # `python -m cli.main` from the checkout: this tree's CLI, as the `butter` command runs it.
+    done = subprocess.run([sys.executable, "-m", "cli.main", "--db", str(db), "show", node], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+# -- decision inputs: values that decide the answer without appearing in it ---------------------
+
+def test_a_prime_look_alike_is_answered_by_the_provider_never_by_the_template(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+    assert prime(sdk, 7) == ("yes", "miss") and prime(sdk, 13, stream=True) == ("yes", "miss")
+    settle(shared_proxy, api_key)
+    assert "learned a template from 2 runs" in shared_proxy.log_text()
+    verified = Verifications(shared_proxy)
+    # The template "Is {{n}} prime?" -> "yes" matches 8; butter asks the provider instead.
+    assert prime(sdk, 8) == ("no", "verify")
+    assert "disagreed" in verified.wait(1)[0]
+    assert prime(sdk, 9, stream=True) == ("no", "miss"), "a demoted template answered"
+    # 8 and 9 may by now have taught "Is {{n}} prime?" -> "no": on probation, so 11 is verified too.
+    answer, cache = prime(sdk, 11)
+    assert answer == "yes" and cache in ("miss", "verify")
+    assert prime(sdk, 7) == ("yes", "hit"), "the recorded run itself is still served"
+
+
+def test_a_balance_that_decides_the_answer_is_verified_and_the_run_answered_right(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+    declined = {"calls": ["get_balance"], "cache": ["miss", "miss"]}
+    for invoice, balance in (("4411", 20), ("4412", 35)):
+        run = pay(sdk, invoice, balance)
+        assert run == dict(declined, answer=f"Declined invoice {invoice}: the balance is too low.")
+    settle(shared_proxy, api_key)
+    rich = pay(sdk, "4413", 5000)
+    assert rich["answer"] == "Paid invoice 4413." and rich["calls"] == ["get_balance", "pay"]
+    # Step 1 is a template on probation; step 2's balance never reaches "Declined …": both verified.
+    assert rich["cache"] == ["verify", "verify", "miss"]
+
+
+# -- a value the model rewrites ---------------------------------------------------------------
+
+def test_a_city_the_model_rewrites_demotes_the_template_after_one_disagreement(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+    assert weather(sdk, "Paris")[0] == "Paris" and weather(sdk, "Berlin")[0] == "Berlin"
+    settle(shared_proxy, api_key)
+    verified = Verifications(shared_proxy)
+    query, headers = weather(sdk, "Milan")
+    assert (query, headers["butter-cache"]) == ("Milano", "verify"), "the client got the template's verbatim city"
+    assert "disagreed" in verified.wait(1)[0] and "(demoted)" in verified.wait(1)[0]
+    shown = butter_show(shared_proxy.db, headers["butter-template"])
+    assert "demoted" in shown and "Milano" in shown, shown
+    query, headers = weather(sdk, "Rome")
+    assert (query, headers["butter-cache"]) == ("Rome", "miss"), "a demoted template was served"
+
+
+# -- promotion, and what `butter show` says on the way --------------------------------------------
+
+def test_a_template_is_promoted_after_two_agreements_then_served_without_the_provider(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+    for city in ("Paris", "Berlin"):
+        weather(sdk, city)
+    settle(shared_proxy, api_key)
+    verified = Verifications(shared_proxy)
+    query, headers = weather(sdk, "Rome")
+    assert (query, headers["butter-cache"]) == ("Rome", "verify")
+    verified.wait(1)
+    shown = butter_show(shared_proxy.db, headers["butter-template"])
+    assert re.search(r"trust\s+probation \(1 of 2 verified agreements", shown), shown
+    assert weather(sdk, "Madrid")[1]["butter-cache"] == "verify"
+    assert "(promoted;" in verified.wait(2)[1]
+    calls = len(value_model_provider.calls)
+    for city in ("Oslo", "Lisbon"):
+        query, headers = weather(sdk, city)
+        assert (query, headers["butter-cache"]) == (city, "hit")
+    assert len(value_model_provider.calls) == calls, "a promoted template still went to the provider"
+    assert re.search(r"trust\s+trusted \(2 of 2", butter_show(shared_proxy.db, headers["butter-node"]))
+
+
+def test_a_request_that_opts_out_is_not_used_as_a_verification(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+    for city in ("Paris", "Berlin"):
+        weather(sdk, city)
+    settle(shared_proxy, api_key)
+    quiet = openai.OpenAI(api_key=api_key, max_retries=0, timeout=20, default_headers={"butter-verify": "off"})
+    query, headers = weather(quiet, "Milan")
+    assert (query, headers["butter-cache"]) == ("Milano", "miss")
+    assert not any("butter-verify" in c.headers for c in value_model_provider.calls)
+    # Not a verification, so the template is still on probation: the next city verifies it.
+    assert weather(sdk, "Rome")[1]["butter-cache"] == "verify"
+
+
+# -- sampled re-checks of trusted templates ----------------------------------------------------
+
+def test_a_sampled_recheck_that_disagrees_demotes_a_trusted_template(
+        start_proxy, through, value_model_provider, api_key):
+    proxy = start_proxy(options={"butter_verify_sample": 1})
+    through(proxy)
+    sdk = client(api_key)
+    for city in ("Paris", "Berlin"):
+        weather(sdk, city)
+    settle(proxy, api_key)
+    verified = Verifications(proxy)
+    assert [weather(sdk, city)[1]["butter-cache"] for city in ("Rome", "Madrid")] == ["verify", "verify"]
+    verified.wait(2)
+    # Trusted now: Milan is served with the city verbatim (what trust cannot foresee)...
+    query, headers = weather(sdk, "Milan")
+    assert (query, headers["butter-cache"]) == ("Milan", "hit")
+    # ...and re-asked off the request path, with the client's own headers: the provider says "Milano".
+    recheck = verified.wait(3)[2]
+    assert "disagreed" in recheck and "(demoted)" in recheck
+    assert value_model_provider.calls[-1].json["messages"][-1]["content"] == "What is the weather in Milan?"
+    assert value_model_provider.calls[-1].headers["authorization"] == f"Bearer {api_key}"
+    query, headers = weather(sdk, "Oslo")
+    assert (query, headers["butter-cache"]) == ("Oslo", "miss")

@@ -1,0 +1,61 @@
+"""A scripted OpenAI Chat model whose answers depend on values, the way real ones do.
+
+Three tasks, each with a value that syntax cannot judge:
+
+    "Is N prime?"                      -> "yes" / "no": N decides, and never appears in the answer
+    "Please pay invoice N."            -> get_balance(invoice); then pay(invoice) when the balance
+                                          covers AMOUNT, else "Declined invoice N: ..." (the balance
+                                          decides, and never appears in the answer)
+    "What is the weather in CITY?"     -> search_location(query=...) with the city as written, except
+                                          the ones this model rewrites (Milan -> "Milano")
+
+Anything else gets a one-word answer, so any request can go through it.
+Plain JSON or SSE, fresh ids on every call (openai_chat.completion).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from . import openai_chat
+from .provider import Call, JSONReply, StreamReply
+
+AMOUNT = 100
+REWRITES = {"Milan": "Milano", "Warsaw": "Warszawa", "Hangzhou": "Hangzhou, China"}
+TOOLS = [
+    {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": props}}}
+    for name, props in (("get_balance", {"invoice": {"type": "string"}}), ("pay", {"invoice": {"type": "string"}}),
+                        ("search_location", {"query": {"type": "string"}}))]
+SYSTEM = "You are an assistant. Use the tools when you need them; answer briefly."
+
+
+def is_prime(n: int) -> bool:
+    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))
+
+
+def decide(messages: list[dict]) -> dict:
+    user = next(m["content"] for m in messages if m["role"] == "user")
+    results = [json.loads(m["content"]) for m in messages if m["role"] == "tool"]
+    if m := re.fullmatch(r"Is (\d+) prime\?", user):
+        return {"content": "yes" if is_prime(int(m.group(1))) else "no"}
+    if m := re.fullmatch(r"Please pay invoice (\d+)\.", user):
+        invoice = m.group(1)
+        if not results:
+            return {"tool_calls": [("get_balance", {"invoice": invoice})]}
+        if len(results) == 1:
+            if results[0]["balance"] >= AMOUNT:
+                return {"tool_calls": [("pay", {"invoice": invoice})]}
+            return {"content": f"Declined invoice {invoice}: the balance is too low."}
+        return {"content": f"Paid invoice {invoice}."}
+    if m := re.fullmatch(r"What is the weather in ([A-Z][a-z]+)\?", user):
+        city = m.group(1)
+        return {"tool_calls": [("search_location", {"query": REWRITES.get(city, city)})]}
+    return {"content": "ok"}
+
+
+def handler(call: Call) -> JSONReply | StreamReply:
+    body = call.json
+    full = openai_chat.completion(decide(body["messages"]), body["model"])
+    if body.get("stream"):
+        return StreamReply(openai_chat.stream_chunks(full, include_usage=False))
+    return JSONReply(full)
