@@ -10,8 +10,12 @@ from __future__ import annotations
 from store import Cache, Hit, Miss
 from store.induction import Proposal, Rejected, propose
 from store.templates import render_reply
-from tests.unit.test_induction_values import arguments, observations, run
+from tests.unit.test_induction import ON_INDUCTIONS_WORD
 from tests.unit.test_induction import bindings_for as walk
+from tests.unit.test_induction_values import arguments, observations, run
+
+# What induction learns and how lookups find it; serving waits for verified
+# agreements (store/trust.py), tested on its own and end to end.
 
 
 # -- a bare value as a whole tool result ------------------------------------------------------
@@ -37,7 +41,7 @@ def test_a_tool_result_that_is_one_bare_id_is_a_value_the_next_call_binds():
 
 
 def test_every_step_after_a_bare_id_result_is_served_after_two_runs(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     for r in RUNS:
         for conversation, reply in r:
             cache.record("ns", conversation, reply)
@@ -126,7 +130,7 @@ def test_a_whole_tool_result_varying_outside_json_still_needs_words():
 
 
 def test_varying_lists_are_served_end_to_end_in_the_store(tmp_path):
-    cache = Cache(tmp_path / "db")
+    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
     for r in SEARCHES:
         for conversation, reply in r:
             cache.record("ns", conversation, reply)
