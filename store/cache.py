@@ -14,7 +14,8 @@ from .model import Conversation, Hit, Miss, NodeRecord
 from .namespace import namespace_for
 from .template_index import TemplateSet
 from .learning import InductionOutcome, Learner, plan_bound_record
-from .templates import explain_mismatch, match_message
+from .agreement import same_answer
+from .templates import explain_mismatch, match_message, render_reply
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
 from .trust import TABLE as TRUST_TABLE, TrustRules, judge
@@ -99,7 +100,27 @@ class Cache:
 
     def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2) -> InductionOutcome:
         """Learn templates from this recorded miss and its siblings (slow: off the request path)."""
-        return Learner(self.backend).induce(namespace, conversation, min_observations)
+        return Learner(self.backend).induce(namespace, conversation, min_observations,
+                                            explained=self._template_gives_recorded(namespace, conversation))
+
+    def _template_gives_recorded(self, namespace: str, conversation: Conversation) -> bool:
+        """Whether a learned template, looked up as if this request had no record of
+        its own, renders the reply just recorded for it (a verification that agreed):
+        that run is evidence for the template, not the seed of another one."""
+        writes, node = plan_record(conversation, namespace)
+        with self.backend.snapshot() as snap:
+            recorded = [r for r in snap.replies(node) if not r.bad]
+            if len(recorded) != 1:
+                return False
+            reader = _WithoutReplies(_DecodedTemplates(snap, self._templates, {}), node)
+            found = lookup(conversation, namespace, reader, self.policy, match_template=match_message)
+            if type(found) is not Hit or not found.templated:
+                return False
+            try:
+                rendered = render_reply(found.reply, found.bindings)
+            except ValueError:
+                return False
+            return same_answer(rendered, recorded[0].reply)
 
     def record(
         self,
@@ -133,6 +154,19 @@ class NamespacedTable:
 
     def _key(self, key: str) -> bytes:
         return f"{self.namespace}\x00{key}".encode("utf-8")
+
+
+class _WithoutReplies:
+    """A TreeReader that does not see the replies of one node (so a walk goes on into templates)."""
+
+    def __init__(self, reader, hidden: bytes):
+        self.reader, self.hidden = reader, hidden
+
+    def __getattr__(self, name: str):
+        return getattr(self.reader, name)
+
+    def replies(self, node_id: bytes):
+        return [] if node_id == self.hidden else self.reader.replies(node_id)
 
 
 class _DecodedTemplates:

@@ -141,3 +141,25 @@ def test_varying_lists_are_served_end_to_end_in_the_store(tmp_path):
     assert render_reply(found.reply, found.bindings) == third[1][1]
     assert isinstance(cache.lookup("ns", search("Graz", [])[1][0]), Miss)
     cache.close()
+
+
+def test_a_run_a_learned_template_already_answers_is_evidence_not_a_new_template(tmp_path):
+    # With verification on, a request a template on probation would answer
+    # goes to the provider and is recorded. When the answer agrees, learning a
+    # new template from it would put a new node on probation and lose the
+    # agreements the first one earned.
+    cache = Cache(tmp_path / "db")
+    for r in SEARCHES:
+        for conversation, reply in r:
+            cache.record("ns", conversation, reply)
+            cache.induce("ns", conversation)
+    templates = sum(1 for n in cache.backend.iter_nodes() if n.kind == "template")
+    agreeing = search("Graz", [flight("OS1", 99), flight("OS3", 60)])[1]
+    cache.record("ns", *agreeing)
+    assert cache.induce("ns", agreeing[0]).skipped == "a learned template already gives this reply"
+    assert sum(1 for n in cache.backend.iter_nodes() if n.kind == "template") == templates
+    # An answer the template does not give is a miss like any other.
+    other = search("Bern", [flight("LX1", 70)], "Only one flight to Bern.")[1]
+    cache.record("ns", *other)
+    assert cache.induce("ns", other[0]).skipped == ""
+    cache.close()
