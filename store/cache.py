@@ -18,7 +18,7 @@ from .agreement import same_answer
 from .templates import explain_mismatch, match_message, render_reply
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
-from .trust import TABLE as TRUST_TABLE, TrustRules, judge
+from .trust import TABLE as TRUST_TABLE, Judgement, TrustRules, judge
 
 DEFAULT_DB_ENV = "BUTTER_DB"
 
@@ -68,15 +68,26 @@ class Cache:
                 # snapshot never mixes its lists with newer ones.
                 sets = self._template_sets = (generation, {})
             reader = _DecodedTemplates(snap, self._templates, sets[1])
+            verdicts: dict[int, Judgement] = {}
+
+            def servable(hit: Hit) -> bool:
+                # Several templates may match (a narrow one learned first, a
+                # broader one later): the walk looks on past one that may not serve.
+                verdicts[id(hit)] = verdict = self._verdict(snap, hit)
+                return verdict.action == "serve"
+
             result = lookup(conversation, namespace, reader, self.policy, match_template=match_message,
-                            bindings=bindings, explain_template=explain_mismatch)
+                            bindings=bindings, explain_template=explain_mismatch, accept=servable)
             if type(result) is Hit and result.templated:
-                return self._judged(snap, result, len(conversation.messages))
+                return self._judged(snap, result, len(conversation.messages), verdicts.get(id(result)))
             return result
 
-    def _judged(self, snap, hit: Hit, depth: int) -> Hit | Miss:
+    def _verdict(self, snap, hit: Hit) -> Judgement:
+        return judge(snap.get_aux(TRUST_TABLE, hit.node_id + hit.reply_id), hit.bindings, self.trust)
+
+    def _judged(self, snap, hit: Hit, depth: int, verdict: Judgement | None = None) -> Hit | Miss:
         """A template reply is served only as far as its trust allows (store/trust.py)."""
-        verdict = judge(snap.get_aux(TRUST_TABLE, hit.node_id + hit.reply_id), hit.bindings, self.trust)
+        verdict = verdict or self._verdict(snap, hit)
         if verdict.action == "serve":
             return hit if verdict.kind == hit.trust else replace(hit, trust=verdict.kind)
         if verdict.action == "verify":

@@ -492,18 +492,22 @@ class _Builder:
 
 
     def _head_item(self, values: list[Any], item: Any, where: str, hint: str | None) -> Any:
-        """A lined-up item; a field that other items go without is optional
-        here too (free: it binds nothing, so no reply depends on it)."""
+        """A lined-up item, read with what all items show: a field that other
+        items go without is optional here too, and one that varies among
+        items is free here even where the lined-up ones happen to agree (two
+        first results with 6 business seats say nothing about the third's);
+        both bind nothing, so no reply depends on them."""
         if not (isinstance(item, dict) and MARK not in item and all(isinstance(v, dict) for v in values)):
+            if has_markers(item) and all(_same(values[0], v) for v in values[1:]):
+                return item
             return self.align(values, where, hint, True)
-        optional = {k for k, t in item.items() if isinstance(t, dict) and t.get(MARK) == "opt"}
         out = {}
-        for k in item:
+        for k, t in item.items():
             present = [v[k] for v in values if k in v]
-            if k in optional:
-                out[k] = opt_marker(_optional_value(present, f"{where}.{k}")) if present else item[k]
+            if isinstance(t, dict) and t.get(MARK) == "opt":
+                out[k] = opt_marker(_optional_value(present, f"{where}.{k}")) if present else t
             else:
-                out[k] = self.align(present, f"{where}.{k}", k, True)
+                out[k] = self._head_item(present, t, f"{where}.{k}", k)
         return out
 
 

@@ -7,7 +7,7 @@ it; what a reply depends on must still be explained by substitution.
 """
 from __future__ import annotations
 
-from store import Cache, Hit, Miss
+from store import Cache, Hit, Miss, trust, trust_ledger
 from store.induction import Proposal, Rejected, propose
 from store.templates import render_reply
 from tests.unit.test_induction import ON_INDUCTIONS_WORD
@@ -162,4 +162,29 @@ def test_a_run_a_learned_template_already_answers_is_evidence_not_a_new_template
     other = search("Bern", [flight("LX1", 70)], "Only one flight to Bern.")[1]
     cache.record("ns", *other)
     assert cache.induce("ns", other[0]).skipped == ""
+    cache.close()
+
+
+def test_a_servable_template_answers_though_another_one_on_probation_matches_first(tmp_path):
+    # Broader induction leaves several templates at one node (a narrow one,
+    # a broader one learned from more runs). One still on probation must not
+    # hide one that may serve: the walk looks on.
+    cache = Cache(tmp_path / "db")  # verification on: learned templates start on probation
+    for r in SEARCHES:
+        for conversation, reply in r:
+            cache.record("ns", conversation, reply)
+            cache.induce("ns", conversation)
+    third = search("Graz", [flight("OS1", 99), flight("OS3", 60)])[1]
+    cache.record_bound("ns", third[0], third[1], {"to": "Graz"})  # a second template the next request fits
+    fourth = search("Bern", [flight("OS1", 99), flight("OS3", 60)])[1][0]
+    replies = [(node, rid) for node, by_reply in trust_ledger.everything(cache.backend).items() for rid in by_reply
+               if cache.backend.node(node).depth == len(fourth.messages)]
+    assert len(replies) == 2
+    for trusted in replies:  # each order: one of them is the first the walk tries
+        for node, rid in replies:
+            state = "trusted" if (node, rid) == trusted else "probation"
+            cache.backend.update_aux(trust.TABLE, trust.trust_key(node, rid), lambda e, state=state: {
+                **e, "source": "learned", "state": state, "inputs_free": True})
+        hit = cache.lookup("ns", fourth)
+        assert isinstance(hit, Hit) and hit.node_id == trusted[0], hit
     cache.close()
