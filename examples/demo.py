@@ -10,8 +10,13 @@ database, and an unmodified tool-calling agent (the openai SDK, pointed at the
 proxy with HTTPS_PROXY-style settings) that refunds one order per run. Runs 1
 and 2 go to the provider and are recorded; butter compares them off the
 request path and learns a template (order id, customer, amount, refund id are
-values; the words are not). From run 3 on, every request is answered from
-the tree with this run's own values substituted. A last run with a changed
+values; the words are not). A learned template is first verified: runs 3
+and 4 still go to the provider (`butter-cache: verify`), and butter checks
+that the provider answered what the template would have; two agreements
+promote it. The first step, where the customer's name does not reach the
+reply, is verified for five names before new names are served. After that,
+every request is answered from the tree with the run's own values
+substituted. A last run with a changed
 instruction ("cancel" instead of "refund") shows that a look-alike is never
 served the refund workflow: it goes to the provider.
 """
@@ -173,7 +178,7 @@ def wait_quiet(log: Path, quiet: float = 0.5, timeout: float = 10.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=6, help="agent runs, one order each (default 6)")
+    parser.add_argument("--runs", type=int, default=9, help="agent runs, one order each (default 9)")
     parser.add_argument("--stream", action="store_true", help="the agent streams (replies are served as SSE too)")
     parser.add_argument("--model", default=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"))
     parser.add_argument("--db", help="keep butter's database here (default: a temporary directory)")
@@ -230,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{total_calls} provider calls for {total_requests} LLM requests in {args.runs} refund runs; "
               f"every answer {'right' if ok else 'NOT right (see above)'}.")
         if not real:
-            print("Runs 1-2 taught butter the workflow; later runs were answered from its tree with their own "
+            print("Runs 1-2 taught butter the workflow; the next runs verified it against the provider (verify: "
+                  "the agent got the provider's own answer); then runs were answered from its tree with their own "
                   "order ids, names, amounts and refund ids filled in.")
     return 0 if ok else 1
 

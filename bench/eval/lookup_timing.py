@@ -32,7 +32,7 @@ from pathlib import Path
 
 from addon.formats.base import WireRequest
 from addon.formats.openai_chat import FORMAT
-from store import Cache, Hit
+from store import Cache, Hit, trust_ledger
 from store.model import Conversation
 from store.tree import forget_memos
 from tests.fakes.openai_chat import completion
@@ -141,6 +141,9 @@ def _measure(queues: int, passes: int) -> dict:
                         exact.record(NAMESPACE, conversation, reply)
                         templ.record(NAMESPACE, conversation, reply)
                         templ.induce(NAMESPACE, conversation)
+            # Time the hit path of templates live traffic has verified (store/trust.py): the
+            # trust read and judgement are part of every template hit.
+            trust_ledger.trust_everything(templ.backend)
             recorded = [c for runs in flows.values() for c, _ in _requests(runs[0])]
             fresh = [c for runs in flows.values() for c, _ in _requests(runs[2])]
             # Compare like with like: the requests the template tree serves, and

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from cli.output import CliError, add_common, emit, open_cache, run, short_id
 from store import ServePolicy
+from store import trust, trust_ledger
 from store.inspect import explain, node_summary, summarise
 
 # Where to send a body when no --path/--url says: tried in order, the format
@@ -118,6 +119,7 @@ def explain_command(args: argparse.Namespace) -> int:
         raise CliError("--min-observations must be at least 1")
     with open_cache(args) as cache:
         cache.policy = ServePolicy(min_observations=args.min_observations)
+        cache.set_trust(trust.TrustRules(min_observations=args.min_observations))
         best = None
         for path, fmt, parsed in candidates:
             credential = _credential(args, fmt.name, header_credential)
@@ -143,6 +145,11 @@ def explain_command(args: argparse.Namespace) -> int:
         bindings_used = dict(getattr(outcome, "bindings", {}) or {})
         served = next((r for r in cache.backend.replies(outcome.node_id) if r.reply_id == outcome.reply_id), None) \
             if result.hit else None
+        # A template reply's trust: why it is served, verified first, or never served (store/trust.py).
+        judged = outcome if result.hit and outcome.templated else getattr(outcome, "verify", None)
+        trust_line = result.detail if result.reason == "demoted" else ""
+        if judged is not None:
+            trust_line = trust.describe(trust_ledger.read(cache.backend, judged.node_id, judged.reply_id), cache.trust)
 
     messages = parsed.conversation.messages
     data = {
@@ -159,6 +166,7 @@ def explain_command(args: argparse.Namespace) -> int:
         "bindings": bindings_used if result.hit else {},
         "not_expanded": not_expanded,
         "reply": {"id": served.reply_id, "count": served.count, "score": served.score} if served else None,
+        "trust": trust_line or None,
     }
 
     def human() -> str:
@@ -172,6 +180,14 @@ def explain_command(args: argparse.Namespace) -> int:
             if bindings_used:
                 out.append("bindings  " + ", ".join(f"{k}={v}" for k, v in sorted(bindings_used.items()))
                            + "  (the reply is rendered with these values)")
+            if trust_line:
+                out.append(f"trust     {trust_line}")
+            return "\n".join(out)
+        if result.reason == "verify":
+            out.append(f"result    VERIFY: {result.detail}; the proxy would forward it to the provider and compare "
+                       "the answer with the template's (butter-cache: verify)")
+            out.append(f"template  reply at node {short_id(result.node)}  {node_summary(deepest) if deepest else ''}")
+            out.append(f"trust     {trust_line}")
             return "\n".join(out)
         out.append(f"result    MISS ({result.reason}): {result.detail}")
         if not_expanded:

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from cli.output import add_common, emit, open_cache, run
+from store import trust, trust_ledger
 from store.inspect import TreeIndex, load_index, matches_text, node_slots, node_summary, served_reply, tokens_of
 
 
@@ -43,19 +44,36 @@ def _keep(index: TreeIndex, root: bytes, needle: str | None, max_depth: int | No
     return keep
 
 
-def _node_json(index: TreeIndex, node_id: bytes, keep: set[bytes] | None, max_depth: int | None) -> dict:
+def _trust_mark(entry: dict) -> str:
+    """A template reply's trust in a few characters: `probation 1/2`, `trusted`, `demoted`."""
+    state = entry.get("state", trust.PROBATION)
+    if entry.get("source") == "declared":
+        return "declared"
+    if state == trust.PROBATION:
+        return f"probation {entry.get('agreements', 0)}/{trust.TrustRules().needed}"
+    if state == trust.TRUSTED and entry.get("inputs") and not entry.get("inputs_free"):
+        return "trusted, inputs not free"
+    return state
+
+
+def _node_json(index: TreeIndex, node_id: bytes, keep: set[bytes] | None, max_depth: int | None,
+               trusts: dict[bytes, dict[bytes, dict]] | None = None) -> dict:
     node = index.nodes[node_id]
     replies = index.replies.get(node_id, [])
     chosen = served_reply(replies)
     out = {"id": node_id.hex(), "kind": node.kind, "depth": node.depth, "summary": node_summary(node, 200),
            "hits": index.hits(node_id), "replies": len(replies),
            "observations": sum(r.count for r in replies), "slots": node_slots(node),
-           "bad": any(r.bad for r in replies), "tokens": tokens_of(chosen.reply) if chosen else 0}
+           "bad": any(r.bad for r in replies), "tokens": tokens_of(chosen.reply) if chosen else 0,
+           # Template replies' trust (store/trust.py), by reply id.
+           "trust": {rid.hex(): {"state": e.get("state"), "mark": _trust_mark(e), "agreements": e.get("agreements", 0),
+                                 "why": e.get("why", "")}
+                     for rid, e in (trusts or {}).get(node_id, {}).items()}}
     if node.kind == "root":
         out.update(namespace=node.namespace, api=node.content.get("api"), model=node.content.get("model"))
     kids = [k for k in index.kids(node_id) if (keep is None or k.node_id in keep)
             and (max_depth is None or k.depth <= max_depth)]
-    out["children"] = [_node_json(index, k.node_id, keep, max_depth) for k in kids]
+    out["children"] = [_node_json(index, k.node_id, keep, max_depth, trusts) for k in kids]
     return out
 
 
@@ -66,8 +84,9 @@ def _label(tree: dict, width: int) -> str:
     if tree["replies"]:
         marks.append(f"reply ×{tree['observations']}" if tree["replies"] == 1
                      else f"{tree['replies']} replies ×{tree['observations']}")
-    if tree["bad"]:
+    if tree["bad"] and not any(t["state"] == trust.DEMOTED for t in tree["trust"].values()):
         marks.append("BAD")
+    marks.extend(t["mark"] for t in tree["trust"].values())
     if tree["kind"] == "template":
         marks.append("template")
     summary = tree["summary"]
@@ -107,6 +126,7 @@ def tree(args: argparse.Namespace) -> int:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
     with open_cache(args) as cache:
         index = load_index(cache.backend)
+        trusts = trust_ledger.everything(cache.backend)
     roots = [r for r in index.roots()
              if (not args.namespace or r.namespace == args.namespace)
              and (not args.model or r.content.get("model") == args.model)]
@@ -115,7 +135,7 @@ def tree(args: argparse.Namespace) -> int:
         keep = _keep(index, root.node_id, args.match, args.depth)
         if keep is not None and len(keep) <= 1:
             continue  # nothing under this root matches
-        forest.append(_node_json(index, root.node_id, keep, args.depth))
+        forest.append(_node_json(index, root.node_id, keep, args.depth, trusts))
 
     def human() -> str:
         if not forest:

@@ -2,7 +2,11 @@
 served with the run's own values; a changed instruction or a changed
 branch-deciding field goes to the provider. Real `openai` and `anthropic`
 SDKs, a fake provider over TLS on loopback, one shared proxy (each test its
-own credential, so its own tree)."""
+own credential, so its own tree).
+
+A learned template is served once live traffic has verified it (store/trust.py):
+two more customers' runs go to the provider as verifications, agree, and
+promote it (`promote`); tests/e2e/test_trust_e2e.py covers trust itself."""
 from __future__ import annotations
 
 import json
@@ -30,6 +34,10 @@ ORDERS = {
     "7777": {"order_id": "7777", "customer": TRICKY, "amount": 5.25, "status": "paid"},
     "8888": {"order_id": "8888", "customer": "Di Eze", "amount": 8.0, "status": "refunded"},
 }
+# Customers whose runs verify a learned template before it is served (see `promote`).
+VERIFIERS = ("2001", "2002", "2003", "2004", "2005")
+ORDERS.update({o: {"order_id": o, "customer": f"Customer {o[-1]}", "amount": float(o[-1]), "status": "paid"}
+               for o in VERIFIERS})
 SYSTEM = "You are a support agent. Use the tools, then answer in one sentence."
 PARAMS = {
     "get_order": {"order_id": {"type": "string"}},
@@ -210,11 +218,44 @@ def settle(proxy: Proxy, provider, api_key: str) -> None:
         time.sleep(0.05)
 
 
+def promote(proxy: Proxy, run_customer, customers: tuple[str, ...] = VERIFIERS[:2],
+            expect: list[str] | None = None) -> None:
+    """Pay the probation of the templates two runs taught: each customer's run goes to the provider
+    as a verification (`butter-cache: verify` at every step), agrees, and counts; two promote
+    (butter_verify_min). Waits (not a timing assertion) until the proxy has concluded them."""
+    before = proxy.log_text().count("butter: verified ")
+    verified = 0
+    for order_id in customers:
+        cache = run_customer(order_id)
+        assert cache == (expect or ["verify"] * 3), cache
+        verified += cache.count("verify")
+    deadline = time.monotonic() + 60
+    while proxy.log_text().count("butter: verified ") < before + verified:
+        assert time.monotonic() < deadline, f"verifications did not conclude:\n{proxy.log_text()[-3000:]}"
+        time.sleep(0.05)
+    assert "disagreed" not in "".join(proxy.log_text().split("butter: verified ")[before + 1:])
+
+
+def promote_past_a_decision_input(proxy: Proxy, run_customer) -> None:
+    """`promote` for agents whose refund call leaves out the customer's name: at that step the
+    name, a field of the tool result, never reaches the reply, so it is a decision input, and new
+    names are verified until five agreed (butter_verify_inputs_min) while the other steps hit."""
+    promote(proxy, run_customer, VERIFIERS[:2])
+    promote(proxy, run_customer, VERIFIERS[2:], expect=["hit", "verify", "hit"])
+
+
 def record_two_customers(proxy: Proxy, provider, api_key: str, run, sdk) -> None:
-    """Two recorded runs (one plain, one streamed), learned from before the test goes on."""
+    """Two recorded runs (one plain, one streamed), learned from, and two verifying runs, before the test goes on."""
     assert outcome(run(sdk, "Please refund order 1234.")) == refund_outcome("1234")
     assert outcome(run(sdk, "Please refund order 9876.", stream=True)) == refund_outcome("9876")
     settle(proxy, provider, api_key)
+
+    def verifying(order_id: str) -> list[str]:
+        done = run(sdk, f"Please refund order {order_id}.")
+        assert outcome(done) == refund_outcome(order_id)  # the provider's own answers
+        return done["cache"]
+
+    promote(proxy, verifying)
 
 
 # -- OpenAI Chat ---------------------------------------------------------------------------------
@@ -231,7 +272,7 @@ def test_two_recorded_customers_serve_a_third_with_every_value_and_no_provider_c
     sdk = openai_client(api_key)
     record_two_customers(shared_proxy, provider, api_key, run_openai, sdk)
     calls = len(provider.calls)
-    assert calls == 6 + 1  # two runs of three steps, and the settling request
+    assert calls == 6 + 1 + 6  # two runs of three steps, the settling request, two verifying runs
     third = run_openai(sdk, "Please refund order 5555.", stream=stream)
     assert outcome(third) == refund_outcome("5555")
     assert third["cache"] == ["hit", "hit", "hit"]
@@ -255,6 +296,17 @@ def test_a_customer_named_in_the_request_but_unused_by_the_first_call_is_served_
     assert outcome(run_openai(sdk, named("1234"))) == refund_outcome("1234")
     assert outcome(run_openai(sdk, named("9876"), stream=True)) == refund_outcome("9876")
     settle(shared_proxy, provider, api_key)
+
+    def verifying(order_id: str) -> list[str]:
+        done = run_openai(sdk, named(order_id))
+        assert outcome(done) == refund_outcome(order_id)
+        return done["cache"]
+
+    # The name never reaches the first reply (get_order): a decision input there, so the first
+    # step verifies every new name until five agreed (butter_verify_inputs_min); the later
+    # steps, where every value reaches the reply, are promoted after two.
+    promote(shared_proxy, verifying, VERIFIERS[:2])
+    promote(shared_proxy, verifying, VERIFIERS[2:], expect=["verify", "hit", "hit"])
     calls = len(provider.calls)
     third = run_openai(sdk, named("5555"), stream=True)
     assert outcome(third) == refund_outcome("5555")
@@ -398,6 +450,13 @@ def test_ollama_two_recorded_customers_serve_a_third_with_every_value(shared_pro
     ollama_chat.run_agent(sdk, "1234")
     ollama_chat.run_agent(sdk, "9876", stream=True)
     settle(shared_proxy, provider, api_key)
+
+    def verifying(order_id: str) -> list[str]:
+        verdicts[:] = []
+        ollama_chat.run_agent(sdk, order_id)
+        return list(verdicts)
+
+    promote_past_a_decision_input(shared_proxy, verifying)
     calls, verdicts[:] = len(provider.calls), []
     third = ollama_chat.run_agent(sdk, "5555", stream=stream)
     assert third["answer"] == "Refunded 99.9 for order 5555 (Cy Diaz)."
@@ -421,6 +480,9 @@ def test_responses_two_recorded_customers_serve_a_third_with_ids_of_its_own(
     sdk = openai.OpenAI(api_key=api_key, max_retries=0, timeout=20)
     recorded = [run_agent(sdk, order_id, stateful=stateful, encrypted_reasoning=False) for order_id in ("1234", "9876")]
     settle(shared_proxy, provider, api_key)
+    # Verified by stateless runs (the same tree): a stateful run that mixes hits and provider calls
+    # names a response id the provider never issued (docs/responses.md).
+    promote_past_a_decision_input(shared_proxy, lambda o: run_agent(sdk, o, encrypted_reasoning=False)["cache"])
     calls = len(provider.calls)
     served = run_agent(sdk, "5555", mode="helper", stateful=stateful, encrypted_reasoning=False)
     assert served["cache"] == ["hit", "hit", "hit"] and len(provider.calls) == calls
@@ -450,6 +512,7 @@ def test_gemini_two_recorded_customers_serve_a_third_with_every_value(shared_pro
     for order_id in ("1234", "9876"):
         gemini_fake.run_agent(sdk, order_id, model="gemini-2.0-flash", stream=order_id == "9876")
     settle(shared_proxy, provider, api_key)
+    promote_past_a_decision_input(shared_proxy, lambda o: gemini_fake.run_agent(sdk, o, model="gemini-2.0-flash")["cache"])
     calls = len(provider.calls)
     served = gemini_fake.run_agent(sdk, "5555", model="gemini-2.0-flash", stream=stream)
     assert served["cache"] == ["hit", "hit", "hit"] and len(provider.calls) == calls

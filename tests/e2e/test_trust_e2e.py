@@ -155,15 +155,20 @@ def test_a_balance_that_decides_the_answer_is_verified_and_the_run_answered_righ
     assert rich["cache"] == ["verify", "verify", "miss"]
 
 
+def learn_weather(proxy: Proxy, through, api_key: str) -> tuple[openai.OpenAI, Verifications]:
+    """Two recorded cities, learned from: `search_location(query={{city}})` on probation."""
+    through(proxy)
+    sdk = client(api_key)
+    assert [weather(sdk, city)[0] for city in ("Paris", "Berlin")] == ["Paris", "Berlin"]
+    settle(proxy, api_key)
+    return sdk, Verifications(proxy)
+
+
 # -- a value the model rewrites ---------------------------------------------------------------
 
 def test_a_city_the_model_rewrites_demotes_the_template_after_one_disagreement(
         shared_proxy, through, value_model_provider, api_key):
-    through(shared_proxy)
-    sdk = client(api_key)
-    assert weather(sdk, "Paris")[0] == "Paris" and weather(sdk, "Berlin")[0] == "Berlin"
-    settle(shared_proxy, api_key)
-    verified = Verifications(shared_proxy)
+    sdk, verified = learn_weather(shared_proxy, through, api_key)
     query, headers = weather(sdk, "Milan")
     assert (query, headers["butter-cache"]) == ("Milano", "verify"), "the client got the template's verbatim city"
     assert "disagreed" in verified.wait(1)[0] and "(demoted)" in verified.wait(1)[0]
@@ -177,12 +182,7 @@ def test_a_city_the_model_rewrites_demotes_the_template_after_one_disagreement(
 
 def test_a_template_is_promoted_after_two_agreements_then_served_without_the_provider(
         shared_proxy, through, value_model_provider, api_key):
-    through(shared_proxy)
-    sdk = client(api_key)
-    for city in ("Paris", "Berlin"):
-        weather(sdk, city)
-    settle(shared_proxy, api_key)
-    verified = Verifications(shared_proxy)
+    sdk, verified = learn_weather(shared_proxy, through, api_key)
     query, headers = weather(sdk, "Rome")
     assert (query, headers["butter-cache"]) == ("Rome", "verify")
     verified.wait(1)
@@ -200,11 +200,7 @@ def test_a_template_is_promoted_after_two_agreements_then_served_without_the_pro
 
 def test_a_request_that_opts_out_is_not_used_as_a_verification(
         shared_proxy, through, value_model_provider, api_key):
-    through(shared_proxy)
-    sdk = client(api_key)
-    for city in ("Paris", "Berlin"):
-        weather(sdk, city)
-    settle(shared_proxy, api_key)
+    sdk, _ = learn_weather(shared_proxy, through, api_key)
     quiet = openai.OpenAI(api_key=api_key, max_retries=0, timeout=20, default_headers={"butter-verify": "off"})
     query, headers = weather(quiet, "Milan")
     assert (query, headers["butter-cache"]) == ("Milano", "miss")
@@ -218,12 +214,7 @@ def test_a_request_that_opts_out_is_not_used_as_a_verification(
 def test_a_sampled_recheck_that_disagrees_demotes_a_trusted_template(
         start_proxy, through, value_model_provider, api_key):
     proxy = start_proxy(options={"butter_verify_sample": 1})
-    through(proxy)
-    sdk = client(api_key)
-    for city in ("Paris", "Berlin"):
-        weather(sdk, city)
-    settle(proxy, api_key)
-    verified = Verifications(proxy)
+    sdk, verified = learn_weather(proxy, through, api_key)
     assert [weather(sdk, city)[1]["butter-cache"] for city in ("Rome", "Madrid")] == ["verify", "verify"]
     verified.wait(2)
     # Trusted now: Milan is served with the city verbatim (what trust cannot foresee)...

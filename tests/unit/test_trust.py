@@ -1,0 +1,244 @@
+"""Trust in learned templates (store/trust.py, store/trust_ledger.py, addon/verification.py):
+probation, promotion on verified agreements, demotion on one disagreement, decision-input
+slots, persistence, and the prime look-alike served wrong without verification."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import tflow, tutils
+
+from addon import verification
+from store import Cache, Conversation, Hit, Miss
+from store import trust, trust_ledger
+from store.trust import DEMOTED, PROBATION, TRUSTED, TrustRules, after_verification, judge, learned_entry
+from tests.unit.exchange import send
+
+RULES = TrustRules(promote_after=2, free_inputs_after=3)
+CONTEXT = {"api": "openai-chat", "model": "m"}
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def answer(text: str) -> dict:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+
+def ask(text: str) -> Conversation:
+    return Conversation(CONTEXT, (user(text),))
+
+
+def teach(cache: Cache, *runs: tuple[str, str]) -> None:
+    for question, reply in runs:
+        cache.record("ns", ask(question), answer(reply))
+        cache.induce("ns", ask(question))
+
+
+def served_text(result) -> str:
+    from store.templates import render_reply
+    return render_reply(result.reply, result.bindings)["choices"][0]["message"]["content"]
+
+
+# -- the hole, and verification closing it ---------------------------------------------------------
+
+def test_without_verification_a_number_that_decides_the_answer_is_served_the_wrong_answer(tmp_path):
+    cache = Cache(tmp_path / "db", trust=TrustRules(verify=False))
+    teach(cache, ("Is 7 prime?", "yes"), ("Is 13 prime?", "yes"))
+    wrong = cache.lookup("ns", ask("Is 8 prime?"))
+    assert isinstance(wrong, Hit) and served_text(wrong) == "yes", "the hole verification closes is not there"
+
+
+def test_with_verification_the_prime_look_alike_goes_to_the_provider(tmp_path):
+    cache = Cache(tmp_path / "db")
+    teach(cache, ("Is 7 prime?", "yes"), ("Is 13 prime?", "yes"))
+    result = cache.lookup("ns", ask("Is 8 prime?"))
+    assert isinstance(result, Miss) and result.reason == "verify" and result.verify is not None
+    assert "decision input" in result.detail
+    # The provider says "no": the template is demoted, and is not served for any new value.
+    outcome = trust_ledger.conclude(cache.backend, result.verify, answer("no"), cache.trust)
+    assert (outcome.agreed, outcome.event) == (False, "demoted") and "'no'" in outcome.why
+    assert not isinstance(cache.lookup("ns", ask("Is 9 prime?")), Hit)
+    assert isinstance(cache.lookup("ns", ask("Is 7 prime?")), Hit), "the recorded run is still served"
+
+
+def test_a_number_that_decides_is_still_verified_after_the_template_is_promoted(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach(cache, ("Is 7 prime?", "yes"), ("Is 13 prime?", "yes"))
+    for n in (17, 19):  # two primes agree: trusted, but n never reaches "yes"
+        pending = cache.lookup("ns", ask(f"Is {n} prime?"))
+        trust_ledger.conclude(cache.backend, pending.verify, answer("yes"), cache.trust)
+    assert isinstance(cache.lookup("ns", ask("Is 17 prime?")), Hit), "a verified value is served"
+    still = cache.lookup("ns", ask("Is 8 prime?"))
+    assert isinstance(still, Miss) and still.reason == "verify" and "decision input" in still.detail
+
+
+# -- state transitions (pure) ----------------------------------------------------------------------
+
+def entry_for(inputs: tuple[str, ...] = (), runs=({"city": "Paris"}, {"city": "Berlin"})) -> dict:
+    names = {"city", *inputs}
+    return learned_entry(names, {"city"}, [dict(r, **{i: f"{r['city']}-{i}" for i in inputs}) for r in runs], 1.0)
+
+
+def test_probation_is_promoted_by_agreements_on_values_not_seen_before():
+    entry = entry_for()
+    assert judge(entry, {"city": "Rome"}, RULES).action == "verify"
+    assert judge(entry, {"city": "Paris"}, RULES).action == "serve", "a recorded run's values are known"
+    entry, event = after_verification(entry, {"city": "Rome"}, True, RULES, "", 2.0)
+    assert (event, entry["state"], entry["agreements"]) == ("agreed", PROBATION, 1)
+    entry, event = after_verification(entry, {"city": "Rome"}, True, RULES, "", 3.0)
+    assert (event, entry["agreements"]) == ("agreed again", 1), "the same values twice are one agreement"
+    entry, event = after_verification(entry, {"city": "Madrid"}, True, RULES, "", 4.0)
+    assert (event, entry["state"]) == ("promoted", TRUSTED)
+    assert judge(entry, {"city": "Oslo"}, RULES) == trust.SERVE_TRUSTED
+
+
+def test_one_disagreement_demotes_from_probation_and_from_trusted():
+    entry, event = after_verification(entry_for(), {"city": "Milan"}, False, RULES, "query: Milano", 2.0)
+    assert (event, entry["state"], entry["why"]) == ("demoted", DEMOTED, "query: Milano")
+    assert judge(entry, {"city": "Oslo"}, RULES).action == "refuse"
+    trusted = {**entry_for(), "state": TRUSTED}
+    entry, event = after_verification(trusted, {"city": "Milan"}, False, RULES, "a re-check", 2.0)
+    assert entry["state"] == DEMOTED
+    assert after_verification(entry, {"city": "Rome"}, True, RULES, "", 3.0)[1] == "already demoted"
+
+
+def test_butter_min_observations_counts_verified_agreements_not_the_runs_that_taught_it():
+    rules = TrustRules(promote_after=2, min_observations=3)
+    entry = entry_for()  # two runs taught it: not one agreement yet
+    for i, city in enumerate(("Rome", "Madrid", "Oslo")):
+        assert entry["state"] == PROBATION
+        entry, _ = after_verification(entry, {"city": city}, True, rules, "", float(i))
+    assert entry["state"] == TRUSTED and entry["agreements"] == 3
+
+
+def test_decision_inputs_are_served_only_for_seen_values_until_enough_distinct_values_agree():
+    entry = {**entry_for(inputs=("balance",)), "state": TRUSTED, "agreements": 2}
+    seen = {"city": "Oslo", "balance": "Paris-balance"}  # a recorded run's balance, another city
+    assert judge(entry, seen, RULES) == trust.SERVE_TRUSTED
+    fresh = judge(entry, {"city": "Oslo", "balance": "5000"}, RULES)
+    assert fresh.action == "verify" and "balance" in fresh.why
+    for i in range(RULES.free_inputs_after):
+        assert not entry["inputs_free"]
+        entry, event = after_verification(entry, {"city": f"c{i}", "balance": str(i)}, True, RULES, "", float(i))
+    assert event == "decision inputs freed" and entry["inputs_free"]
+    freed = judge(entry, {"city": "Oslo", "balance": "5000"}, RULES)
+    assert (freed.action, freed.kind) == ("serve", "new-inputs"), "new values of freed inputs are sampled"
+
+
+def test_a_decision_input_is_never_freed_while_the_template_is_on_probation():
+    rules = TrustRules(promote_after=5, free_inputs_after=2)
+    entry = entry_for(inputs=("n",))
+    for i in range(3):
+        entry, _ = after_verification(entry, {"city": f"c{i}", "n": str(i)}, True, rules, "", float(i))
+    assert entry["state"] == PROBATION and not entry["inputs_free"]
+
+
+def test_learning_the_same_template_again_keeps_its_state_and_a_forgotten_one_starts_over():
+    demoted = {**entry_for(), "state": DEMOTED, "since": 5.0}
+    again = trust.merge_learned(demoted, entry_for(runs=({"city": "Rome"}, {"city": "Oslo"})), node_created=4.0)
+    assert again["state"] == DEMOTED and len(again["seen"]) == 4
+    relearned = trust.merge_learned(demoted, entry_for(), node_created=6.0)
+    assert relearned["state"] == PROBATION
+
+
+def test_without_verification_learned_templates_serve_but_demoted_ones_never_do():
+    off = TrustRules(verify=False)
+    assert judge(None, {"city": "Rome"}, off).action == "serve"
+    assert judge(entry_for(inputs=("n",)), {"city": "Rome", "n": "8"}, off).action == "serve"
+    assert judge({**entry_for(), "state": DEMOTED}, {"city": "Rome"}, off).action == "refuse"
+
+
+# -- the database: shared by processes, kept across restarts ---------------------------------------
+
+def rewrite(city: str) -> dict:
+    return {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": "search_location", "arguments": json.dumps({"query": city})}}]}}]}
+
+
+def test_trust_persists_across_reopen_and_is_seen_by_another_cache_on_the_same_database(tmp_path):
+    db = tmp_path / "db"
+    cache = Cache(db, trust=RULES)
+    for city in ("Paris", "Berlin"):
+        cache.record("ns", ask(f"What is the weather in {city}?"), rewrite(city))
+        cache.induce("ns", ask(f"What is the weather in {city}?"))
+    other = Cache(db, trust=RULES)  # another proxy process on the same database
+    for city in ("Rome", "Madrid"):
+        pending = cache.lookup("ns", ask(f"What is the weather in {city}?"))
+        assert pending.reason == "verify"
+        assert trust_ledger.conclude(other.backend, pending.verify, rewrite(city), RULES).agreed
+    cache.close()
+    other.close()
+    reopened = Cache(db, trust=RULES)
+    hit = reopened.lookup("ns", ask("What is the weather in Oslo?"))
+    assert isinstance(hit, Hit) and hit.trust == "trusted"
+    miss = reopened.lookup("ns", ask("What is the weather in Milan?"))
+    assert isinstance(miss, Hit)  # trusted: served verbatim (what a sampled re-check is for)
+    trust_ledger.conclude(reopened.backend, miss, rewrite("Milano"), RULES)
+    reopened.close()
+    again = Cache(db, trust=RULES)
+    demoted = again.lookup("ns", ask("What is the weather in Lisbon?"))
+    assert isinstance(demoted, Miss) and demoted.reason != "verify"
+    entry = trust_ledger.read(again.backend, hit.node_id, hit.reply_id)
+    assert entry["state"] == DEMOTED and "Milano" in entry["why"]
+    assert all(r.bad for r in again.backend.replies(hit.node_id)), "a demoted reply is never chosen again"
+
+
+def test_a_declared_template_is_trusted_at_once(tmp_path):
+    cache = Cache(tmp_path / "db")
+    cache.record_bound("ns", ask("What is the weather in Paris?"), rewrite("Paris"), {"city": "Paris"})
+    hit = cache.lookup("ns", ask("What is the weather in Milan?"), {"city": "Milan"})
+    assert isinstance(hit, Hit) and hit.trust == "declared"
+
+
+def test_an_exact_recording_is_never_judged(tmp_path):
+    cache = Cache(tmp_path / "db")
+    cache.record("ns", ask("Is 8 prime?"), answer("no"))
+    hit = cache.lookup("ns", ask("Is 8 prime?"))
+    assert isinstance(hit, Hit) and not hit.templated and hit.trust == ""
+
+
+# -- the addon: the header, and a probation hit forwarded as a verification -----------------------
+
+@pytest.mark.parametrize("value,allowed", [(None, True), ("on", True), ("OFF", False), ("false", False)])
+def test_the_butter_verify_header_is_read_and_removed(value, allowed):
+    headers = {} if value is None else {"butter-verify": value}
+    assert verification.take(headers) is allowed and "butter-verify" not in headers
+
+
+def test_an_invalid_butter_verify_header_is_an_error():
+    with pytest.raises(verification.HeaderError):
+        verification.take({"butter-verify": "sometimes"})
+
+
+def chat(question: str, **headers: str):
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}
+    fields = {"content-type": "application/json", "authorization": "Bearer sk-1", **headers}
+    request = tutils.treq(method=b"POST", host="api.openai.com", port=443, scheme=b"https",
+                          path=b"/v1/chat/completions", content=json.dumps(body).encode(),
+                          headers=http.Headers([(k.encode(), v.encode()) for k, v in fields.items()]))
+    return tflow.tflow(req=request)
+
+
+def openai_answer(text: str) -> dict:
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+
+async def test_a_probation_template_forwards_the_request_and_counts_the_providers_agreement(butter):
+    addon, tctx = butter
+    tctx.configure(addon, butter_induction=True)
+    for n in ("7", "13"):
+        await send(addon, chat(f"Is {n} prime? Answer {n}."), openai_answer(f"{n}: yes"))
+    addon.inducer.submit(lambda: None).result(timeout=30)
+    flow = await send(addon, chat("Is 17 prime? Answer 17."), openai_answer("17: yes"))
+    assert flow.response.headers["butter-cache"] == "verify" and "butter-template" in flow.response.headers
+    node = bytes.fromhex(flow.response.headers["butter-template"])
+    (entry,) = trust_ledger.at_node(addon.cache.backend, node).values()
+    assert entry["agreements"] == 1 and entry["state"] == PROBATION
+    opted_out = await send(addon, chat("Is 19 prime? Answer 19.", **{"butter-verify": "off"}), openai_answer("19: yes"))
+    assert opted_out.response.headers["butter-cache"] == "miss" and "butter-verify" not in opted_out.request.headers
+    (entry,) = trust_ledger.at_node(addon.cache.backend, node).values()
+    assert entry["agreements"] == 1, "an opted-out request counted as a verification"
