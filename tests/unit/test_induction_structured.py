@@ -8,6 +8,7 @@ it; what a reply depends on must still be explained by substitution.
 from __future__ import annotations
 
 from store import Cache, Hit, Miss, trust, trust_ledger
+from store.trust import TrustRules
 from store.induction import Proposal, Rejected, propose
 from store.templates import render_reply
 from tests.unit.test_induction import ON_INDUCTIONS_WORD
@@ -16,6 +17,16 @@ from tests.unit.test_induction_values import arguments, observations, run
 
 # What induction learns and how lookups find it; serving waits for verified
 # agreements (store/trust.py), tested on its own and end to end.
+
+
+def learned(tmp_path, runs: list, trust=ON_INDUCTIONS_WORD) -> Cache:
+    """A store that recorded every request of these runs, each miss learned from in order."""
+    cache = Cache(tmp_path / "db", trust=trust)
+    for r in runs:
+        for conversation, reply in r:
+            cache.record("ns", conversation, reply)
+            cache.induce("ns", conversation)
+    return cache
 
 
 # -- a bare value as a whole tool result ------------------------------------------------------
@@ -41,11 +52,7 @@ def test_a_tool_result_that_is_one_bare_id_is_a_value_the_next_call_binds():
 
 
 def test_every_step_after_a_bare_id_result_is_served_after_two_runs(tmp_path):
-    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
-    for r in RUNS:
-        for conversation, reply in r:
-            cache.record("ns", conversation, reply)
-            cache.induce("ns", conversation)
+    cache = learned(tmp_path, RUNS)
     for step, (conversation, reply) in enumerate(THIRD):
         found = cache.lookup("ns", conversation)
         assert isinstance(found, Hit), (step, found)
@@ -130,11 +137,7 @@ def test_a_whole_tool_result_varying_outside_json_still_needs_words():
 
 
 def test_varying_lists_are_served_end_to_end_in_the_store(tmp_path):
-    cache = Cache(tmp_path / "db", trust=ON_INDUCTIONS_WORD)
-    for r in SEARCHES:
-        for conversation, reply in r:
-            cache.record("ns", conversation, reply)
-            cache.induce("ns", conversation)
+    cache = learned(tmp_path, SEARCHES)
     third = search("Graz", [flight("OS1", 99), flight("OS3", 60, note="red-eye"), flight("LH9", 210)])
     found = cache.lookup("ns", third[1][0])
     assert isinstance(found, Hit), found
@@ -148,11 +151,7 @@ def test_a_run_a_learned_template_already_answers_is_evidence_not_a_new_template
     # goes to the provider and is recorded. When the answer agrees, learning a
     # new template from it would put a new node on probation and lose the
     # agreements the first one earned.
-    cache = Cache(tmp_path / "db")
-    for r in SEARCHES:
-        for conversation, reply in r:
-            cache.record("ns", conversation, reply)
-            cache.induce("ns", conversation)
+    cache = learned(tmp_path, SEARCHES, TrustRules())
     templates = sum(1 for n in cache.backend.iter_nodes() if n.kind == "template")
     agreeing = search("Graz", [flight("OS1", 99), flight("OS3", 60)])[1]
     cache.record("ns", *agreeing)
@@ -169,11 +168,7 @@ def test_a_servable_template_answers_though_another_one_on_probation_matches_fir
     # Broader induction leaves several templates at one node (a narrow one,
     # a broader one learned from more runs). One still on probation must not
     # hide one that may serve: the walk looks on.
-    cache = Cache(tmp_path / "db")  # verification on: learned templates start on probation
-    for r in SEARCHES:
-        for conversation, reply in r:
-            cache.record("ns", conversation, reply)
-            cache.induce("ns", conversation)
+    cache = learned(tmp_path, SEARCHES, TrustRules())  # verification on: learned templates start on probation
     third = search("Graz", [flight("OS1", 99), flight("OS3", 60)])[1]
     cache.record_bound("ns", third[0], third[1], {"to": "Graz"})  # a second template the next request fits
     fourth = search("Bern", [flight("OS1", 99), flight("OS3", 60)])[1][0]
