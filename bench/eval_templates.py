@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", choices=("default", "on", "off", "both"), default="default",
                         help="butter_verify for the proxies; 'both' runs every workload with it off, then on")
     parser.add_argument("--live", type=int, default=None,
-                        help="live-traffic (probation) runs per flow of the tools and look-alike sets (default 6; 8)")
+                        help="live-traffic (probation) runs per flow: own and BFCL (default 0), tools and look-alikes "
+                             "(default 8)")
     parser.add_argument("--agentdojo", metavar="PYTHON", default=os.environ.get("BUTTER_EVAL_AGENTDOJO_PYTHON"),
                         help="a Python with agentdojo installed (default .venv-agentdojo/bin/python if present)")
     parser.add_argument("--no-timing", action="store_true", help="skip the store-level lookup timing")
@@ -78,23 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     bfcl_tasks = args.bfcl_tasks if args.bfcl_tasks is not None else (8 if args.quick else 32)
     held_out = args.held_out if args.held_out is not None else (2 if args.quick else 3)
     wanted = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    # Live traffic after the recordings is where verification pays a template's
+    # probation; without verification it is just more traffic (own and BFCL
+    # get it only when asked for, so their figures stay comparable).
+    live = args.live if args.live is not None else 0
     options = dict(o.split("=", 1) for o in args.option)
 
     started = time.monotonic()
     deadline = started + args.budget
     workloads = []
     if "own" in wanted:
-        workloads.append(own_workflows.build(held_out=held_out, negatives_per_kind=held_out))
+        workloads.append(own_workflows.build(held_out=held_out, negatives_per_kind=held_out, probation=live))
     if "tools" in wanted:
         from bench.eval import tool_workflows
-        workloads.append(tool_workflows.build(held_out=held_out + 1, probation=args.live or 6))
+        workloads.append(tool_workflows.build(held_out=held_out + 1, probation=args.live or 8))
     if "lookalikes" in wanted:
         from bench.eval import lookalikes
         workloads.append(lookalikes.build(held_out=held_out + 1, negatives=held_out + 1, probation=args.live or 8))
     if "bfcl" in wanted:
         from bench.eval import bfcl
         _progress(f"BFCL: building runs from {bfcl_tasks} base tasks (executing ground truth on the real backends)")
-        workloads.extend(bfcl.build(bfcl_tasks, held_out=held_out, progress=_progress))
+        workloads.extend(bfcl.build(bfcl_tasks, held_out=held_out, progress=_progress, probation=live))
 
     skipped = {}
     if "agentdojo" in wanted:
