@@ -183,3 +183,11 @@ def test_a_servable_template_answers_though_another_one_on_probation_matches_fir
         hit = cache.lookup("ns", fourth)
         assert isinstance(hit, Hit) and hit.node_id == trusted[0], hit
     cache.close()
+
+
+def test_butter_show_writes_item_templates_and_optional_fields_readably():
+    from store.inspect import unmark
+    result = propose(observations(SEARCHES, 1))
+    shown = unmark(result.nodes[-1][1]["message"])["content"][0]["text"]
+    assert '"results": [{"flight": "<any identifier>"' in shown
+    assert '"note?": "<any text>"}, "..."]' in shown
