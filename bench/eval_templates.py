@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== butter_verify={verify} ==")
             print(report.table({**out, "results": results, "lookup_timing": None}))
         print(report.verify_comparison(runs))
+        if timing:
+            print(report.table({"results": [], "lookup_timing": timing, "seconds": out["seconds"]}).split("targets:")[-1])
     else:
         print(report.table(out))
     if args.json:
