@@ -133,7 +133,10 @@ class Verifier:
         outcome = trust_ledger.conclude(cache.backend, hit, reply, cache.trust)
         entry = outcome.entry or {}
         node = hit.node_id.hex()[:12]
-        if outcome.agreed:
+        if outcome.event == "not comparable":
+            log.info("butter: verified %s %s: the template reply at node %s could not be compared (%s)",
+                     fmt, model, node, outcome.why)
+        elif outcome.agreed:
             log.info("butter: verified %s %s: the provider agreed with the template reply at node %s (%s; %d of "
                      "%d agreements)", fmt, model, node, outcome.event, entry.get("agreements", 0), cache.trust.needed)
         else:

@@ -5,6 +5,7 @@ Miss). The addon and the CLI both come through here.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from .agreement import same_answer
 from .templates import explain_mismatch, match_message, render_reply
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
-from .trust import TABLE as TRUST_TABLE, Judgement, TrustRules, judge
+from .trust import TABLE as TRUST_TABLE, Judgement, TrustRules, judge, seen_sets
 
 DEFAULT_DB_ENV = "BUTTER_DB"
 
@@ -39,6 +40,8 @@ class Cache:
         self.backend = LmdbBackend(path)
         self.policy = policy
         self.set_trust(trust)
+        # Trust entries decoded, by key: (stored bytes, entry, its seen sets).
+        self._trust_entries: dict[bytes, tuple[bytes, dict, tuple]] = {}
         self._templates: dict[bytes, NodeRecord] = {}  # decoded template nodes, by id
         # Each node's template children with their index, valid for one
         # template generation of the database (see _DecodedTemplates).
@@ -83,13 +86,30 @@ class Cache:
             return result
 
     def _verdict(self, snap, hit: Hit) -> Judgement:
-        return judge(snap.get_aux(TRUST_TABLE, hit.node_id + hit.reply_id), hit.bindings, self.trust)
+        key = hit.node_id + hit.reply_id
+        raw = snap.get_aux_raw(TRUST_TABLE, key)
+        entry = sets = None
+        if raw is not None:
+            # Decoded once per process per version of the entry (judge only reads it);
+            # comparing the stored bytes is cheaper than hashing them.
+            known = self._trust_entries.get(key)
+            if known is None or known[0] != raw:
+                if len(self._trust_entries) >= 4096:
+                    self._trust_entries.clear()
+                decoded = json.loads(raw)
+                known = self._trust_entries[key] = (raw, decoded, seen_sets(decoded))
+            entry, sets = known[1], known[2]
+        return judge(entry, hit.bindings, self.trust, sets)
 
     def _judged(self, snap, hit: Hit, depth: int, verdict: Judgement | None = None) -> Hit | Miss:
         """A template reply is served only as far as its trust allows (store/trust.py)."""
         verdict = verdict or self._verdict(snap, hit)
         if verdict.action == "serve":
-            return hit if verdict.kind == hit.trust else replace(hit, trust=verdict.kind)
+            # `hit` was made by this lookup's walk and nobody else holds it yet:
+            # set how it was judged in place (a frozen dataclass; a copy costs more
+            # than everything else here).
+            object.__setattr__(hit, "trust", verdict.kind)
+            return hit
         if verdict.action == "verify":
             return Miss("verify", depth, hit.node_id, f"a template would answer, but {verdict.why}", hit.path,
                         verify=replace(hit, trust=verdict.kind))

@@ -674,10 +674,11 @@ class Snapshot:
         kids = [cid for cid, kind in self.children_of(node_id) if kind == "template"]
         return [n for n in (self.node(cid) for cid in kids) if n is not None]
 
-    def get_aux(self, table: str, key: bytes) -> Any | None:
-        """A side-table value read in this snapshot (a template's trust, on the hit path)."""
-        raw = self._txn.get(_aux_key(table, key), db=self._b.aux)
-        return None if raw is None else _loads(raw)
+    def get_aux_raw(self, table: str, key: bytes) -> bytes | None:
+        """A side-table value's stored bytes (JSON) in this snapshot: a template's
+        trust, read on the hit path, where the caller keeps what it decoded."""
+        raw = self._txn.get(table.encode() + b"\x00" + key, db=self._b.aux)  # _aux_key, inlined
+        return raw if raw is None or type(raw) is bytes else bytes(raw)
 
     def template_generation(self) -> int:
         """Changes whenever a node gains or loses a template child or a

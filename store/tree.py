@@ -187,7 +187,7 @@ class ServePolicy:
             return "no reply is recorded here"
         good = [r for r in replies if not r.bad]
         if not good:
-            return "every reply here is marked bad (feedback)"
+            return "every reply here is marked bad (feedback, or a template demoted by a verification)"
         most = max(r.count for r in good)
         return (f"the reply here has {most} of the {self._least(templated)} agreeing observations "
                 "butter_min_observations asks for")

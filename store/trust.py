@@ -52,11 +52,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .agreement import answer_of
-from .canonical import canonical_json, digest
+from .canonical import canonical_json
 
 TABLE = "trust"
 PROBATION, TRUSTED, DEMOTED = "probation", "trusted", "demoted"
-MAX_SEEN = 256  # value tuples remembered per template; older ones fall out (they then verify again)
+MAX_SEEN = 128  # value tuples remembered per template; older ones fall out (they then verify again)
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class Judgement:
 SERVE_DECLARED = Judgement("serve", kind="declared")
 SERVE_TRUSTED = Judgement("serve", kind="trusted")
 SERVE_SEEN = Judgement("serve", kind="seen")
+SERVE_NEW_INPUTS = Judgement("serve", kind="new-inputs")
 SERVE_UNCHECKED = Judgement("serve")  # verification off: served on induction's word
 
 
@@ -93,9 +94,20 @@ def trust_key(node_id: bytes, reply_id: bytes) -> bytes:
     return node_id + reply_id
 
 
-def _values_id(bindings: Mapping[str, str], names: list[str]) -> str:
-    """A short id of the values of `names` (missing names included as absent)."""
-    return digest(b"trust-values", canonical_json([[n, bindings.get(n)] for n in names])).hex()[:20]
+def _values(bindings: Mapping[str, str], names: list[str]) -> tuple:
+    """The values of `names`, in order (None for a name not bound).
+
+    Kept as they are (the tree holds the same values), not hashed: on the hit
+    path a membership test in a set of tuples is all a judgement costs.
+    """
+    return tuple(map(bindings.get, names))
+
+
+def seen_sets(entry: Mapping[str, Any]) -> tuple[frozenset, frozenset]:
+    """The entry's seen value tuples (all slots, decision inputs) as sets; the
+    caller may keep them with the decoded entry (store/cache.py does)."""
+    return (frozenset(tuple(v) for v in entry.get("seen", ())),
+            frozenset(tuple(v) for v in entry.get("seen_inputs", ())))
 
 
 def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float) -> dict:
@@ -128,30 +140,26 @@ def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0)
     if existing.get("source") == "declared":
         return existing
     merged = dict(existing)
-    merged["seen"] = list(existing.get("seen", []))
-    merged["seen_inputs"] = list(existing.get("seen_inputs", []))
-    for value_id in fresh.get("seen", []):
-        if value_id not in merged["seen"]:
-            merged["seen"].append(value_id)
-    for value_id in fresh.get("seen_inputs", []):
-        if value_id not in merged["seen_inputs"]:
-            merged["seen_inputs"].append(value_id)
+    for key in ("seen", "seen_inputs"):
+        merged[key] = list(existing.get(key, []))
+        known = {tuple(v) for v in merged[key]}
+        merged[key] += [v for v in fresh.get(key, []) if tuple(v) not in known]
     _trim(merged)
     return merged
 
 
 def _remember(entry: dict, bindings: Mapping[str, str]) -> tuple[bool, bool]:
     """Add this run's values; (were all its values new, were its decision-input values new)."""
-    full = _values_id(bindings, entry["slots"] or sorted(bindings))
-    new_full = full not in entry["seen"]
+    full = _values(bindings, entry["slots"] or sorted(bindings))
+    new_full = full not in {tuple(v) for v in entry["seen"]}
     if new_full:
-        entry["seen"].append(full)
+        entry["seen"].append(list(full))
     new_inputs = False
     if entry["inputs"]:
-        inputs = _values_id(bindings, entry["inputs"])
-        new_inputs = inputs not in entry["seen_inputs"]
+        inputs = _values(bindings, entry["inputs"])
+        new_inputs = inputs not in {tuple(v) for v in entry["seen_inputs"]}
         if new_inputs:
-            entry["seen_inputs"].append(inputs)
+            entry["seen_inputs"].append(list(inputs))
     _trim(entry)
     return new_full, new_inputs
 
@@ -162,11 +170,13 @@ def _trim(entry: dict) -> None:
             entry[key] = entry[key][-MAX_SEEN:]
 
 
-def judge(entry: Mapping[str, Any] | None, bindings: Mapping[str, str], rules: TrustRules) -> Judgement:
+def judge(entry: Mapping[str, Any] | None, bindings: Mapping[str, str], rules: TrustRules,
+          sets: tuple[frozenset, frozenset] | None = None) -> Judgement:
     """What to do with a lookup that a template reply would answer.
 
-    Runs on the hit path: the commonest case (trusted, no decision input left)
-    returns before any value is hashed.
+    Runs on the hit path: `sets` are `seen_sets(entry)`, kept by the caller
+    with the decoded entry; the commonest case (trusted, no decision input)
+    looks at no value at all.
     """
     if entry is None:
         # A template reply with no trust entry was learned before butter kept
@@ -176,21 +186,22 @@ def judge(entry: Mapping[str, Any] | None, bindings: Mapping[str, str], rules: T
         return Judgement("verify", "learned before trust was kept: on probation", PROBATION)
     state = entry.get("state")
     if state == DEMOTED:
-        return Judgement("refuse", f"the template reply was demoted: {entry.get('why') or 'a verification disagreed'}")
+        # The why quotes values: it stays in the entry (`butter show`), out of miss lines.
+        return Judgement("refuse", "the template reply here was demoted (a verification disagreed; "
+                                   "`butter show` on the node says why)")
     if entry.get("source") == "declared":
         return SERVE_DECLARED
     if not rules.verify:
         return SERVE_UNCHECKED
-    if state == TRUSTED and entry.get("inputs_free"):
-        inputs = entry.get("inputs")
-        if inputs and _values_id(bindings, inputs) not in entry.get("seen_inputs", ()):
-            return Judgement("serve", kind="new-inputs")
+    inputs = entry.get("inputs")
+    if state == TRUSTED and entry.get("inputs_free") and not inputs:
         return SERVE_TRUSTED
-    slots = entry.get("slots") or sorted(bindings)
-    if _values_id(bindings, slots) in entry.get("seen", ()):
+    seen, seen_inputs = sets if sets is not None else seen_sets(entry)
+    if state == TRUSTED and entry.get("inputs_free"):
+        return SERVE_TRUSTED if _values(bindings, inputs) in seen_inputs else SERVE_NEW_INPUTS
+    if _values(bindings, entry.get("slots") or sorted(bindings)) in seen:
         return SERVE_SEEN  # the values of a recorded or verified run: that answer is known
-    inputs = entry.get("inputs") or []
-    if inputs and not entry.get("inputs_free") and _values_id(bindings, inputs) not in entry.get("seen_inputs", ()):
+    if inputs and not entry.get("inputs_free") and _values(bindings, inputs) not in seen_inputs:
         names = ", ".join(inputs)
         return Judgement("verify", f"decision input(s) {names} never reach the reply, and these values were "
                                    f"never seen with it ({entry.get('input_agreements', 0)} of "

@@ -147,7 +147,8 @@ def explain_command(args: argparse.Namespace) -> int:
             if result.hit else None
         # A template reply's trust: why it is served, verified first, or never served (store/trust.py).
         judged = outcome if result.hit and outcome.templated else getattr(outcome, "verify", None)
-        trust_line = result.detail if result.reason == "demoted" else ""
+        trust_line = "; ".join(trust.describe(e, cache.trust) for e in trust_ledger.at_node(cache.backend, outcome.deepest)
+                               .values() if e.get("state") == trust.DEMOTED) if result.reason in ("demoted", "no-reply") else ""
         if judged is not None:
             trust_line = trust.describe(trust_ledger.read(cache.backend, judged.node_id, judged.reply_id), cache.trust)
 
@@ -190,6 +191,8 @@ def explain_command(args: argparse.Namespace) -> int:
             out.append(f"trust     {trust_line}")
             return "\n".join(out)
         out.append(f"result    MISS ({result.reason}): {result.detail}")
+        if trust_line:
+            out.append(f"trust     {trust_line}")
         if not_expanded:
             out.append(f"state     {not_expanded} (explained as the body stands; the proxy would pass it through)")
         if result.matched < 0:

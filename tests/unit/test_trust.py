@@ -4,6 +4,7 @@ slots, persistence, and the prime look-alike served wrong without verification."
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from mitmproxy import http
@@ -242,3 +243,48 @@ async def test_a_probation_template_forwards_the_request_and_counts_the_provider
     assert opted_out.response.headers["butter-cache"] == "miss" and "butter-verify" not in opted_out.request.headers
     (entry,) = trust_ledger.at_node(addon.cache.backend, node).values()
     assert entry["agreements"] == 1, "an opted-out request counted as a verification"
+
+
+# -- the CLI: which templates are on probation, trusted or demoted, and why ------------------------
+
+def parsed(question: str) -> Conversation:
+    from addon.formats.base import WireRequest
+    from addon.formats.openai_chat import FORMAT
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": question}]}).encode()
+    return FORMAT.parse_request(WireRequest("POST", "/v1/chat/completions", {}, {}, body)).conversation
+
+
+def test_tree_show_and_explain_say_probation_promotion_and_demotion(tmp_path, capsys):
+    from cli.main import main
+
+    db = tmp_path / "db"
+    cache = Cache(db)
+    for n in ("7", "13"):
+        cache.record("ns:x", parsed(f"Is {n} prime?"), answer("yes"))
+        cache.induce("ns:x", parsed(f"Is {n} prime?"))
+    pending = cache.lookup("ns:x", parsed("Is 17 prime?"))
+    trust_ledger.conclude(cache.backend, pending.verify, answer("yes"), cache.trust)
+    cache.close()
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"model": "m", "messages": [{"role": "user", "content": "Is 8 prime?"}]}))
+
+    assert main(["--db", str(db), "tree"]) == 0
+    assert "probation 1/2" in capsys.readouterr().out
+    assert main(["--db", str(db), "explain", str(request), "--namespace", "x"]) == 0
+    text = capsys.readouterr().out
+    assert "VERIFY" in text and "decision input(s) v1" in text and "trust     probation (1 of 2" in text
+    assert main(["--db", str(db), "show", pending.verify.node_id.hex()[:8], "--json"]) == 0
+    [shown] = json.loads(capsys.readouterr().out)["replies"]
+    assert shown["trust"]["state"] == PROBATION and shown["trust"]["entry"]["agreements"] == 1
+
+    cache = Cache(db)
+    trust_ledger.conclude(cache.backend, cache.lookup("ns:x", parsed("Is 8 prime?")).verify, answer("no"), cache.trust)
+    cache.close()
+    assert main(["--db", str(db), "show", pending.verify.node_id.hex()[:8]]) == 0
+    assert re.search(r"trust\s+demoted .*template 'yes', provider 'no' \(with v1='8'\)", capsys.readouterr().out)
+    assert main(["--db", str(db), "tree"]) == 0
+    assert "demoted" in capsys.readouterr().out
+    request.write_text(json.dumps({"model": "m", "messages": [{"role": "user", "content": "Is 21 prime?"}]}))
+    assert main(["--db", str(db), "explain", str(request), "--namespace", "x"]) == 0
+    text = capsys.readouterr().out
+    assert "MISS" in text and "trust     demoted" in text and "provider 'no'" in text.split("trust", 1)[1]
