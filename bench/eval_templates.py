@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of: own, bfcl, agentdojo, tools, lookalikes")
     parser.add_argument("--verify", choices=("default", "on", "off", "both"), default="default",
                         help="butter_verify for the proxies; 'both' runs every workload with it off, then on")
+    parser.add_argument("--ks", default=None, help="comma list: after how many recorded runs to measure (default 1,2,3)")
     parser.add_argument("--live", type=int, default=None,
                         help="live-traffic (probation) runs per flow: own and BFCL (default 0), tools and look-alikes "
                              "(default 8)")
@@ -126,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             _progress(f"proxies up (butter_verify={verify or 'default'}): auto on {env.auto.port}, replay on "
                       f"{env.replay.port}; provider on {env.provider.port}")
             for workload in workloads:
-                results.append(evaluate(env, workload, deadline=deadline))
+                ks = tuple(int(k) for k in args.ks.split(",")) if args.ks else None
+                results.append(evaluate(env, workload, ks=ks and tuple(k for k in ks if k <= max(workload.ks)),
+                                        deadline=deadline))
         finally:
             env.close()
         runs[verify or "default"] = results
