@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from store import Cache, Hit, Miss, trust, trust_ledger
 from store.trust import TrustRules
-from store.induction import Proposal, Rejected, propose
+from store.induction import Observation, Proposal, Rejected, propose
 from store.templates import render_reply
 from tests.unit.test_induction import ON_INDUCTIONS_WORD
 from tests.unit.test_induction import bindings_for as walk
@@ -191,3 +191,21 @@ def test_butter_show_writes_item_templates_and_optional_fields_readably():
     shown = unmark(result.nodes[-1][1]["message"])["content"][0]["text"]
     assert '"results": [{"flight": "<any identifier>"' in shown
     assert '"note?": "<any text>"}, "..."]' in shown
+
+
+def test_a_bare_id_in_an_anthropic_tool_result_block_is_a_value_too():
+    def step(email: str, user_id: str) -> Observation:
+        messages = ({"role": "user", "content": [{"type": "text", "text": f"Look up {email} please."}]},
+                    {"role": "assistant", "content": [{"type": "tool_use", "ref": "toolu#0", "name": "find",
+                                                       "input": {"email": email}}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_ref": "toolu#0",
+                                                  "content": [{"type": "text", "text": user_id}]}]})
+        reply = {"role": "assistant", "content": [{"type": "tool_use", "name": "get_user", "input": {"user_id": user_id}}],
+                 "stop_reason": "tool_use"}
+        return Observation(email.encode(), messages, reply)
+    result = propose([step("ana@example.com", "ana_ruiz_1234"), step("bo@example.com", "bo_chen_9876")])
+    assert isinstance(result, Proposal), result
+    # The same text in the user's own turn is prose: a whole text there is never a value.
+    user_turns = [Observation(b"u1", ({"role": "user", "content": [{"type": "text", "text": "ana_ruiz_1234"}]},), {"content": "ok"}),
+                  Observation(b"u2", ({"role": "user", "content": [{"type": "text", "text": "bo_chen_9876"}]},), {"content": "ok"})]
+    assert isinstance(propose(user_turns), Rejected)
