@@ -17,10 +17,11 @@ from .namespace import namespace_for
 from .template_index import TemplateSet
 from .declared import earlier_step_depths, reply_carries_over
 from .learning import InductionOutcome, Learner, plan_bound_record
-from .templates import explain_mismatch, free_text_in_words, is_declared, match_message
+from .agreement import same_answer
+from .templates import explain_mismatch, free_text_in_words, is_declared, match_message, render_reply
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
-from .trust import TABLE as TRUST_TABLE, TrustRules, judge, seen_sets
+from .trust import TABLE as TRUST_TABLE, Judgement, TrustRules, judge, seen_sets
 
 DEFAULT_DB_ENV = "BUTTER_DB"
 
@@ -80,14 +81,21 @@ class Cache:
                 # snapshot never mixes its lists with newer ones.
                 sets = self._template_sets = (generation, {})
             reader = _DecodedTemplates(snap, self._templates, sets[1])
+            verdicts: dict[int, Judgement] = {}
+
+            def servable(hit: Hit) -> bool:
+                # Several templates may match (a narrow one learned first, a
+                # broader one later): the walk looks on past one that may not serve.
+                verdicts[id(hit)] = verdict = self._verdict(snap, hit)
+                return verdict.action == "serve"
+
             result = lookup(conversation, namespace, reader, self.policy, match_template=match_message,
-                            bindings=bindings, explain_template=explain_mismatch)
+                            bindings=bindings, explain_template=explain_mismatch, accept=servable)
             if type(result) is Hit and result.templated:
-                return self._judged(snap, result, len(conversation.messages))
+                return self._judged(snap, result, len(conversation.messages), verdicts.get(id(result)))
             return result
 
-    def _judged(self, snap, hit: Hit, depth: int) -> Hit | Miss:
-        """A template reply is served only as far as its trust allows (store/trust.py)."""
+    def _verdict(self, snap, hit: Hit) -> Judgement:
         key = hit.node_id + hit.reply_id
         raw = snap.get_aux_raw(TRUST_TABLE, key)
         entry = sets = None
@@ -101,7 +109,11 @@ class Cache:
                 decoded = json.loads(raw)
                 known = self._trust_entries[key] = (raw, decoded, seen_sets(decoded))
             entry, sets = known[1], known[2]
-        verdict = judge(entry, hit.bindings, self.trust, sets)
+        return judge(entry, hit.bindings, self.trust, sets)
+
+    def _judged(self, snap, hit: Hit, depth: int, verdict: Judgement | None = None) -> Hit | Miss:
+        """A template reply is served only as far as its trust allows (store/trust.py)."""
+        verdict = verdict or self._verdict(snap, hit)
         if verdict.action == "serve":
             # `hit` was made by this lookup's walk and nobody else holds it yet:
             # set how it was judged in place (a frozen dataclass; a copy costs more
@@ -135,7 +147,27 @@ class Cache:
     def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2,
                observed: bool = False) -> InductionOutcome:
         """Learn templates from this recorded miss and its siblings (slow: off the request path)."""
-        return Learner(self.backend).induce(namespace, conversation, min_observations, observed)
+        return Learner(self.backend).induce(namespace, conversation, min_observations, observed,
+                                            explained=self._template_gives_recorded(namespace, conversation))
+
+    def _template_gives_recorded(self, namespace: str, conversation: Conversation) -> bool:
+        """Whether a learned template, looked up as if this request had no record of
+        its own, renders the reply just recorded for it (a verification that agreed):
+        that run is evidence for the template, not the seed of another one."""
+        writes, node = plan_record(conversation, namespace)
+        with self.backend.snapshot() as snap:
+            recorded = [r for r in snap.replies(node) if not r.bad]
+            if len(recorded) != 1:
+                return False
+            reader = _WithoutReplies(_DecodedTemplates(snap, self._templates, {}), node)
+            found = lookup(conversation, namespace, reader, self.policy, match_template=match_message)
+            if type(found) is not Hit or not found.templated:
+                return False
+            try:
+                rendered = render_reply(found.reply, found.bindings)
+            except ValueError:
+                return False
+            return same_answer(rendered, recorded[0].reply)
 
     def record(
         self,
@@ -196,6 +228,19 @@ class NamespacedTable:
 
     def _key(self, key: str) -> bytes:
         return f"{self._scope}\x00{key}".encode("utf-8")
+
+
+class _WithoutReplies:
+    """A TreeReader that does not see the replies of one node (so a walk goes on into templates)."""
+
+    def __init__(self, reader, hidden: bytes):
+        self.reader, self.hidden = reader, hidden
+
+    def __getattr__(self, name: str):
+        return getattr(self.reader, name)
+
+    def replies(self, node_id: bytes):
+        return [] if node_id == self.hidden else self.reader.replies(node_id)
 
 
 class _DecodedTemplates:

@@ -84,9 +84,9 @@ from rapidfuzz.distance import Indel
 
 from .agreement import JSON_KEYS, VOLATILE_REPLY_KEYS, is_empty, json_container, same_answer
 from .canonical import canonical_json
-from .templates import (COMPACT, MARK, common_shape, escape_literal, has_markers, json_marker, json_style,
-                        match_message, number_marker, number_text, parse_text, render_reply, slots_in,
-                        template_content, text_marker)
+from .templates import (COMPACT, MARK, any_marker, common_shape, escape_literal, has_markers, json_marker,
+                        json_style, list_marker, match_message, number_marker, number_text, opt_marker,
+                        parse_text, render_reply, slots_in, template_content, text_marker)
 
 Message = dict[str, Any]
 
@@ -99,6 +99,9 @@ MAX_PROSE_SLOT_WORDS = 6
 # many literal words (see `_check_anchor`).
 MIN_PROSE_LITERAL_WORDS = 3
 MAX_EXPLAIN_STEPS = 20_000
+# How lists in JSON are lined up, boldest first (see `_Builder`).
+LIST_FREE, LIST_HEAD, LIST_POSITIONAL = 0, 1, 2
+LIST_LEVELS = (LIST_FREE, LIST_HEAD, LIST_POSITIONAL)
 
 _TOKEN = re.compile(
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"  # e-mail
@@ -256,6 +259,18 @@ class _Slots:
             self.hints.setdefault(name, hint)
         return name
 
+    def private(self, values: Sequence[str], hint: str) -> str:
+        """A number slot of its own, never joined with equal values elsewhere (a
+        list's length: small numbers are equal by chance, not by meaning)."""
+        if self.frozen:
+            raise _Refuse("a list length is no slot's value")
+        name = f"_g{len(self.groups)}"
+        self.groups[name] = tuple(values)
+        self.numbers.add(name)
+        self.prose[name] = False
+        self.hints.setdefault(name, hint)
+        return name
+
     def live(self) -> dict[str, tuple[str, ...]]:
         return {n: v for n, v in self.groups.items() if n not in self.expansions}
 
@@ -317,8 +332,10 @@ class _Slots:
                     for part in parse_text(v["t"]):
                         out.append(escape_literal(part) if isinstance(part, str) else text_of(part[0]))
                     return {**v, "t": "".join(out)}
-                if v.get(MARK) == "json":
+                if v.get(MARK) in ("json", "opt"):
                     return {**v, "value": go(v["value"])}
+                if v.get(MARK) == "list":
+                    return {**v, "head": go(v["head"])}  # an item template has no slots
                 if MARK in v:
                     return v
                 return {k: go(x) for k, x in v.items()}
@@ -330,10 +347,22 @@ class _Slots:
 
 
 class _Builder:
-    """Lines up the observations' messages, creating slots where they differ."""
+    """Lines up the observations' messages, creating slots where they differ.
 
-    def __init__(self, slots: _Slots):
+    `level`, for lists inside JSON: LIST_FREE makes a list of records
+    (objects) one item template that binds nothing but the list's length,
+    whatever the lengths; LIST_HEAD also lines up the first item (it may
+    bind values a later step uses, the first search result's id);
+    LIST_POSITIONAL lines up lists of equal length item by item and only
+    lists that differ in length get an item template (with the first item
+    lined up). A list whose length differs is never lined up item by item.
+    """
+
+    def __init__(self, slots: _Slots, level: int = LIST_POSITIONAL):
         self.slots = slots
+        self.level = level
+        self.varied_lists = False  # a list template was made: another list_head may do better
+        self.in_tool = False  # inside a tool result: its whole text may be one value
 
     def align(self, values: list[Any], where: str, hint: str | None, in_json: bool) -> Any:
         first = values[0]
@@ -346,13 +375,25 @@ class _Builder:
         if all(isinstance(v, dict) for v in values):
             keys = list(first)
             if any(set(v) != set(keys) for v in values):
-                raise _Refuse(f"{where or 'message'}: the fields differ")
-            return {k: self.align([v[k] for v in values], f"{where}.{k}" if where else k,
-                                  k, in_json or k in JSON_KEYS)
-                    for k in keys}
+                if not in_json:
+                    raise _Refuse(f"{where or 'message'}: the fields differ")
+                return self._optional_fields(values, where)
+            outer = self.in_tool
+            self.in_tool = outer or _is_tool_result(first)
+            try:
+                return {k: self.align([v[k] for v in values], f"{where}.{k}" if where else k,
+                                      k, in_json or k in JSON_KEYS)
+                        for k in keys}
+            finally:
+                self.in_tool = outer
         if all(isinstance(v, list) for v in values):
             if any(len(v) != len(first) for v in values):
-                raise _Refuse(f"{where}: the lists differ in length")
+                if not in_json:
+                    raise _Refuse(f"{where}: the lists differ in length")
+                return self._varied_list(values, where, hint)
+            if in_json and self.level != LIST_POSITIONAL and first and all(
+                    isinstance(x, dict) for v in values for x in v):
+                return self._varied_list(values, where, hint)
             return [self.align([v[i] for v in values], f"{where}[{i}]", hint, in_json) for i in range(len(first))]
         if all(_is_number(v) for v in values):
             return number_marker(self.slots.slot([number_text(v) for v in values], True, hint))
@@ -383,8 +424,11 @@ class _Builder:
         if spans is None:
             raise _Refuse(f"{where}: the texts do not line up")
         segments, values = spans
-        if not any(isinstance(s, str) and any(ch.isalnum() for ch in s) for s in segments):
+        if not any(isinstance(s, str) and any(ch.isalnum() for ch in s) for s in segments) and not (
+                self.in_tool and _bare_values(values)):
             # Shared punctuation alone ("{{v1}}.") would let any sentence match.
+            # A tool result that is one data-shaped value (`sofia_rossi_8776`,
+            # `42`) is that value, as a JSON field holding it would be.
             raise _Refuse(f"{where}: the texts share no words; a whole text is never a value")
         out: list[str] = []
         k = 0
@@ -400,6 +444,136 @@ class _Builder:
             out.append("{{" + self.slots.slot(slot_values, prose=True) + "}}")
         _check_anchor(segments, values, where)
         return "".join(out)
+
+
+    # -- structured data that may vary without binding -----------------------------------
+
+    def _optional_fields(self, values: list[dict], where: str) -> dict:
+        """A JSON object whose fields differ between the observations.
+
+        Fields every observation has are lined up as usual; a field only
+        some have is optional, and its value is free (it binds nothing, so
+        no reply can depend on it: a reply that does is not explained and
+        the proposal fails). A field no observation had is not in the
+        template: an object that has it does not match.
+        """
+        keys: list[str] = []
+        for v in values:
+            keys += [k for k in v if k not in keys]
+        out = {}
+        for k in keys:
+            sub = f"{where}.{k}" if where else k
+            present = [v[k] for v in values if k in v]
+            if len(present) == len(values):
+                out[k] = self.align(present, sub, k, True)
+            else:
+                out[k] = opt_marker(_optional_value(present, sub))
+        return out
+
+    def _varied_list(self, values: list[list], where: str, hint: str | None) -> dict:
+        """A JSON list whose length differs between the observations.
+
+        Its first item (none at LIST_FREE) is lined up; the other
+        items each match one item template that binds nothing, made from
+        every item of every observation (lined-up ones too). An empty list is matched only if one was seen: an empty
+        search result is another branch, not a shorter list.
+        """
+        self.varied_lists = True
+        shortest = min(len(v) for v in values)
+        head = min(0 if self.level == LIST_FREE else 1, shortest)
+        # Every item is evidence for what the others look like, lined-up ones too.
+        items = [x for v in values for x in v]
+        item = _free(items, f"{where}[]") if items else None
+        lined = [self._head_item([v[i] for v in values], item, f"{where}[{i}]", hint) for i in range(head)]
+        # The length is bound (a decision input to whatever judges the
+        # template: three results may be answered otherwise than one).
+        count = self.slots.private([str(len(v)) for v in values], f"{hint or 'items'}_count")
+        return list_marker(lined, item, 1 if shortest else 0, count)
+
+
+    def _head_item(self, values: list[Any], item: Any, where: str, hint: str | None) -> Any:
+        """A lined-up item, read with what all items show: a field that other
+        items go without is optional here too, and one that varies among
+        items is free here even where the lined-up ones happen to agree (two
+        first results with 6 business seats say nothing about the third's);
+        both bind nothing, so no reply depends on them."""
+        if not (isinstance(item, dict) and MARK not in item and all(isinstance(v, dict) for v in values)):
+            if has_markers(item) and all(_same(values[0], v) for v in values[1:]):
+                return item
+            return self.align(values, where, hint, True)
+        out = {}
+        for k, t in item.items():
+            present = [v[k] for v in values if k in v]
+            if isinstance(t, dict) and t.get(MARK) == "opt":
+                out[k] = opt_marker(_optional_value(present, f"{where}.{k}")) if present else t
+            else:
+                out[k] = self._head_item(present, t, f"{where}.{k}", k)
+        return out
+
+
+def _free(values: list[Any], where: str) -> Any:
+    """A template with no slots that every value matches: literal where they
+    agree, `any` of their kind and shape where they differ."""
+    first = values[0]
+    if all(_same(first, v) for v in values[1:]):
+        if has_markers(first):
+            raise _Refuse(f"{where}: content uses butter's own template marker")
+        return first
+    if all(isinstance(v, dict) for v in values):
+        keys: list[str] = []
+        for v in values:
+            keys += [k for k in v if k not in keys]
+        out = {}
+        for k in keys:
+            present = [v[k] for v in values if k in v]
+            if len(present) == len(values):
+                out[k] = _free(present, f"{where}.{k}")
+            else:
+                out[k] = opt_marker(_optional_value(present, f"{where}.{k}"))
+        return out
+    if all(isinstance(v, list) for v in values):
+        items = [x for v in values for x in v]
+        return list_marker([], _free(items, f"{where}[]") if items else None,
+                           1 if all(values) else 0)
+    if all(_is_number(v) for v in values):
+        return any_marker("number")
+    if all(isinstance(v, str) for v in values):
+        if any(json_container(v) is not None for v in values):
+            raise _Refuse(f"{where}: JSON text in a varying part")
+        return any_marker("string", _string_shape(values))
+    # Booleans and nulls that differ (`"paid": true` / `false`) decide; kinds that differ are another structure.
+    raise _Refuse(f"{where}: {_brief(first)} vs {_brief(values[1])} differ in kind")
+
+
+def _optional_value(present: list[Any], where: str) -> Any:
+    """The value of a field only some observations have: a string or number is
+    free (one run's note says nothing about the next run's), anything else is
+    lined up as `_free` does (a constant `true` stays literal)."""
+    if all(_is_number(v) for v in present):
+        return any_marker("number")
+    if all(isinstance(v, str) and json_container(v) is None for v in present):
+        return any_marker("string", _string_shape(present))
+    return _free(present, where)
+
+
+def _string_shape(values: list[str]) -> str | None:
+    """The shape an `any` string keeps: none (any string) for empty or multi-line
+    values; one value alone says nothing about the shape of the next ("9" as a
+    size, then "M"), so that is text."""
+    if all(values) and not any("\n" in v or "\r" in v for v in values):
+        return common_shape(values) if len(set(values)) > 1 else "text"
+    return None
+
+
+def _is_tool_result(message: dict) -> bool:
+    """A message or content part that carries a tool's output (every wire format's form)."""
+    return message.get("role") == "tool" or message.get("type") in ("tool_result", "function_call_output")
+
+
+def _bare_values(values: list[list[str]]) -> bool:
+    """Every slot of every text is one data-shaped token (a whole tool result that is an id)."""
+    return all(common_shape([v[k] for v in values]) in ("number", "date", "email", "identifier")
+               for k in range(len(values[0])))
 
 
 def _shape(slots: _Slots, group: str) -> str:
@@ -572,6 +746,8 @@ def _rename(value: Any, names: dict[str, str]) -> Any:
             return {**value, "t": "".join(out)}
         if value.get(MARK) == "number":
             return {**value, "slot": names[value["slot"]]}
+        if value.get(MARK) == "list" and value.get("count"):
+            return {**{k: _rename(v, names) for k, v in value.items()}, "count": names[value["count"]]}
         if value.get(MARK) == "json":
             return {**value, "value": _rename(value["value"], names)}
         return {k: _rename(v, names) for k, v in value.items()}
@@ -594,12 +770,37 @@ def _slot_name(hint: str | None) -> str | None:
 def propose(observations: Sequence[Observation], min_observations: int = 2) -> Proposal | Rejected:
     keys = tuple(o.key for o in observations)
     try:
-        return _propose(list(observations), min_observations)
+        # Lists of records are collections first (their items free, any
+        # length); a reply that uses the first item (the first search
+        # result's id) needs it lined up; one that uses a later item needs
+        # equal lists lined up item by item, as before.
+        for level in LIST_LEVELS[:-1]:
+            try:
+                return _propose(list(observations), min_observations, level)
+            except _VariedListRefuse:
+                continue
+        return _propose(list(observations), min_observations, LIST_LEVELS[-1])
     except _Refuse as e:
         return Rejected(str(e), keys)
 
 
-def _propose(obs: list[Observation], min_observations: int) -> Proposal:
+class _VariedListRefuse(_Refuse):
+    pass
+
+
+def _propose(obs: list[Observation], min_observations: int, level: int) -> Proposal:
+    builder = _Builder(_Slots(), level)
+    try:
+        return _propose_with(obs, min_observations, builder)
+    except _VariedListRefuse:
+        raise
+    except _Refuse as e:
+        if builder.varied_lists and level != LIST_LEVELS[-1]:
+            raise _VariedListRefuse(str(e)) from None
+        raise
+
+
+def _propose_with(obs: list[Observation], min_observations: int, builder: "_Builder") -> Proposal:
     keys = tuple(o.key for o in obs)
     if len(obs) < max(2, min_observations):
         raise _Refuse(f"{len(obs)} observation(s); at least {max(2, min_observations)} are needed")
@@ -611,8 +812,7 @@ def _propose(obs: list[Observation], min_observations: int) -> Proposal:
         start += 1
     if start == length:
         raise _Refuse("the conversations are the same")
-    slots = _Slots()
-    builder = _Builder(slots)
+    slots = builder.slots
     templated = [builder.align([o.messages[i] for o in obs], f"message {i}", None, False)
                  for i in range(start, length)]
     reply = _Reply(slots).align([o.reply for o in obs], "", None, False)

@@ -245,7 +245,15 @@ def unmark(value: Any) -> Any:
             return "{{" + str(value.get("slot")) + "}}"
         if marker == "json":
             return json.dumps(unmark(value.get("value")), ensure_ascii=False)
-        return {k: unmark(v) for k, v in value.items()}
+        if marker == "any":  # structured data free to vary
+            return f"<any {value.get('shape') or value.get('kind')}>"
+        if marker == "opt":
+            return unmark(value.get("value"))
+        if marker == "list":
+            items = [unmark(v) for v in value.get("head") or []]
+            return items + ([unmark(value["item"]), "..."] if value.get("item") is not None else [])
+        return {(k + "?" if isinstance(v, dict) and v.get("$butter") == "opt" else k): unmark(v)
+                for k, v in value.items()}
     if isinstance(value, list):
         return [unmark(v) for v in value]
     return value

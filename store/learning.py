@@ -95,8 +95,15 @@ class Learner:
         return True
 
     def induce(self, namespace: str, conversation: Conversation, min_observations: int = 2,
-               observed: bool = False) -> InductionOutcome:
-        """Index this recorded miss (unless `observed` already) and try to learn a template from its siblings."""
+               observed: bool = False, explained: bool = False) -> InductionOutcome:
+        """Index this recorded miss (unless `observed` already) and try to learn a template from its siblings.
+
+        `explained`: a learned template already gives this run's reply (a
+        verification that agreed). The run is indexed, as evidence for later
+        proposals, but proposes nothing now: a template re-learned from one
+        more run would be a new node, back on probation, and the agreements
+        its predecessor earned would be lost.
+        """
         writes, node = plan_record(conversation, namespace)
         root = writes[0].node_id
         depth = len(conversation.messages)
@@ -106,6 +113,8 @@ class Learner:
         new = self._observation(node)
         if new is None:
             return InductionOutcome(skipped="this node has no single reply to learn from")
+        if explained:
+            return InductionOutcome(skipped="a learned template already gives this reply")
         newest = sorted(((v.get("t", 0), k) for k, v in self.backend.iter_aux(table) if k != node), reverse=True)
         candidates = [o for o in (self._observation(k) for _, k in newest[:MAX_CANDIDATES]) if o is not None]
         # The closest relatives first (longest shared prefix), newest among equals:

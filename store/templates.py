@@ -15,6 +15,19 @@ markers (plain JSON dicts, so templates are stored and hashed like messages):
         a string that holds JSON, templated field by field (a tool result,
         tool-call `arguments`); `style` is how a reply re-serialises it
 
+Structured data (inside JSON, never in a reply) has three more forms, none of
+which binds a value (they are what two runs' tool results may differ in
+without it mattering to a reply):
+
+    {"$butter": "any", "kind": "string", "shape": "identifier"}
+        any string of that shape (shape null: any string), or "kind": "number"
+    {"$butter": "opt", "value": <template>}
+        as a field's value: the field may be absent; if present, it matches
+    {"$butter": "list", "head": [<template>, ...], "item": <template | null>, "min": 1, "count": "n"}
+        a list of at least `min` items (and at least len(head)): the first
+        items match `head` in order (and may bind), the rest each match `item`;
+        its length binds slot `count` (a number), so a length is a value too
+
 Everything else is literal and must be equal. Replies are stored with the
 same markers and rendered with the bindings of the walk.
 
@@ -34,6 +47,7 @@ Public API
     template_content(message, slots) -> dict           what a template node stores
     is_marker(value) -> bool;  has_markers(value) -> bool;  slots_in(value) -> set[str]
 
+    any_marker(kind, shape) / opt_marker(value) / list_marker(head, item, min)
     match_message(content, message, bindings) -> dict | None
         the tree's TemplateMatcher: the bindings extended, or None; a name
         bound earlier must have the same value; a slot matches only values of
@@ -152,6 +166,21 @@ def json_marker(value: Any, style: tuple[str, str, bool] = COMPACT) -> dict:
     return {MARK: "json", "value": value, "style": list(style)}
 
 
+def any_marker(kind: str, shape: str | None = None) -> dict:
+    return {MARK: "any", "kind": kind, "shape": shape}
+
+
+def opt_marker(value: Any) -> dict:
+    return {MARK: "opt", "value": value}
+
+
+def list_marker(head: list, item: Any, minimum: int, count: str | None = None) -> dict:
+    out = {MARK: "list", "head": list(head), "item": item, "min": minimum}
+    if count is not None:
+        out["count"] = count
+    return out
+
+
 def template_content(message: Any, slots: Mapping[str, str], origin: str | None = None) -> dict:
     """What a template node stores; `origin` "declared" marks one recorded
     with Butter-Bindings (the client's word), absent for learned ones."""
@@ -212,6 +241,8 @@ def slots_in(value: Any) -> set[str]:
             found.update(p[0] for p in parse_text(marker["t"]) if isinstance(p, tuple))
         elif marker[MARK] == "number":
             found.add(marker["slot"])
+        elif marker[MARK] == "list" and marker.get("count"):
+            found.add(marker["count"])
     return found
 
 
@@ -219,8 +250,11 @@ def _markers(value: Any) -> Iterator[dict]:
     if isinstance(value, dict):
         if MARK in value:
             yield value
-            if value[MARK] == "json":
+            if value[MARK] in ("json", "opt"):
                 yield from _markers(value.get("value"))
+            elif value[MARK] == "list":
+                yield from _markers(value.get("head"))
+                yield from _markers(value.get("item"))
             return
         for v in value.values():
             yield from _markers(v)
@@ -296,10 +330,18 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
                 if parsed is None:
                     raise _fail(where, lambda: f"expected JSON text, got {_short(c)!r}")
                 return _match(t["value"], parsed, bindings, shapes, where)
+            if kind == "any":
+                return _match_any(t, c, bindings, where)
+            if kind == "list":
+                return _match_list(t, c, bindings, shapes, where)
+            if kind == "opt":  # present: its value must match
+                return _match(t["value"], c, bindings, shapes, where)
             raise _fail(where, lambda: f"unknown template marker {kind!r}")
         if type(c) is not dict or t.keys() != c.keys():
-            raise _fail(where, lambda: f"fields differ ({sorted(t)} vs "
-                                       f"{sorted(c) if isinstance(c, dict) else type(c).__name__})")
+            if type(c) is not dict or not _optional_fit(t, c):
+                raise _fail(where, lambda: f"fields differ ({sorted(t)} vs "
+                                           f"{sorted(c) if isinstance(c, dict) else type(c).__name__})")
+            t = {k: v for k, v in t.items() if k in c}  # the optional fields this one leaves out
         for key, tv in t.items():  # template key order: role and literals first, as written
             if type(tv) is str and where is None:  # a literal string field: the commonest case
                 if type(c[key]) is not str or c[key] != tv:
@@ -316,6 +358,43 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
         return bindings
     if not _same_literal(t, c):
         raise _fail(where, lambda: f"literal {_short(t)!r} differs from {_short(c)!r}")
+    return bindings
+
+
+def _optional_fit(t: dict, c: dict) -> bool:
+    """Whether `c` has every required field of `t` and no field `t` lacks."""
+    if not c.keys() <= t.keys():
+        return False
+    return all(k in c for k, v in t.items() if not (type(v) is dict and v.get(MARK) == "opt"))
+
+
+def _match_any(t: dict, c: Any, bindings: dict, where: str | None) -> dict:
+    if t.get("kind") == "number":
+        if isinstance(c, bool) or not isinstance(c, (int, float)):
+            raise _fail(where, lambda: f"{_short(c)!r} is not a number")
+        return bindings
+    if type(c) is not str:
+        raise _fail(where, lambda: f"{_short(c)!r} is not a string")
+    shape = t.get("shape")
+    if shape is not None and not fits(shape, c):
+        raise _fail(where, lambda: f"{_short(c)!r} is not a {shape}")
+    return bindings
+
+
+def _match_list(t: dict, c: Any, bindings: dict, shapes: Mapping[str, str], where: str | None) -> dict:
+    head = t.get("head") or []
+    if type(c) is not list or len(c) < max(len(head), t.get("min") or 0):
+        raise _fail(where, lambda: f"expected a list of at least {max(len(head), t.get('min') or 0)} items")
+    if t.get("count"):
+        _bind(t["count"], str(len(c)), bindings, "number", where)
+    for i, (tv, cv) in enumerate(zip(head, c)):
+        bindings = _match(tv, cv, bindings, shapes, None if where is None else f"{where}[{i}]")
+    item = t.get("item")
+    for i in range(len(head), len(c)):
+        if item is None:
+            raise _fail(where, lambda: "more items than the template has")
+        # An item template binds nothing: each item is checked on its own.
+        _match(item, c[i], dict(bindings), shapes, None if where is None else f"{where}[{i}]")
     return bindings
 
 

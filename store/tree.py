@@ -208,8 +208,14 @@ def lookup(
     match_template: TemplateMatcher | None = None,
     bindings: dict | None = None,
     explain_template: TemplateExplainer | None = None,
+    accept: Callable[[Hit], bool] | None = None,
 ) -> Hit | Miss:
     """Walk the request's messages from its root: a hit only if all match.
+
+    `accept` judges a hit reached through templates: one it refuses (a
+    template on probation) is kept aside while the walk looks on for another
+    (an older template that matches too and is trusted); it is returned only
+    if none is accepted.
 
     At each step the exact child is tried first, then the template children of
     that node (when a matcher is given). The walk backtracks into templates
@@ -225,6 +231,7 @@ def lookup(
     # Where the deepest miss happened: its message, bindings and node (whose
     # template children explain it).
     best_templates: list[tuple[Message, dict, bytes]] = []
+    refused: list[Hit] = []
     candidates = getattr(reader, "template_candidates", None)
     exact_possible = getattr(reader, "may_have_exact_child", None)
 
@@ -257,7 +264,12 @@ def lookup(
         if chosen is None:
             note_miss(depth, node, path, "no-reply", f"every message matched, but {policy.why_not(replies, below)}")
             return None
-        return Hit(node, chosen.reply, chosen.reply_id, dict(bindings), path, below)
+        hit = Hit(node, chosen.reply, chosen.reply_id, dict(bindings), path, below)
+        if below and accept is not None and not accept(hit):
+            if not refused:
+                refused.append(hit)  # kept aside: another template may match and be servable
+            return None
+        return hit
 
     def leave(node: bytes, depth: int, bindings: dict, path: tuple[bytes, ...]) -> None:
         """Every child of `node` was tried and none led to a hit."""
@@ -297,6 +309,8 @@ def lookup(
                            steps(child, depth + 1, extended, templated)))
     if hit is not None:
         return hit
+    if refused:
+        return refused[0]
     miss = best_miss[0]
     if explain_template is not None and miss.reason == "diverged" and best_templates:
         message, at, node = best_templates[0]

@@ -332,7 +332,7 @@ def usable_values(ds: Dataset, task: dict) -> list[str]:
 
 
 def build(n_tasks: int, held_out: int = 3, recorded: int = 3, negatives_per_task: int = 1, seed: str = "bfcl",
-          progress: Callable[[str], None] = print) -> list[Workload]:
+          progress: Callable[[str], None] = print, probation: int = 0) -> list[Workload]:
     ds = Dataset()
     base = ds.sets["base"]
     order = list(range(len(base)))
@@ -349,19 +349,21 @@ def build(n_tasks: int, held_out: int = 3, recorded: int = 3, negatives_per_task
             skipped["no varied value"] += 1
             continue
         variants = []
-        total = recorded + held_out + negatives_per_task
+        total = recorded + held_out + negatives_per_task + probation
         for i in range(total):
             made = _variant(ds, task, values, f"{seed}:{task['id']}:{i}", i, total)
             if made is None:
                 break
             variants.append(made)
-        if len(variants) < recorded + held_out + negatives_per_task:
+        if len(variants) < total:
             skipped["variant broke the backend"] += 1
             continue
         name = task["id"].replace("multi_turn_", "")
         runs = [to_run(ds, varied, f"bfcl/{name}/{i}", name, mapping) for i, (varied, mapping) in enumerate(variants)]
-        flows.append(Flow(name, runs[:recorded], runs[recorded:recorded + held_out]))
-        for j, (_, mapping) in enumerate(variants[recorded + held_out:]):
+        # The last variants are live traffic (probation), played through the recording proxy.
+        live = runs[recorded + held_out + negatives_per_task:]
+        flows.append(Flow(name, runs[:recorded], runs[recorded:recorded + held_out], live))
+        for j, (_, mapping) in enumerate(variants[recorded + held_out:recorded + held_out + negatives_per_task]):
             for set_name in NEGATIVE_SETS:
                 twin = ds.sets[set_name][index]
                 assert twin["id"].endswith(f"_{index}"), twin["id"]

@@ -122,6 +122,19 @@ class EvalEnv:
         return [v.get("reason", "") for _, v in self._cache().backend.iter_aux(FAILED_TABLE)
                 if isinstance(v, dict) and v.get("t", 0) >= since]
 
+    def trust_states(self) -> dict[str, int]:
+        """How many learned template replies are on probation, trusted, demoted
+        (the trust side table, when this butter keeps one)."""
+        states: dict[str, int] = {}
+        try:
+            for _, entry in self._cache().backend.iter_aux("trust"):
+                if isinstance(entry, dict) and entry.get("source") != "declared":
+                    state = str(entry.get("state", "?"))
+                    states[state] = states.get(state, 0) + 1
+        except Exception:  # an older butter keeps no trust: nothing to count
+            return {}
+        return states
+
     def log_size(self) -> int:
         return os.path.getsize(self.auto.log)
 

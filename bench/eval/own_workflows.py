@@ -175,7 +175,8 @@ class _Distinct:
                 return v
 
 
-def build(recorded: int = 3, held_out: int = 4, negatives_per_kind: int = 4, seed: str = "own") -> Workload:
+def build(recorded: int = 3, held_out: int = 4, negatives_per_kind: int = 4, seed: str = "own",
+          probation: int = 0) -> Workload:
     def run(flow: str, tag: str, turns: list[Turn], values: _Values) -> Run:
         return Run(f"own/{flow}/{tag}", flow, SYSTEM, turns, values={"name": values.name, "order": values.order_id})
 
@@ -184,7 +185,8 @@ def build(recorded: int = 3, held_out: int = 4, negatives_per_kind: int = 4, see
     for name, make in FLOWS.items():
         rec = [run(name, f"rec{i}", make(v := values[name].next()), v) for i in range(recorded)]
         held = [run(name, f"held{i}", make(v := values[name].next()), v) for i in range(held_out)]
-        flows.append(Flow(name, rec, held))
+        live = [run(name, f"live{i}", make(v := values[name].next()), v) for i in range(probation)]
+        flows.append(Flow(name, rec, held, live))
     negatives = {}
     for label, (flow, make) in NEGATIVES.items():
         negatives[label] = [run(flow, f"neg:{label}:{i}", make(v := values[flow].next()), v)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 TARGET_HIT_RATE = 0.90  # held-out runs of purely substitutive flows, after 2 recordings
+TARGET_AFTER_LIVE = 0.80  # held-out requests of multi-step tool workflows, once probation is paid
 TARGET_TIMING_RATIO = 1.5
 
 
@@ -58,6 +59,7 @@ def table(out: dict, why: int = 4) -> str:
             lines.append(f"  induction: {induction['templates_learned']} templates learned; most frequent rejections:")
             for item in induction["rejections"][:why]:
                 lines.append(f"    {item['count']:>4} x {item['reason'][:150]}")
+        lines += _live_lines(res)
         errors = rec["harness_errors"] + sum(t["harness_errors"] for t in held.values())
         if errors:
             lines.append(f"  !! {errors} provider answers disagreed with the oracle (harness bug)")
@@ -80,6 +82,30 @@ def table(out: dict, why: int = 4) -> str:
     return "\n".join(lines)
 
 
+def _live_lines(res: dict) -> list[str]:
+    """Live traffic after the recordings (the probation's price) and the measure after it."""
+    live, after = res.get("live"), res.get("after_live")
+    if not live or not after:
+        return []
+    templates = live.get("templates") or {}
+    states = ", ".join(f"{n} {state}" for state, n in sorted(templates.items())) or "no trust kept"
+    per = live.get("verifications_per_trusted_template")
+    lines = [f"  live traffic after recording ({live['runs']} runs, {live['requests']} requests, through the recording "
+             f"proxy): {live['served']} served ({live['wrong_served']} wrong), {live['verifications']} verified against "
+             f"the provider (hits lost to probation), {live['misses']} misses",
+             f"    provider calls {live['provider_calls']}: {live['verifications']} verifications, {live['misses']} misses, "
+             f"{live['rechecks']} sampled re-checks; template replies: {states}"
+             + (f"; {per} verifications per trusted template" if per is not None else "")]
+    held = after["held_out"]
+    lines.append(f"  after live traffic, held-out: {_cell(held)}, wrong {held['wrong_hits']}")
+    for label, tally in after["negatives"].items():
+        lines.append(f"  after live traffic, look-alike {label[:40]}: {_cell(tally)}, wrong {tally['wrong_hits']}")
+    for example in live.get("wrong_examples", [])[:2]:
+        lines.append(f"    wrong during live traffic: {example['run']} step {example['step']}: served "
+                     f"{example['served'][:80]} expected {example['expected'][:80]}")
+    return lines
+
+
 def _verdict(out: dict) -> list[str]:
     lines = ["targets:"]
     wrong = 0
@@ -87,7 +113,19 @@ def _verdict(out: dict) -> list[str]:
         for v in res["per_k"].values():
             wrong += v["held_out"]["wrong_hits"] + sum(t["wrong_hits"] for t in v["negatives"].values())
         wrong += res["recording"]["wrong_hits"]
+        if res.get("live"):
+            wrong += res["live"]["wrong_served"]
+        after = res.get("after_live")
+        if after:
+            wrong += after["held_out"]["wrong_hits"] + sum(t["wrong_hits"] for t in after["negatives"].values())
     lines.append(f"  zero wrong hits anywhere: {'met' if wrong == 0 else f'MISSED ({wrong} wrong hits)'}")
+    for res in out["results"]:
+        after = res.get("after_live")
+        if not after or not res.get("substitutive", True):
+            continue
+        rate = after["held_out"]["hit_rate"]
+        lines.append(f"  >= {TARGET_AFTER_LIVE:.0%} held-out hits after live traffic, {res['workload']}: {rate:.1%} "
+                     f"({'met' if rate >= TARGET_AFTER_LIVE else 'MISSED'})")
     for res in out["results"]:
         held = res["per_k"].get(2) or res["per_k"].get("2")
         if not held or not res.get("substitutive", True):
@@ -97,3 +135,25 @@ def _verdict(out: dict) -> list[str]:
         lines.append(f"  >= {TARGET_HIT_RATE:.0%} held-out hits after 2 recordings, {res['workload']}: "
                      f"{rate:.1%} ({verdict})")
     return lines
+
+
+def verify_comparison(runs: dict[str, list[dict]]) -> str:
+    """One row per workload and setting: what verification costs and what it catches."""
+    head = (f"{'workload':<40} {'verify':>6} {'held-out after live':>20} {'wrong (all)':>11} {'live served':>11} "
+            f"{'verified':>9} {'trusted':>8} {'demoted':>8}")
+    lines = ["", "verification off vs on", head, "-" * len(head)]
+    for verify, results in runs.items():
+        for res in results:
+            wrong = res["recording"]["wrong_hits"]
+            for v in res["per_k"].values():
+                wrong += v["held_out"]["wrong_hits"] + sum(t["wrong_hits"] for t in v["negatives"].values())
+            live, after = res.get("live") or {}, res.get("after_live")
+            wrong += live.get("wrong_served", 0)
+            if after:
+                wrong += after["held_out"]["wrong_hits"] + sum(t["wrong_hits"] for t in after["negatives"].values())
+            held = _cell(after["held_out"]) if after else "-"
+            templates = live.get("templates") or {}
+            lines.append(f"{res['workload'][:40]:<40} {verify:>6} {held:>20} {wrong:>11} {live.get('served', '-'):>11} "
+                         f"{live.get('verifications', '-'):>9} {templates.get('trusted', '-'):>8} "
+                         f"{templates.get('demoted', '-'):>8}")
+    return "\n".join(lines)

@@ -168,34 +168,84 @@ def evaluate(env: EvalEnv, workload: Workload, ks: tuple[int, ...] | None = None
         env.settle()
         if k not in ks:
             continue
-        held = Tally()
-        n = 0
-        for flow in workload.flows:
-            for run in flow.held_out:
-                result = play(replay, env.oracle, run, stream=bool(stream_every) and n % stream_every == 1)
-                held.add(run, result, known[flow.name])
-                held.explain(result, explain)
-                n += 1
-        negatives = {}
-        for label, runs in workload.negatives.items():
-            tally = Tally()
-            for run in runs:
-                tally.add(run, play(replay, env.oracle, run), known.get(run.flow))
-            negatives[label] = tally.as_dict()
-        per_k[k] = {"held_out": held.as_dict(), "negatives": negatives}
+        per_k[k] = _measure(env, replay, workload, known, explain, stream_every)
+        negatives = per_k[k]["negatives"]
+        held_out = per_k[k]["held_out"]
         if k == min(ks):
             # A control: recorded run 1, replayed as it was, must be served whole.
             repeat = Tally()
             for flow in workload.flows:
                 repeat.add(flow.recorded[0], play(replay, env.oracle, flow.recorded[0]))
             control = repeat.as_dict()
-        wrong = held.wrong_hits + sum(t["wrong_hits"] for t in negatives.values())
-        _progress(f"{workload.name}: k={k}: held-out hits {held.hits}/{held.requests} "
-                  f"({held.hit_rate:.0%}), wrong hits {wrong}")
+        wrong = held_out["wrong_hits"] + sum(t["wrong_hits"] for t in negatives.values())
+        _progress(f"{workload.name}: k={k}: held-out hits {held_out['hits']}/{held_out['requests']} "
+                  f"({held_out['hit_rate']:.0%}), wrong hits {wrong}")
         if deadline is not None and time.monotonic() > deadline:
             _progress(f"{workload.name}: time budget spent, stopping after k={k}")
             break
+    recording_calls = len(env.provider.calls) - calls_before
+    live = after = None
+    if any(flow.probation for flow in workload.flows):
+        live = _live_traffic(env, auto, workload, known)
+        after = _measure(env, replay, workload, known, explain, stream_every)
+        _progress(f"{workload.name}: after live traffic: held-out hits {after['held_out']['hits']}/"
+                  f"{after['held_out']['requests']} ({after['held_out']['hit_rate']:.0%}), wrong hits "
+                  f"{after['held_out']['wrong_hits'] + sum(t['wrong_hits'] for t in after['negatives'].values())}")
     return {"workload": workload.name, "note": workload.note, "substitutive": workload.substitutive, "flows": len(workload.flows),
             "held_out_runs_per_flow": max((len(f.held_out) for f in workload.flows), default=0),
-            "recording": recording.as_dict(), "control_exact_repeat": control, "provider_calls": len(env.provider.calls) - calls_before,
-            "per_k": per_k, "induction": _induction_reasons(env.log_since(log_start), env.induction_failures(wall_start)), "seconds": round(time.monotonic() - started, 1)}
+            "recording": recording.as_dict(), "control_exact_repeat": control, "provider_calls": recording_calls,
+            "per_k": per_k, "live": live, "after_live": after,
+            "induction": _induction_reasons(env.log_since(log_start), env.induction_failures(wall_start)), "seconds": round(time.monotonic() - started, 1)}
+
+
+VERIFY_STATUS = "verify"  # butter-cache of a request a template on probation would answer (addon/verification.py)
+
+
+def _live_traffic(env: EvalEnv, auto, workload: Workload, known: dict[str, dict[str, set[str]]]) -> dict:
+    """Each flow's probation runs through the recording proxy, flows interleaved.
+
+    This is where a template's probation is paid when verification is on: a
+    request a template on probation would answer goes to the provider
+    (`butter-cache: verify`) and its answer is compared with the template's.
+    Hits served here reach the client, so a wrong one counts as wrong.
+    """
+    calls_before = len(env.provider.calls)
+    tally, statuses = Tally(), Counter()
+    longest = max(len(flow.probation) for flow in workload.flows)
+    for i in range(longest):
+        for flow in workload.flows:
+            if i < len(flow.probation):
+                run = flow.probation[i]
+                result = play(auto, env.oracle, run)
+                tally.add(run, result, known.get(flow.name))
+                statuses.update(s.status for s in result.steps)
+    env.settle()
+    verified = statuses.get(VERIFY_STATUS, 0)
+    misses = sum(n for status, n in statuses.items() if status not in ("hit", VERIFY_STATUS))
+    calls = len(env.provider.calls) - calls_before
+    trust = env.trust_states()
+    trusted = trust.get("trusted", 0)
+    return {"runs": tally.runs, "requests": tally.requests, "served": tally.hits, "wrong_served": tally.wrong_hits,
+            "wrong_examples": tally.wrong_examples, "verifications": verified, "misses": misses,
+            "provider_calls": calls, "rechecks": max(0, calls - verified - misses), "statuses": dict(statuses),
+            "templates": trust, "verifications_per_trusted_template": round(verified / trusted, 2) if trusted else None}
+
+
+def _measure(env: EvalEnv, replay, workload: Workload, known: dict[str, dict[str, set[str]]],
+             explain: Callable[[dict], str], stream_every: int) -> dict:
+    """Held-out runs and look-alikes through the replay proxy (no provider, nothing recorded)."""
+    held = Tally()
+    n = 0
+    for flow in workload.flows:
+        for run in flow.held_out:
+            result = play(replay, env.oracle, run, stream=bool(stream_every) and n % stream_every == 1)
+            held.add(run, result, known[flow.name])
+            held.explain(result, explain)
+            n += 1
+    negatives = {}
+    for label, runs in workload.negatives.items():
+        tally = Tally()
+        for run in runs:
+            tally.add(run, play(replay, env.oracle, run), known.get(run.flow))
+        negatives[label] = tally.as_dict()
+    return {"held_out": held.as_dict(), "negatives": negatives}

@@ -18,6 +18,10 @@ class Flow:
     name: str
     recorded: list[Run]
     held_out: list[Run]
+    # Live traffic after the recorded runs, through the recording proxy: what
+    # pays a template's probation (verified against the provider) when
+    # verification is on. Look-alike runs may be mixed in, as in real traffic.
+    probation: list[Run] = field(default_factory=list)
 
 
 @dataclass
@@ -30,5 +34,5 @@ class Workload:
     substitutive: bool = True  # flows differ only in values (the >= 90 % target applies)
 
     def runs(self) -> list[Run]:
-        out = [r for f in self.flows for r in f.recorded + f.held_out]
+        out = [r for f in self.flows for r in f.recorded + f.held_out + f.probation]
         return out + [r for runs in self.negatives.values() for r in runs]

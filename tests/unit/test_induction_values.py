@@ -24,7 +24,8 @@ ON_INDUCTIONS_WORD = TrustRules(verify=False)
 
 SYSTEM = "You are the back-office agent. Use the tools."
 TOOLS = [{"type": "function", "function": {"name": name, "description": name, "parameters": {"type": "object"}}}
-         for name in ("read_file", "fill_form", "get_order", "refund")]
+         for name in ("read_file", "fill_form", "get_order", "refund", "find_user", "get_user", "search_flights",
+                      "book_flight")]
 
 # A step: ("call", tool name, arguments, tool result) or ("say", text).
 Step = tuple
@@ -49,7 +50,8 @@ def run(user: str, script: list[Step]) -> list[tuple[Conversation, dict]]:
         out.append((conversation, FORMAT.reply_from_body(json.dumps(answer).encode(), False)))
         messages.append({k: v for k, v in message.items() if v is not None})
         if step[0] == "call":
-            messages.append({"role": "tool", "tool_call_id": f"call_{n}", "content": json.dumps(step[3])})
+            result = step[3] if isinstance(step[3], str) else json.dumps(step[3])  # a str is the tool's text as is
+            messages.append({"role": "tool", "tool_call_id": f"call_{n}", "content": result})
     return out
 
 

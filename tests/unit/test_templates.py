@@ -6,9 +6,9 @@ import json
 import pytest
 
 from store import Cache, Conversation, Hit, Miss
-from store.templates import (COMPACT, RenderError, bind_message, bind_reply, common_shape, explain_mismatch,
-                             json_marker, match_message, number_marker, parse_text, render_reply, shape_of,
-                             template_content, text_marker)
+from store.templates import (COMPACT, RenderError, any_marker, bind_message, bind_reply, common_shape,
+                             explain_mismatch, json_marker, list_marker, match_message, number_marker, opt_marker,
+                             parse_text, render_reply, shape_of, slots_in, template_content, text_marker)
 
 TRICKY = 'Zoë "Z" O\'Brien \\ 東京 \u2028 {{not_a_slot}}'
 
@@ -182,3 +182,41 @@ def test_content_that_spells_the_marker_key_is_never_templated():
     assert bind_message(sneaky, {"name": "Steve"}) is None
     with pytest.raises(RenderError):
         bind_reply({"content": {"$butter": "number", "slot": "x"}}, {"x": "1"})
+
+
+# -- structured data that may vary: any, optional fields, lists of any length -----------------
+
+RESULTS = template_content(tool(json_marker({
+    "query": text_marker("{{city}}"),
+    "results": list_marker([{"id": text_marker("{{first_id}}"), "km": any_marker("number")}],
+                           {"id": any_marker("string", "identifier"), "km": any_marker("number"),
+                            "note": opt_marker(any_marker("string", "text"))}, 1, "n"),
+})), {"city": "text", "first_id": "identifier", "n": "number"})
+
+
+def results(items: list) -> dict:
+    return tool(json.dumps({"query": "Graz", "results": items}))
+
+
+def test_a_list_template_binds_its_head_and_length_and_lets_other_items_vary():
+    bound = match_message(RESULTS, results([{"id": "G1", "km": 2}, {"id": "X9", "km": 7.5, "note": "far"},
+                                            {"id": "Q4", "km": 1}]), {})
+    assert bound == {"city": "Graz", "first_id": "G1", "n": "3"}
+    assert slots_in(RESULTS["message"]) == {"city", "first_id", "n"}
+
+
+def test_a_list_template_refuses_too_few_items_unknown_fields_and_wrong_kinds():
+    assert match_message(RESULTS, results([]), {}) is None
+    assert match_message(RESULTS, results([{"id": "G1", "km": 2}, {"id": "X9", "km": 7, "gate": "B"}]), {}) is None
+    assert match_message(RESULTS, results([{"id": "G1", "km": 2}, {"id": "X9", "km": "7"}]), {}) is None
+    assert match_message(RESULTS, results([{"id": "G1", "km": 2}, {"id": "nine", "km": 7}]), {}) is None
+    assert "at least 1 items" in explain_mismatch(RESULTS, results([]), {})
+
+
+def test_an_optional_field_may_be_absent_but_a_required_one_may_not():
+    content = template_content(tool(json_marker({"id": text_marker("{{id}}"), "note": opt_marker(any_marker("string"))})),
+                               {"id": "identifier"})
+    assert match_message(content, tool('{"id": "A1"}'), {}) == {"id": "A1"}
+    assert match_message(content, tool('{"id": "A1", "note": "x\\ny"}'), {}) == {"id": "A1"}
+    assert match_message(content, tool('{"note": "x"}'), {}) is None
+    assert match_message(content, tool('{"id": "A1", "note": 3}'), {}) is None

@@ -1,0 +1,186 @@
+"""Look-alikes that syntax cannot tell apart: the deciding value is absent from the reply.
+
+Every flow here is a template a careful induction learns from its recorded
+runs (they differ only in values, and their replies agree), and every
+look-alike run differs from them in one value only; but that value decides
+the answer, and the reply never shows it, or the model writes the value in a
+form of its own:
+
+- numbers vs a threshold: a balance against an invoice (the issue's own
+  example: declined for 20 and 35, then 5000);
+- primes ("Is 7 prime?" "Yes." then "Is 9 prime?");
+- dates inside or outside a return window, today fixed in the system prompt;
+- an enum status in a JSON tool result that decides the next call
+  (`pending`/`processing` cancel, `shipped` opens a return);
+- a list whose length decides (several results: ask which; one: take it);
+- model-rewritten values (Milan -> "Milano", Warsaw -> "Warszawa",
+  Hangzhou -> "Hangzhou, China" in the tool call).
+
+Held-out runs keep the recorded answer (other values on the same side of
+the decision); look-alikes change it. `probation` runs are live traffic
+after the recorded runs: held-out-like and look-alike runs shuffled, as an
+agent's real traffic would mix them. Only verification against the
+provider (store/trust.py, option butter_verify) can catch these: with it
+off, wrong hits are expected here.
+"""
+from __future__ import annotations
+
+import json
+import random
+from typing import Callable
+
+from .script import Run, Turn
+from .tool_workflows import call, say, tool
+from .workloads import Flow, Workload
+
+SYSTEM = "You are a careful assistant. Use the tools when you need data. Answer briefly."
+TODAY_SYSTEM = ("You are the returns desk of an online shop. Today is 2026-12-03. Returns are accepted within 30 "
+                "days of delivery. Use the tools. Answer in one sentence.")
+TOOLS = (
+    tool("get_balance", "An account's balance", account="string"),
+    tool("get_order", "An order by id", order_id="string"),
+    tool("cancel_order", "Cancel an order that has not shipped", order_id="string"),
+    tool("create_return", "Open a return for a shipped order", order_id="string"),
+    tool("search_restaurants", "Restaurants near a postcode", cuisine="string", postcode="string"),
+    tool("get_restaurant", "A restaurant's details", restaurant_id="string"),
+    tool("search_location", "Find a place by name", query="string"),
+    tool("get_weather", "Current weather at a place id", location_id="string"),
+)
+CUISINES = ["thai", "italian", "mexican", "korean", "lebanese", "ethiopian", "greek", "peruvian"]
+
+
+def _account(r: random.Random) -> str:
+    return f"ACC-{r.randint(100000, 999999)}"
+
+
+def _order(r: random.Random) -> str:
+    return f"{r.randint(100000, 999999)}"
+
+
+# -- each set: (make(r, same_answer: bool) -> turns) ---------------------------------------------
+
+def balance(r: random.Random, same: bool) -> list[Turn]:
+    account = _account(r)
+    value = round(r.uniform(3, 95), 2) if same else round(r.uniform(150, 9000), 2)
+    result = {"account": account, "balance": value, "currency": "EUR"}
+    answer = ("No, the balance is too low to pay the 100.00 EUR invoice." if value < 100
+              else "Yes, the balance covers the 100.00 EUR invoice.")
+    return [Turn(f"Can account {account} pay an invoice of 100.00 EUR?", TOOLS, (
+        call("get_balance", {"account": account}, result), say(answer)))]
+
+
+PRIMES = [p for p in range(11, 400) if all(p % d for d in range(2, int(p ** 0.5) + 1))]
+COMPOSITES = [n for n in range(11, 400) if n % 2 and n not in PRIMES]
+
+
+def prime(r: random.Random, same: bool) -> list[Turn]:
+    n = r.choice(PRIMES if same else COMPOSITES)
+    return [Turn(f"Is {n} a prime number? Answer yes or no.", TOOLS, (say("Yes." if n in PRIMES else "No."),))]
+
+
+def return_window(r: random.Random, same: bool) -> list[Turn]:
+    order = _order(r)
+    day = r.randint(4, 30) if same else r.randint(1, 28)
+    delivered = f"2026-11-{day:02d}" if same else f"2026-{r.randint(6, 10):02d}-{day:02d}"
+    result = {"order_id": order, "delivered_on": delivered, "total": round(r.uniform(10, 400), 2)}
+    answer = (f"Yes, order {order} can still be returned." if same
+              else f"No, the 30-day return window for order {order} has closed.")
+    return [Turn(f"Can I still return order {order}?", TOOLS, (call("get_order", {"order_id": order}, result),
+                                                               say(answer)))]
+
+
+def cancel_status(r: random.Random, same: bool, status: str | None = None) -> list[Turn]:
+    order = _order(r)
+    status = status or r.choice(["pending", "processing"] if same else ["shipped", "delivered"])
+    result = {"order_id": order, "status": status, "items": r.randint(1, 5)}
+    if status in ("pending", "processing"):
+        steps = (call("get_order", {"order_id": order}, result),
+                 call("cancel_order", {"order_id": order}, {"order_id": order, "cancelled": True}),
+                 say(f"Order {order} is cancelled."))
+    else:
+        steps = (call("get_order", {"order_id": order}, result),
+                 call("create_return", {"order_id": order}, {"order_id": order, "return_id": f"RT-{r.randint(1000, 9999)}"}),
+                 say(f"Order {order} had already shipped, so I opened a return instead."))
+    return [Turn(f"Please cancel order {order}.", TOOLS, steps)]
+
+
+def list_length(r: random.Random, same: bool) -> list[Turn]:
+    cuisine, postcode = r.choice(CUISINES), f"{r.randint(1000, 9999)}"
+    count = r.randint(2, 4) if same else 1
+    places = [{"restaurant_id": f"R{r.randint(10000, 99999)}", "name": f"{r.choice(['Golden', 'Little', 'Blue', 'Old'])} "
+               f"{r.choice(['Spoon', 'Garden', 'Door', 'Lantern'])}", "rating": round(r.uniform(3.5, 5), 1)}
+              for _ in range(count)]
+    result = {"cuisine": cuisine, "results": places}
+    first = call("search_restaurants", {"cuisine": cuisine, "postcode": postcode}, result)
+    if count > 1:
+        steps = (first, say(f"There are several {cuisine} places near {postcode}; which one would you like?"))
+    else:
+        only = places[0]["restaurant_id"]
+        steps = (first, call("get_restaurant", {"restaurant_id": only}, {"restaurant_id": only, "open": True}),
+                 say(f"There is one {cuisine} place near {postcode}, and it is open now."))
+    return [Turn(f"Find a {cuisine} restaurant near {postcode}.", TOOLS, steps)]
+
+
+# (as the user writes it, as the model writes it in the tool call)
+VERBATIM = ["Porto", "Lyon", "Graz", "Leeds", "Turku", "Ghent", "Bergen", "Bilbao", "Utrecht", "Aarhus", "Tartu",
+            "Malmo", "Cork", "Brno", "Split", "Basel"]
+REWRITTEN = [("Milan", "Milano"), ("Warsaw", "Warszawa"), ("Hangzhou", "Hangzhou, China"), ("Munich", "München"),
+             ("Florence", "Firenze"), ("Cologne", "Köln"), ("Lisbon", "Lisboa"), ("Prague", "Praha")]
+
+
+def rewritten(r: random.Random, same: bool) -> list[Turn]:
+    if same:
+        city = query = r.choice(VERBATIM)
+    else:
+        city, query = r.choice(REWRITTEN)
+    place = f"loc_{r.randint(10000, 99999)}"
+    temp = r.randint(-5, 25)
+    return [Turn(f"What's the weather in {city} right now?", TOOLS, (
+        call("search_location", {"query": query}, {"results": [{"id": place, "name": query}]}),
+        call("get_weather", {"location_id": place}, {"location_id": place, "temperature_c": temp}),
+        say(f"It is {temp} °C in {city}."),
+    ))]
+
+
+SETS: dict[str, tuple[str, Callable[[random.Random, bool], list[Turn]], str]] = {
+    "balance-threshold": ("balance vs threshold (5000 after 20, 35)", balance, SYSTEM),
+    "primes": ("primes (composite after primes)", prime, SYSTEM),
+    "return-window": ("date outside the return window", return_window, TODAY_SYSTEM),
+    "cancel-status": ("enum status decides the next call", cancel_status, SYSTEM),
+    "restaurant-count": ("list length decides (one result)", list_length, SYSTEM),
+    "weather-city": ("model-rewritten value (Milan -> Milano)", rewritten, SYSTEM),
+}
+
+
+def build(recorded: int = 2, held_out: int = 4, negatives: int = 4, probation: int = 8, negative_share: float = 0.34,
+          seed: str = "lookalike") -> Workload:
+    flows, sets = [], {}
+    for name, (label, make, system) in SETS.items():
+        r = random.Random(f"{seed}:{name}")
+
+        def run(tag: str, same: bool, turns: list[Turn] | None = None) -> Run:
+            return Run(f"lookalike/{name}/{tag}", name, system, turns or make(r, same))
+
+        rec: list[Run] = []
+        while len(rec) < recorded:  # recorded runs that differ in every value the user gives
+            candidate = run(f"rec{len(rec)}", True)
+            if name == "cancel-status":  # both non-shipped statuses, so the status is a value
+                candidate = run(f"rec{len(rec)}", True, cancel_status(r, True, ["pending", "processing"][len(rec) % 2]))
+            if all(candidate.turns[0].user != o.turns[0].user for o in rec):
+                rec.append(candidate)
+        live = [run(f"live{i}", r.random() >= negative_share) for i in range(probation)]
+        flows.append(Flow(name, rec, [run(f"held{i}", True) for i in range(held_out)], live))
+        sets[label] = [run(f"neg{i}", False) for i in range(negatives)]
+    return Workload("look-alikes (deciding value absent from the reply)", flows, sets,
+                    note="one value decides the answer without appearing in it, or the model rewrites it",
+                    ks=(1, 2), substitutive=False)
+
+
+def describe(workload: Workload) -> str:
+    """One line per set, for a person checking the data (used by the smoke test)."""
+    lines = []
+    for flow in workload.flows:
+        steps = [s.reply.describe() for s in flow.recorded[0].steps()]
+        lines.append(f"{flow.name}: {flow.recorded[0].turns[0].user!r} -> {json.dumps(steps)[:160]}")
+    return "\n".join(lines)
+

@@ -1,0 +1,51 @@
+"""The evaluation's workload generators (bench/eval): a smoke test in CI.
+
+The evaluation itself is a script (slow); this checks that its generated
+runs mean what the evaluation says they mean. The tool workflows are also
+played end to end in tests/e2e/test_structured_templates_e2e.py.
+"""
+from __future__ import annotations
+
+import json
+
+from bench.eval import lookalikes, tool_workflows
+
+
+def outline(run, first_word: bool = True) -> tuple:
+    """What a run does, values aside: tool names called, or the answer (its first word: yes or no)."""
+    return tuple(s.reply.tool_calls[0][0] if s.reply.tool_calls else
+                 (s.reply.content.split()[0] if first_word else "answer") for s in run.steps())
+
+
+def test_each_look_alike_shares_its_flows_words_but_gets_another_answer():
+    workload = lookalikes.build(recorded=2, held_out=2, negatives=2, probation=6, seed="smoke")
+    assert [f.name for f in workload.flows] == list(lookalikes.SETS)
+    flows = {f.name: f for f in workload.flows}
+    for label, runs in workload.negatives.items():
+        for run in runs:
+            flow = flows[run.flow]
+            assert run.system == flow.recorded[0].system
+            same_outline = outline(run) == outline(flow.recorded[0])
+            rewritten = json.dumps(run.steps()[0].reply.tool_calls) != json.dumps(flow.recorded[0].steps()[0].reply.tool_calls)
+            # Either another decision, or (model-rewritten values) the same tools with a value the user never wrote.
+            assert not same_outline or (run.flow == "weather-city" and rewritten), label
+            if run.flow == "weather-city":
+                query = run.steps()[0].reply.tool_calls[0][1]["query"]
+                assert query not in run.turns[0].user
+    for flow in workload.flows:  # recorded and held-out runs of a flow: one decision
+        assert len({outline(r) for r in flow.recorded + flow.held_out}) == 1, flow.name
+        assert len({r.turns[0].user for r in flow.recorded}) == len(flow.recorded)
+
+
+def test_tool_workflows_have_four_or_more_steps_bare_ids_and_lists_of_varying_length():
+    workload = tool_workflows.build(recorded=2, held_out=2, probation=6, seed="smoke")
+    for flow in workload.flows:
+        runs = flow.recorded + flow.held_out + flow.probation
+        assert all(len(r.steps()) >= 4 for r in runs), flow.name
+        assert len({outline(r, first_word=False) for r in runs}) == 1, flow.name
+    order = next(f for f in workload.flows if f.name.startswith("order-status"))
+    bare = order.recorded[0].steps()[0].results[0]
+    assert not bare.startswith(("{", "[")) and " " not in bare  # the whole result is one id
+    flights = next(f for f in workload.flows if f.name.startswith("flight-booking"))
+    lengths = {len(json.loads(r.steps()[1].results[0])) for r in flights.recorded + flights.held_out + flights.probation}
+    assert len(lengths) > 1
