@@ -169,6 +169,11 @@ class ButterTest:
         return self.counts().get("hit", 0)
 
     @property
+    def verified(self) -> int:
+        """Requests a learned template would answer, sent to the provider to check it (docs/trust.md)."""
+        return self.counts().get("verify", 0)
+
+    @property
     def misses(self) -> int:
         """Requests that went to the provider (and were recorded), or failed as replay misses."""
         c = self.counts()
@@ -315,7 +320,7 @@ class ButterSession:
         """After a test: everything it sent recorded; the cassette rewritten if its content changed."""
         report = self.control("POST", "/end")
         counts = report["counts"]
-        if self.mode in ("auto", "record") and (counts.get("miss") or counts.get("record")):
+        if self.mode in ("auto", "record") and (counts.get("miss") or counts.get("record") or counts.get("verify")):
             backend = LmdbBackend(group.db)
             try:
                 report["written"] = cassette.save(backend, group.path, group.name)

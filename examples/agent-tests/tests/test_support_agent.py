@@ -55,8 +55,9 @@ def test_node_agent_refunds():
 
 
 # One namespace for these three tests (cassette tests/cassettes/refunds.jsonl):
-# from the two recorded customers butter learns the workflow as a template, and
-# serves the third customer, never recorded, with that customer's own values.
+# from the two recorded customers butter learns the workflow as a template; the
+# third customer's requests are the template's to answer, checked against the
+# provider while the template is new (docs/trust.md).
 @pytest.mark.butter(namespace="refunds")
 @pytest.mark.parametrize("order_id", ["2001", "2002"])
 def test_refund_each_customer(order_id):
@@ -68,10 +69,14 @@ def test_refund_each_customer(order_id):
 
 
 @pytest.mark.butter(namespace="refunds")
-def test_a_new_customer_is_served_by_the_learned_template(butter):
+def test_a_new_customer_meets_the_learned_template(butter):
     shop = Shop(ORDERS)
     answer = run("Please refund order 2003.", shop)
     assert shop.refunds == [("2003", 64.75)]
     assert "Hina Tanaka" in answer and "64.75" in answer
     if butter.mode in ("auto", "replay"):
-        assert (butter.hits, butter.misses) == (3, 0)
+        # Never a plain miss: the template learned from the two customers above
+        # answers each step. While it is new, butter checks it against the
+        # provider (`verified`, the first recording); the run is then in the
+        # cassette, and replays as hits.
+        assert butter.hits + butter.verified == 3 and butter.misses == 0
