@@ -380,6 +380,10 @@ class LmdbBackend:
             for action, table, key, value in op[1]:
                 db, key = names[table], bytes.fromhex(key)
                 if table == "meta" and key in _REPLICA_OWN_META:
+                    # The writer bumped its template generation: whatever else this
+                    # write changed (templates, their trust), this replica's
+                    # in-memory views of it must be read again too.
+                    templates |= key == TEMPLATE_GENERATION
                     continue
                 if action == "put":
                     txn.put(key, bytes.fromhex(value), db=db)
