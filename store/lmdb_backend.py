@@ -795,7 +795,9 @@ class LmdbBackend:
                 txn.delete(key, db=self.aux)
 
         if rows:
-            self._write(write)
+            # A ring describes this proxy's own traffic (the web view's recent
+            # requests): a shared store keeps it out of the log.
+            self._write(write, op=_NOT_SHARED)
 
     def dump(self) -> Iterator[tuple[str, bytes, Any]]:
         """Every row of nodes, replies, stats and aux as (table, key, JSON value),
