@@ -18,7 +18,7 @@ from .learning import InductionOutcome, Learner, plan_bound_record
 from .templates import explain_mismatch, match_message
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
-from .trust import TABLE as TRUST_TABLE, TrustRules, judge, seen_sets
+from .trust import TABLE as TRUST_TABLE, TrustRules, judge, prepare
 
 DEFAULT_DB_ENV = "BUTTER_DB"
 
@@ -39,8 +39,8 @@ class Cache:
         self.backend = LmdbBackend(path)
         self.policy = policy
         self.set_trust(trust)
-        # Trust entries decoded, by key: (stored bytes, entry, its seen sets).
-        self._trust_entries: dict[bytes, tuple[bytes, dict, tuple]] = {}
+        # Trust entries prepared for judging, by key: (stored bytes, trust.View).
+        self._trust_entries: dict[bytes, tuple] = {}
         self._templates: dict[bytes, NodeRecord] = {}  # decoded template nodes, by id
         # Each node's template children with their index, valid for one
         # template generation of the database (see _DecodedTemplates).
@@ -80,18 +80,17 @@ class Cache:
         """A template reply is served only as far as its trust allows (store/trust.py)."""
         key = hit.node_id + hit.reply_id
         raw = snap.get_aux_raw(TRUST_TABLE, key)
-        entry = sets = None
+        view = None
         if raw is not None:
-            # Decoded once per process per version of the entry (judge only reads it);
+            # Prepared once per process per version of the entry (judge only reads it);
             # comparing the stored bytes is cheaper than hashing them.
             known = self._trust_entries.get(key)
             if known is None or known[0] != raw:
                 if len(self._trust_entries) >= 4096:
                     self._trust_entries.clear()
-                decoded = json.loads(raw)
-                known = self._trust_entries[key] = (raw, decoded, seen_sets(decoded))
-            entry, sets = known[1], known[2]
-        verdict = judge(entry, hit.bindings, self.trust, sets)
+                known = self._trust_entries[key] = (raw, prepare(json.loads(raw)))
+            view = known[1]
+        verdict = judge(view, hit.bindings, self.trust)
         if verdict.action == "serve":
             # `hit` was made by this lookup's walk and nobody else holds it yet:
             # set how it was judged in place (a frozen dataclass; a copy costs more
