@@ -21,6 +21,7 @@ from . import trust_ledger
 from .trust import TABLE as TRUST_TABLE, TrustRules, judge, prepare
 
 DEFAULT_DB_ENV = "BUTTER_DB"
+_UNREAD = object()  # a trust entry not read yet at this generation (None: read, and there is none)
 
 
 def default_db_path() -> str:
@@ -39,8 +40,8 @@ class Cache:
         self.backend = LmdbBackend(path)
         self.policy = policy
         self.set_trust(trust)
-        # Trust entries prepared for judging, by key: (stored bytes, trust.View).
-        self._trust_entries: dict[bytes, tuple] = {}
+        # Trust entries prepared for judging, by key, for one template generation.
+        self._trust_views: tuple[int | None, dict[bytes, object]] = (None, {})
         self._templates: dict[bytes, NodeRecord] = {}  # decoded template nodes, by id
         # Each node's template children with their index, valid for one
         # template generation of the database (see _DecodedTemplates).
@@ -65,31 +66,34 @@ class Cache:
             generation = snap.template_generation()
             sets = self._template_sets
             if sets[0] != generation:
-                # Another process (or this one) added or deleted templates:
-                # start over. Replaced whole, so a thread holding an older
-                # snapshot never mixes its lists with newer ones.
+                # Another process (or this one) added or deleted templates, or
+                # changed a template's trust: start over. Replaced whole, so a
+                # thread holding an older snapshot never mixes its lists with newer ones.
                 sets = self._template_sets = (generation, {})
+                self._trust_views = (generation, {})
             reader = _DecodedTemplates(snap, self._templates, sets[1])
             result = lookup(conversation, namespace, reader, self.policy, match_template=match_message,
                             bindings=bindings, explain_template=explain_mismatch)
             if type(result) is Hit and result.templated:
-                return self._judged(snap, result, len(conversation.messages))
+                views = self._trust_views
+                if views[0] != generation:
+                    views = self._trust_views = (generation, {})
+                return self._judged(snap, result, len(conversation.messages), views[1])
             return result
 
-    def _judged(self, snap, hit: Hit, depth: int) -> Hit | Miss:
-        """A template reply is served only as far as its trust allows (store/trust.py)."""
+    def _judged(self, snap, hit: Hit, depth: int, views: dict) -> Hit | Miss:
+        """A template reply is served only as far as its trust allows (store/trust.py).
+
+        `views` holds the trust entries read at this template generation (every
+        trust write bumps it), prepared for `judge`: one dict lookup per hit.
+        """
         key = hit.node_id + hit.reply_id
-        raw = snap.get_aux_raw(TRUST_TABLE, key)
-        view = None
-        if raw is not None:
-            # Prepared once per process per version of the entry (judge only reads it);
-            # comparing the stored bytes is cheaper than hashing them.
-            known = self._trust_entries.get(key)
-            if known is None or known[0] != raw:
-                if len(self._trust_entries) >= 4096:
-                    self._trust_entries.clear()
-                known = self._trust_entries[key] = (raw, prepare(json.loads(raw)))
-            view = known[1]
+        view = views.get(key, _UNREAD)
+        if view is _UNREAD:
+            raw = snap.get_aux_raw(TRUST_TABLE, key)
+            view = None if raw is None else prepare(json.loads(raw))
+            if len(views) < 4096:
+                views[key] = view
         verdict = judge(view, hit.bindings, self.trust)
         if verdict.action == "serve":
             # `hit` was made by this lookup's walk and nobody else holds it yet:
