@@ -21,9 +21,10 @@ from .agreement import same_answer
 from .templates import explain_mismatch, free_text_in_words, is_declared, match_message, render_reply
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
-from .trust import TABLE as TRUST_TABLE, Judgement, TrustRules, judge, seen_sets
+from .trust import TABLE as TRUST_TABLE, Judgement, TrustRules, judge, prepare
 
 DEFAULT_DB_ENV = "BUTTER_DB"
+_UNREAD = object()  # a trust entry not read yet at this generation (None: read, and there is none)
 
 
 def default_db_path() -> str:
@@ -43,8 +44,8 @@ class Cache:
         self.backend: LmdbBackend = backend if backend is not None else open_backend(path)
         self.policy = policy
         self.set_trust(trust)
-        # Trust entries decoded, by key: (stored bytes, entry, its seen sets).
-        self._trust_entries: dict[bytes, tuple[bytes, dict, tuple]] = {}
+        # Trust entries prepared for judging, by key, for one template generation.
+        self._trust_views: tuple[int | None, dict[bytes, object]] = (None, {})
         self._templates: dict[bytes, NodeRecord] = {}  # decoded template nodes, by id
         # Each node's template children with their index, valid for one
         # template generation of the database (see _DecodedTemplates).
@@ -76,10 +77,11 @@ class Cache:
             generation = snap.template_generation()
             sets = self._template_sets
             if sets[0] != generation:
-                # Another process (or this one) added or deleted templates:
-                # start over. Replaced whole, so a thread holding an older
-                # snapshot never mixes its lists with newer ones.
+                # Another process (or this one) added or deleted templates, or
+                # changed a template's trust: start over. Replaced whole, so a
+                # thread holding an older snapshot never mixes its lists with newer ones.
                 sets = self._template_sets = (generation, {})
+                self._trust_views = (generation, {})
             reader = _DecodedTemplates(snap, self._templates, sets[1])
             verdicts: dict[int, Judgement] = {}
 
@@ -96,20 +98,23 @@ class Cache:
             return result
 
     def _verdict(self, snap, hit: Hit) -> Judgement:
+        """How this hit's template reply is judged (store/trust.py).
+
+        The trust entries read at this template generation (every trust write
+        bumps it) are kept prepared for `judge`: one dict lookup per hit.
+        """
+        generation = snap.template_generation()
+        views = self._trust_views
+        if views[0] != generation:
+            views = self._trust_views = (generation, {})
         key = hit.node_id + hit.reply_id
-        raw = snap.get_aux_raw(TRUST_TABLE, key)
-        entry = sets = None
-        if raw is not None:
-            # Decoded once per process per version of the entry (judge only reads it);
-            # comparing the stored bytes is cheaper than hashing them.
-            known = self._trust_entries.get(key)
-            if known is None or known[0] != raw:
-                if len(self._trust_entries) >= 4096:
-                    self._trust_entries.clear()
-                decoded = json.loads(raw)
-                known = self._trust_entries[key] = (raw, decoded, seen_sets(decoded))
-            entry, sets = known[1], known[2]
-        return judge(entry, hit.bindings, self.trust, sets)
+        view = views[1].get(key, _UNREAD)
+        if view is _UNREAD:
+            raw = snap.get_aux_raw(TRUST_TABLE, key)
+            view = None if raw is None else prepare(json.loads(raw))
+            if len(views[1]) < 4096:
+                views[1][key] = view
+        return judge(view, hit.bindings, self.trust)
 
     def _judged(self, snap, hit: Hit, depth: int, verdict: Judgement | None = None) -> Hit | Miss:
         """A template reply is served only as far as its trust allows (store/trust.py)."""

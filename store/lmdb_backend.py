@@ -48,9 +48,10 @@ from .private_files import FILE_MODE, open_private, private_dir, private_files
 # from stale template lists.
 SCHEMA_VERSION = 2
 # Bumped in the same write transaction as every change to which template
-# children a node has and to which children a template node has, so a process
-# may keep those in memory and check one meta key per lookup to know they are
-# still what the database says.
+# children a node has and to which children a template node has, and to any
+# template's trust (store/trust_ledger.py), so a process may keep those in
+# memory and check one meta key per lookup to know they are still what the
+# database says.
 TEMPLATE_GENERATION = b"template-generation"
 # Every root's id under this meta prefix (written with the root, deleted with
 # it), so listing the workflows never scans every node; ROOTS_INDEXED says the
@@ -556,14 +557,19 @@ class LmdbBackend:
             raw = txn.get(_aux_key(table, key), db=self.aux)
         return None if raw is None else _loads(raw)
 
-    def update_aux(self, table: str, key: bytes, change: Callable[[Any | None], Any]) -> Any:
+    def update_aux(self, table: str, key: bytes, change: Callable[[Any | None], Any],
+                   bump_templates: bool = False) -> Any:
         """Read one side-table value, let `change` (pure) give the new one, write it,
         in one write transaction: two processes updating one key never lose an
-        update (template trust, store/trust_ledger.py). Returns the new value."""
+        update (template trust, store/trust_ledger.py). Returns the new value.
+        `bump_templates`: the value is read on the hit path and kept in memory
+        per template generation (a template's trust), so bump it too."""
         def write(txn: lmdb.Transaction) -> Any:
             raw = txn.get(_aux_key(table, key), db=self.aux)
             value = change(None if raw is None else _loads(raw))
             txn.put(_aux_key(table, key), _dumps(value), db=self.aux)
+            if bump_templates:
+                _bump_template_generation(txn, self.meta)
             return value
         return self._write(write)
 

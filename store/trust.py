@@ -40,7 +40,8 @@ Public API
     declared_entry(now) -> dict
     merge_learned(existing, fresh, node_created) -> dict    a template learned again
     Judgement(action, why, kind)   action: "serve" | "verify" | "refuse"
-    judge(entry, bindings, rules) -> Judgement
+    prepare(entry) -> View                          an entry ready for the hit path
+    judge(view_or_entry, bindings, rules) -> Judgement
     after_verification(entry, bindings, agreed, rules, why, now) -> (entry, event)
     disagreement(expected, actual, bindings, new_names) -> str   a short why, for people
     describe(entry, rules) -> str                                one line for the CLI
@@ -87,6 +88,8 @@ SERVE_DECLARED = Judgement("serve", kind="declared")
 SERVE_TRUSTED = Judgement("serve", kind="trusted")
 SERVE_SEEN = Judgement("serve", kind="seen")
 SERVE_NEW_INPUTS = Judgement("serve", kind="new-inputs")
+REFUSE_DEMOTED = Judgement("refuse", "the template reply here was demoted (a verification disagreed; "
+                                     "`butter show` on the node says why)")
 SERVE_UNCHECKED = Judgement("serve")  # verification off: served on induction's word
 
 
@@ -103,11 +106,29 @@ def _values(bindings: Mapping[str, str], names: list[str]) -> tuple:
     return tuple(map(bindings.get, names))
 
 
-def seen_sets(entry: Mapping[str, Any]) -> tuple[frozenset, frozenset]:
-    """The entry's seen value tuples (all slots, decision inputs) as sets; the
-    caller may keep them with the decoded entry (store/cache.py does)."""
-    return (frozenset(tuple(v) for v in entry.get("seen", ())),
-            frozenset(tuple(v) for v in entry.get("seen_inputs", ())))
+@dataclass(frozen=True)
+class View:
+    """A trust entry prepared for judging on the hit path (`prepare`): what
+    `judge` reads, as plain attributes and sets, decoded once per version of
+    the entry and kept by the caller (store/cache.py)."""
+
+    state: str
+    declared: bool
+    slots: tuple[str, ...]
+    inputs: tuple[str, ...]
+    inputs_free: bool
+    seen: frozenset
+    seen_inputs: frozenset
+    agreements: int
+    input_agreements: int
+
+
+def prepare(entry: Mapping[str, Any]) -> View:
+    return View(entry.get("state", PROBATION), entry.get("source") == "declared", tuple(entry.get("slots") or ()),
+                tuple(entry.get("inputs") or ()), bool(entry.get("inputs_free")),
+                frozenset(tuple(v) for v in entry.get("seen", ())),
+                frozenset(tuple(v) for v in entry.get("seen_inputs", ())),
+                entry.get("agreements", 0), entry.get("input_agreements", 0))
 
 
 def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float) -> dict:
@@ -170,13 +191,12 @@ def _trim(entry: dict) -> None:
             entry[key] = entry[key][-MAX_SEEN:]
 
 
-def judge(entry: Mapping[str, Any] | None, bindings: Mapping[str, str], rules: TrustRules,
-          sets: tuple[frozenset, frozenset] | None = None) -> Judgement:
+def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], rules: TrustRules) -> Judgement:
     """What to do with a lookup that a template reply would answer.
 
-    Runs on the hit path: `sets` are `seen_sets(entry)`, kept by the caller
-    with the decoded entry; the commonest case (trusted, no decision input)
-    looks at no value at all.
+    Runs on the hit path, given the `prepare`d entry (a plain entry is
+    prepared here); the commonest case (trusted, no decision input) looks at
+    no value at all.
     """
     if entry is None:
         # A template reply with no trust entry was learned before butter kept
@@ -184,31 +204,29 @@ def judge(entry: Mapping[str, Any] | None, bindings: Mapping[str, str], rules: T
         if not rules.verify:
             return SERVE_UNCHECKED
         return Judgement("verify", "learned before trust was kept: on probation", PROBATION)
-    state = entry.get("state")
+    view = entry if type(entry) is View else prepare(entry)
+    state = view.state
     if state == DEMOTED:
         # The why quotes values: it stays in the entry (`butter show`), out of miss lines.
-        return Judgement("refuse", "the template reply here was demoted (a verification disagreed; "
-                                   "`butter show` on the node says why)")
-    if entry.get("source") == "declared":
+        return REFUSE_DEMOTED
+    if view.declared:
         return SERVE_DECLARED
     if not rules.verify:
         return SERVE_UNCHECKED
-    inputs = entry.get("inputs")
-    if state == TRUSTED and entry.get("inputs_free") and not inputs:
-        return SERVE_TRUSTED
-    seen, seen_inputs = sets if sets is not None else seen_sets(entry)
-    if state == TRUSTED and entry.get("inputs_free"):
-        return SERVE_TRUSTED if _values(bindings, inputs) in seen_inputs else SERVE_NEW_INPUTS
-    if _values(bindings, entry.get("slots") or sorted(bindings)) in seen:
+    inputs = view.inputs
+    if state == TRUSTED and view.inputs_free:
+        if not inputs:
+            return SERVE_TRUSTED
+        return SERVE_TRUSTED if _values(bindings, inputs) in view.seen_inputs else SERVE_NEW_INPUTS
+    if _values(bindings, view.slots or tuple(sorted(bindings))) in view.seen:
         return SERVE_SEEN  # the values of a recorded or verified run: that answer is known
-    if inputs and not entry.get("inputs_free") and _values(bindings, inputs) not in seen_inputs:
-        names = ", ".join(inputs)
-        return Judgement("verify", f"decision input(s) {names} never reach the reply, and these values were "
-                                   f"never seen with it ({entry.get('input_agreements', 0)} of "
-                                   f"{rules.free_inputs_after} verified values free them)", "inputs")
+    if inputs and not view.inputs_free and _values(bindings, inputs) not in view.seen_inputs:
+        return Judgement("verify", f"decision input(s) {', '.join(inputs)} never reach the reply, and these values "
+                                   f"were never seen with it ({view.input_agreements} of {rules.free_inputs_after} "
+                                   "verified values free them)", "inputs")
     if state != TRUSTED:
-        return Judgement("verify", f"on probation ({entry.get('agreements', 0)} of {rules.needed} verified "
-                                   "agreements)", PROBATION)
+        return Judgement("verify", f"on probation ({view.agreements} of {rules.needed} verified agreements)",
+                         PROBATION)
     return SERVE_TRUSTED
 
 

@@ -1,8 +1,9 @@
 """Template trust in the database: what induction, declared bindings and
 verifications write. store/trust.py decides; this module reads and writes
 through the backend's side table `trust` (key: node id + reply id), each
-update one write transaction, so every proxy process and the CLI see the
-same state and concurrent verifications never lose a count.
+update one write transaction that also bumps the template generation (lookups
+keep trust in memory per generation), so every proxy process and the CLI see
+the same state and concurrent verifications never lose a count.
 
     note_learned(backend, node, reply_id, slot_names, reply, run_bindings)
     note_declared(backend, node, reply_id)
@@ -35,12 +36,13 @@ def note_learned(backend: LmdbBackend, node: bytes, reply_id: bytes, slot_names:
     record = backend.node(node)
     created = record.created if record is not None else 0.0
     return backend.update_aux(trust.TABLE, trust.trust_key(node, reply_id),
-                              lambda existing: trust.merge_learned(existing, fresh, created))
+                              lambda existing: trust.merge_learned(existing, fresh, created), bump_templates=True)
 
 
 def note_declared(backend: LmdbBackend, node: bytes, reply_id: bytes) -> None:
     """A reply recorded with Butter-Bindings: the client's word, trusted at once."""
-    backend.put_aux(trust.TABLE, trust.trust_key(node, reply_id), trust.declared_entry(time.time()))
+    entry = trust.declared_entry(time.time())
+    backend.update_aux(trust.TABLE, trust.trust_key(node, reply_id), lambda _: entry, bump_templates=True)
 
 
 def read(backend: LmdbBackend, node: bytes, reply_id: bytes) -> dict | None:
@@ -72,7 +74,7 @@ def conclude(backend: LmdbBackend, hit: Hit, actual: dict, rules: trust.TrustRul
         events[:] = [event]
         return updated
 
-    entry = backend.update_aux(trust.TABLE, trust.trust_key(hit.node_id, hit.reply_id), change)
+    entry = backend.update_aux(trust.TABLE, trust.trust_key(hit.node_id, hit.reply_id), change, bump_templates=True)
     if events[0] == "demoted":
         # Marked bad as well: never chosen again at this node, so another reply there may be.
         backend.rescore(hit.node_id, lambda replies: {r.reply_id: (r.score, True) for r in replies
@@ -103,5 +105,5 @@ def trust_everything(backend: LmdbBackend) -> int:
     keys = [key for key, entry in backend.iter_aux(trust.TABLE) if entry.get("state") != trust.DEMOTED]
     for key in keys:
         backend.update_aux(trust.TABLE, key, lambda e: {**e, "state": trust.TRUSTED, "inputs_free": True,
-                                                         "seen": [], "seen_inputs": []})
+                                                         "seen": [], "seen_inputs": []}, bump_templates=True)
     return len(keys)

@@ -27,7 +27,8 @@ def test_started_proxy_answers_curl_over_https_with_the_env_it_returns_and_stops
         assert done.returncode == 0, done.stderr + proxy.log_text()
         health = json.loads(done.stdout)
         assert health["mode"] == "replay"
-        assert Path(health["db"]).resolve() == (tmp_path / "db").resolve()
+        # The database this proxy opened: /health names its folder, never the absolute path.
+        assert health["db"] == "db" and (tmp_path / "db" / "data.mdb").is_file()
     finally:
         assert proxy.stop() is not None
     with pytest.raises(OSError):

@@ -36,8 +36,10 @@ ORDERS = {
 }
 # Customers whose runs verify a learned template before it is served (see `promote`).
 VERIFIERS = ("2001", "2002", "2003", "2004", "2005")
-ORDERS.update({o: {"order_id": o, "customer": f"Customer {o[-1]}", "amount": float(o[-1]), "status": "paid"}
-               for o in VERIFIERS})
+# Names with nothing in common: runs that shared a word ("Customer 3", "Customer 4") would teach a
+# narrower template of their own, which starts its own probation.
+ORDERS.update({o: {"order_id": o, "customer": name, "amount": float(o[-1]), "status": "paid"}
+               for o, name in zip(VERIFIERS, ("Ed Fox", "Flo Gil", "Gus Hale", "Ida Ives", "Jo Kerr"))})
 SYSTEM = "You are a support agent. Use the tools, then answer in one sentence."
 PARAMS = {
     "get_order": {"order_id": {"type": "string"}},
