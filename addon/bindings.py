@@ -21,8 +21,8 @@ import json
 from dataclasses import dataclass, field
 from typing import MutableMapping
 
-from addon import request_headers
-from store.templates import NAME_RE, number_text
+from butter.addon import request_headers
+from butter.store.templates import NAME_RE, number_text
 
 BINDINGS_HEADER = "butter-bindings"
 DISABLE_INDUCTION_HEADER = "butter-disable-induction"

@@ -8,12 +8,15 @@ mitmdump loads this file as a script; the addon itself lives in
 import os
 import sys
 
-# mitmdump puts this file's folder on sys.path only while importing it, and
-# the project root not at all; make `store` and `addon` importable either way.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+# mitmdump puts this file's folder first on sys.path (where a bare `import
+# butter` would find this very script) and the package's home not at all. Put
+# the folder that holds the `butter` package first: the checkout's root, or
+# site-packages when butter is installed.
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_HOME = os.path.dirname(_HERE) if os.path.isfile(os.path.join(_HERE, "__init__.py")) else _HERE
+if sys.path[:1] != [_HOME]:
+    sys.path.insert(0, _HOME)
 
-from addon.cache_addon import Butter  # noqa: E402
+from butter.addon.cache_addon import Butter  # noqa: E402
 
 addons = [Butter()]

@@ -22,25 +22,25 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.net import encoding
 from mitmproxy.net.http import status_codes
 
-from addon import bindings as template_headers  # Butter-Bindings, Butter-Disable-Induction
-from addon import controls  # per-request butter-mode / butter-namespace headers
-from addon import exchange, formats
-from addon import feedback  # the butter.local endpoint
-from addon import verification  # shadow verification of learned templates, butter-verify header
-from addon import recent, webview  # the web view at http://butter.local/ and its request list
-from addon import limits  # body ceilings, work off the loop, bounded log-once
-from addon.induction_queue import InductionQueue
-from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
-from addon.run_report import RunReport  # butter_run_report: this process's counts, for `butter run`
-from store import Cache, Hit, ServePolicy, admin, default_db_path
-from store.cache import NamespacedTable
-from store.db_check import DatabaseDamaged
-from store.lmdb_backend import probe_in_subprocess
-from store.inspect import INDUCTION_SKIPS_TABLE, MISSES_TABLE, miss_key
-from store.last_miss import LAST_MISS_TABLE, last_miss_key, last_miss_row  # for `butter explain --last-miss`
-from store.model import Miss
-from store.templates import RenderError, render_reply
-from store.tree import plan_record, root_id
+from butter.addon import bindings as template_headers  # Butter-Bindings, Butter-Disable-Induction
+from butter.addon import controls  # per-request butter-mode / butter-namespace headers
+from butter.addon import exchange, formats
+from butter.addon import feedback  # the butter.local endpoint
+from butter.addon import verification  # shadow verification of learned templates, butter-verify header
+from butter.addon import recent, webview  # the web view at http://butter.local/ and its request list
+from butter.addon import limits  # body ceilings, work off the loop, bounded log-once
+from butter.addon.induction_queue import InductionQueue
+from butter.addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
+from butter.addon.run_report import RunReport  # butter_run_report: this process's counts, for `butter run`
+from butter.store import Cache, Hit, ServePolicy, admin, default_db_path
+from butter.store.cache import NamespacedTable
+from butter.store.db_check import DatabaseDamaged
+from butter.store.lmdb_backend import probe_in_subprocess
+from butter.store.inspect import INDUCTION_SKIPS_TABLE, MISSES_TABLE, miss_key
+from butter.store.last_miss import LAST_MISS_TABLE, last_miss_key, last_miss_row  # for `butter explain --last-miss`
+from butter.store.model import Miss
+from butter.store.templates import RenderError, render_reply
+from butter.store.tree import plan_record, root_id
 
 log = logging.getLogger("butter")
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import MutableMapping
 
-from addon import request_headers
+from butter.addon import request_headers
 
 MODE_HEADER = "butter-mode"
 NAMESPACE_HEADER = "butter-namespace"

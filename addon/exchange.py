@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 
 from mitmproxy import http
 
-from addon import bindings as template_headers  # the proxy's own header rules
-from addon import controls, credentials, formats
-from addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireRequest
-from addon.formats.base import StateTable
-from store import Cache, Conversation
+from butter.addon import bindings as template_headers  # the proxy's own header rules
+from butter.addon import controls, credentials, formats
+from butter.addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireRequest
+from butter.addon.formats.base import StateTable
+from butter.store import Cache, Conversation
 
 # The root's context names the server the reply came from (see upstream_of).
 UPSTREAM_KEY = "upstream"

@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from store.admin import VoteResult
-from store.feedback import VERDICTS, FeedbackError, UnknownTarget, parse_verdict
+from butter.store.admin import VoteResult
+from butter.store.feedback import VERDICTS, FeedbackError, UnknownTarget, parse_verdict
 
 RESERVED_HOSTS = frozenset({"butter.local"})
 # A vote is under 200 bytes; anything far bigger is refused before it is parsed.

@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from store.webview import RECENT_KEEP, RECENT_TABLE, recent_key
+from butter.store.webview import RECENT_KEEP, RECENT_TABLE, recent_key
 
 FLUSH_SECONDS = 0.5
 

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from store.inspect import tokens_of
+from butter.store.inspect import tokens_of
 
 # A run that misses thousands of times needs the count, not every line.
 MAX_LISTED_MISSES = 50

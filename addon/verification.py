@@ -25,10 +25,10 @@ from typing import MutableMapping
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import request_headers
-from store import trust_ledger
-from store.model import Hit, Miss
-from store.trust import TrustRules
+from butter.addon import request_headers
+from butter.store import trust_ledger
+from butter.store.model import Hit, Miss
+from butter.store.trust import TrustRules
 
 log = logging.getLogger("butter")
 

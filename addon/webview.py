@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import parse_qs, urlsplit
 
-from store import webview
-from store.feedback import VERDICTS, FeedbackError, UnknownTarget
-from store.lmdb_backend import LmdbBackend
-from store.tree import ServePolicy
+from butter.store import webview
+from butter.store.feedback import VERDICTS, FeedbackError, UnknownTarget
+from butter.store.lmdb_backend import LmdbBackend
+from butter.store.tree import ServePolicy
 
 ASSETS = Path(__file__).with_name("web")
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),

@@ -38,11 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from addon.formats.openai_chat import FORMAT  # noqa: E402
+from butter.addon.formats.openai_chat import FORMAT  # noqa: E402
 from bench import bulk_load, loadgen, workload  # noqa: E402
 from bench.eval import lookup_timing  # noqa: E402
-from store import Cache, Hit  # noqa: E402
-from store.tree import child_id, forget_memos, root_id  # noqa: E402
+from butter.store import Cache, Hit  # noqa: E402
+from butter.store.tree import child_id, forget_memos, root_id  # noqa: E402
 
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 BUTTER = ROOT / "addon" / "butter.py"

@@ -14,11 +14,11 @@ import sys
 import time
 from typing import Callable
 
-from addon import credentials
-from addon.exchange import upstream_of, with_upstream
-from addon.formats import WireRequest
-from addon.formats.openai_chat import FORMAT
-from store import Cache, Conversation
+from butter.addon import credentials
+from butter.addon.exchange import upstream_of, with_upstream
+from butter.addon.formats import WireRequest
+from butter.addon.formats.openai_chat import FORMAT
+from butter.store import Cache, Conversation
 
 from . import workload
 

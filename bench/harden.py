@@ -50,9 +50,9 @@ if str(ROOT) not in sys.path:
 
 from bench import loadgen  # noqa: E402
 from bench.bench import free_port, say  # noqa: E402
-from store import Cache, Hit  # noqa: E402
-from store.db_check import DatabaseDamaged  # noqa: E402
-from store.lmdb_backend import probe_in_subprocess  # noqa: E402
+from butter.store import Cache, Hit  # noqa: E402
+from butter.store.db_check import DatabaseDamaged  # noqa: E402
+from butter.store.lmdb_backend import probe_in_subprocess  # noqa: E402
 from tests.fakes.provider import Call, FakeProvider, JSONReply  # noqa: E402
 from tests.fakes.tls import make_ca_and_cert  # noqa: E402
 
@@ -289,9 +289,9 @@ def ms(values: list[float], q: float) -> float | None:
 
 def lost_recordings(db: Path, conversations: list[list[dict]]) -> int:
     """How many conversations a client received as a miss are not in the database."""
-    from addon.formats.openai_chat import FORMAT
-    from addon.formats import WireRequest
-    from addon import credentials
+    from butter.addon.formats.openai_chat import FORMAT
+    from butter.addon.formats import WireRequest
+    from butter.addon import credentials
     if not conversations:
         return 0
     cache = Cache(db)
@@ -452,7 +452,7 @@ def fault_corrupt(work: Path, up: Upstream, args) -> dict:
         disabled = "DISABLED" in proxy.log_text()
     finally:
         proxy.stop()
-    cli = subprocess.run([sys.executable, "-m", "cli.main", "--db", str(db), "stats"], cwd=args.root,
+    cli = subprocess.run([sys.executable, "-m", "butter.cli.main", "--db", str(db), "stats"], cwd=args.root,
                          capture_output=True, text=True, timeout=60)
     passed = tally.other + len(tally.miss) + len(tally.hit)
     return {"fault": "data.mdb truncated to half", "survived": alive and tally.errors == 0,

@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
-from cli.main import main as butter_cli  # noqa: E402
+from butter.cli.main import main as butter_cli  # noqa: E402
 from tests.e2e.harness import Proxy  # noqa: E402
 from tests.fakes import anthropic_messages, openai_chat  # noqa: E402
 from tests.fakes.provider import Call, FakeProvider, JSONReply  # noqa: E402

@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli.proxy_process import ProxyOptions, ProxyProcess, ensure_trust  # noqa: E402
-from cli.pytest_plugin import ButterSession, Group  # noqa: E402
-from store import cassette  # noqa: E402
-from store.lmdb_backend import LmdbBackend  # noqa: E402
+from butter.cli.proxy_process import ProxyOptions, ProxyProcess, ensure_trust  # noqa: E402
+from butter.cli.pytest_plugin import ButterSession, Group  # noqa: E402
+from butter.store import cassette  # noqa: E402
+from butter.store.lmdb_backend import LmdbBackend  # noqa: E402
 
 CASSETTE = ROOT / "examples" / "agent-tests" / "tests" / "cassettes" / "refunds.jsonl"
 

@@ -34,9 +34,9 @@ if str(ROOT) not in sys.path:
 
 from bench import bulk_load, workload  # noqa: E402
 from bench.bench import BUTTER, best_of, drive, mitmdump, say, summary  # noqa: E402
-from store import Cache, Hit  # noqa: E402
-from store.shared_backend import SharedBackend  # noqa: E402
-from store.tree import plan_record  # noqa: E402
+from butter.store import Cache, Hit  # noqa: E402
+from butter.store.shared_backend import SharedBackend  # noqa: E402
+from butter.store.tree import plan_record  # noqa: E402
 from tests.fakes.redis_server import RedisServer  # noqa: E402
 
 TARGET_WARM = 0.9

@@ -35,8 +35,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.bench import build_db  # noqa: E402
-from cli.commands.ui import serve  # noqa: E402
-from store import Cache  # noqa: E402
+from butter.cli.commands.ui import serve  # noqa: E402
+from butter.store import Cache  # noqa: E402
 
 
 def get(base: str, path: str) -> tuple[float, bytes]:

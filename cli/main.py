@@ -12,8 +12,8 @@ import importlib
 import pkgutil
 import sys
 
-import cli
-from cli import commands
+from butter import cli
+from butter.cli import commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", help="LMDB directory (default: $BUTTER_DB, else .butter/db)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"cli.commands.{info.name}")
+        module = importlib.import_module(f"butter.cli.commands.{info.name}")
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)

@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-from store import Cache, default_db_path
-from store.lmdb_backend import ID, LmdbBackend
-from store.shared_location import is_shared
-from store.shared_location import parse as parse_shared
+from butter.store import Cache, default_db_path
+from butter.store.lmdb_backend import ID, LmdbBackend
+from butter.store.shared_location import is_shared
+from butter.store.shared_location import parse as parse_shared
 
 T = TypeVar("T")
 

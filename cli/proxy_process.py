@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import addon
-
+from butter import addon
 CONFDIR_ENV = "BUTTER_CONFDIR"
 CA_CERT_NAME = "mitmproxy-ca-cert.pem"  # what mitmproxy writes in its confdir
 BUNDLE_NAME = "butter-bundle.pem"

@@ -50,8 +50,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from store import cassette
-from store.lmdb_backend import LmdbBackend
+from butter.store import cassette
+from butter.store.lmdb_backend import LmdbBackend
 
 MODES = ("replay", "auto", "record", "off")
 SCOPES = ("test", "module")
@@ -217,8 +217,8 @@ class ButterSession:
             pytest.fail(f"butter: the proxy could not start earlier in this session: {self.start_error}",
                         pytrace=False)
         if self.proxy is None:
-            from addon import session_control
-            from cli.proxy_process import ProxyOptions, ProxyProcess, ProxyStartError
+            from butter.addon import session_control
+            from butter.cli.proxy_process import ProxyOptions, ProxyProcess, ProxyStartError
 
             opts = ProxyOptions(db=self.workdir / "idle", mode="replay", namespace="idle",
                                 scripts=[Path(session_control.__file__).resolve(), *self.scripts],
@@ -330,7 +330,7 @@ class ButterSession:
 
     def explain(self, group: Group, miss: dict) -> str:
         """butter's own `explain` of one replay miss, against the test's database."""
-        from cli.main import main as butter_main
+        from butter.cli.main import main as butter_main
 
         with tempfile.NamedTemporaryFile("w", suffix=".json", dir=self.workdir, delete=False) as f:
             f.write(miss["body"])

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli.proxy_process import ensure_trust  # noqa: E402
+from butter.cli.proxy_process import ensure_trust  # noqa: E402
 
 CERTS = ROOT / "certs"
 

@@ -27,8 +27,8 @@ import re
 import secrets
 from typing import Any, Iterator
 
-from store.canonical import parse_json_text
-from store.model import Conversation
+from butter.store.canonical import parse_json_text
+from butter.store.model import Conversation
 
 from . import sse
 from .base import (

@@ -16,7 +16,7 @@ import json.encoder
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from store.model import Conversation
+from butter.store.model import Conversation
 
 
 class NotUnderstood(ValueError):

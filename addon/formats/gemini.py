@@ -21,8 +21,8 @@ import re
 import secrets
 from typing import Any, Iterator
 
-from store.canonical import base64_digest
-from store.model import Conversation
+from butter.store.canonical import base64_digest
+from butter.store.model import Conversation
 
 from . import sse
 from .base import (

@@ -18,8 +18,8 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from store.canonical import base64_digest
-from store.model import Conversation
+from butter.store.canonical import base64_digest
+from butter.store.model import Conversation
 
 from .base import (
     JSON_HEADERS, NotUnderstood, ParsedRequest, WireFormat, WireRequest, WireResponse,

@@ -14,8 +14,8 @@ import secrets
 import time
 from typing import Any, Iterator
 
-from store.canonical import base64_digest, json_argument, parse_json_text
-from store.model import Conversation
+from butter.store.canonical import base64_digest, json_argument, parse_json_text
+from butter.store.model import Conversation
 
 from . import sse
 from .base import (

@@ -27,8 +27,8 @@ import re
 from collections import ChainMap
 from typing import Any, Iterator, MutableMapping
 
-from store.canonical import base64_digest, canonical_json, digest, json_argument, parse_json_text
-from store.model import Conversation
+from butter.store.canonical import base64_digest, canonical_json, digest, json_argument, parse_json_text
+from butter.store.model import Conversation
 
 from . import sse
 from .base import (JSON_HEADERS, SSE_HEADERS, NotUnderstood, ParsedRequest, StateTable, WireFormat, WireRequest,

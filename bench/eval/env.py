@@ -29,8 +29,8 @@ class EvalEnv:
     def __init__(self, workdir: Path | None = None, proxy_options: dict | None = None):
         # Import the store and the adapter now, before the proxies start, so
         # that explanations read the tree with the code that wrote it.
-        import addon.formats.openai_chat  # noqa: F401
-        import store  # noqa: F401
+        import butter.addon.formats.openai_chat  # noqa: F401
+        import butter.store  # noqa: F401
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="butter-eval-")
         self.workdir = Path(workdir or self._tmp.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -89,12 +89,12 @@ class EvalEnv:
     def explain(self, api_key: str, body: dict) -> str:
         """Why the tree does not answer this request: the store's own Miss, read
         from the proxies' database in this process (LMDB readers never block)."""
-        from addon.formats.base import WireRequest
-        from addon.formats.openai_chat import FORMAT
-        from store import Hit
+        from butter.addon.formats.base import WireRequest
+        from butter.addon.formats.openai_chat import FORMAT
+        from butter.store import Hit
 
         cache = self._cache()
-        from addon.exchange import upstream_of, with_upstream
+        from butter.addon.exchange import upstream_of, with_upstream
 
         parsed = FORMAT.parse_request(WireRequest("POST", "/v1/chat/completions", {}, {}, json.dumps(body).encode()))
         parsed = with_upstream(parsed, upstream_of("https", "api.openai.com", 443))  # where the agents' SDK goes
@@ -107,7 +107,7 @@ class EvalEnv:
         return f"{where}: {result.detail}"
 
     def _cache(self):
-        from store import Cache
+        from butter.store import Cache
         if self._reader is None:
             self._reader = Cache(self.db)
         return self._reader
@@ -116,7 +116,7 @@ class EvalEnv:
         """Reasons induction gave for the proposals it rejected since `since`
         (its own side table; each failed set of runs is remembered once)."""
         try:
-            from store.learning import FAILED_TABLE
+            from butter.store.learning import FAILED_TABLE
         except ImportError:
             return []
         return [v.get("reason", "") for _, v in self._cache().backend.iter_aux(FAILED_TABLE)

@@ -30,11 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from addon.formats.base import WireRequest
-from addon.formats.openai_chat import FORMAT
-from store import Cache, Hit, trust_ledger
-from store.model import Conversation
-from store.tree import forget_memos
+from butter.addon.formats.base import WireRequest
+from butter.addon.formats.openai_chat import FORMAT
+from butter.store import Cache, Hit, trust_ledger
+from butter.store.model import Conversation
+from butter.store.tree import forget_memos
 from tests.fakes.openai_chat import completion
 
 from . import own_workflows
@@ -191,7 +191,7 @@ def _measure(queues: int, passes: int) -> dict:
 
 def _render_time(cache: Cache, lookups: list[Conversation]) -> float | None:
     try:
-        from store.templates import render_reply
+        from butter.store.templates import render_reply
     except ImportError:
         return None
     hits = [r for r in (cache.lookup(NAMESPACE, c) for c in lookups) if isinstance(r, Hit)]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.output import CliError, Progress, add_common, emit, open_cache, run
-from store import admin
+from butter.cli.output import CliError, Progress, add_common, emit, open_cache, run
+from butter.store import admin
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -16,10 +16,10 @@ import sys
 import time
 from urllib.parse import parse_qsl, urlsplit
 
-from cli.output import CliError, add_common, emit, open_cache, run, short_id
-from store import ServePolicy
-from store import trust, trust_ledger
-from store.inspect import explain, node_summary, summarise
+from butter.cli.output import CliError, add_common, emit, open_cache, run, short_id
+from butter.store import ServePolicy
+from butter.store import trust, trust_ledger
+from butter.store.inspect import explain, node_summary, summarise
 
 # Where to send a body when no --path/--url says: tried in order, the format
 # whose lookup gets furthest into the tree wins (an Anthropic body also
@@ -81,7 +81,7 @@ def _credential(args: argparse.Namespace, fmt_name: str, headers: dict[str, str]
     """The namespace credential as the proxy computes it: every credential header
     and parameter, with the provider key from --api-key or, when none is given,
     the SDK's environment variable."""
-    from addon import credentials
+    from butter.addon import credentials
 
     headers = dict(headers)
     has_key = any(headers.get(h) for h in credentials.PRIMARY_HEADERS) or any(
@@ -99,7 +99,7 @@ def _credential(args: argparse.Namespace, fmt_name: str, headers: dict[str, str]
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    from addon.formats import NotUnderstood
+    from butter.addon.formats import NotUnderstood
 
     if args.min_observations < 1:
         raise CliError("--min-observations must be at least 1")
@@ -242,9 +242,9 @@ def explain_command(args: argparse.Namespace) -> int:
 
 def _parse_body(args: argparse.Namespace, raw: bytes, headers: dict[str, str]):
     """(the query's parameters, declared bindings, fixed namespace, [(path, format, parsed)])."""
-    from addon import credentials, formats  # the proxy's own adapters
-    from addon.exchange import with_upstream
-    from addon.formats import NotUnderstood, WireRequest
+    from butter.addon import credentials, formats  # the proxy's own adapters
+    from butter.addon.exchange import with_upstream
+    from butter.addon.formats import NotUnderstood, WireRequest
 
     query: dict[str, str] = {}
     paths: tuple[str, ...] = DEFAULT_PATHS
@@ -285,9 +285,9 @@ def _parse_body(args: argparse.Namespace, raw: bytes, headers: dict[str, str]):
 
 def _last_miss(args: argparse.Namespace):
     """The namespace and the one candidate (path, format, parsed) of the proxy's last miss."""
-    from addon import formats
-    from addon.formats import ParsedRequest
-    from store.last_miss import conversation_of, newest_last_miss
+    from butter.addon import formats
+    from butter.addon.formats import ParsedRequest
+    from butter.store.last_miss import conversation_of, newest_last_miss
 
     with open_cache(args) as cache:
         wanted = cache.namespace(None, args.namespace) if args.namespace else None
@@ -316,7 +316,7 @@ def _bindings(raw: str | None) -> dict[str, str] | None:
 
 
 def _upstream(url: str) -> str:
-    from addon.exchange import upstream_of
+    from butter.addon.exchange import upstream_of
 
     parts = urlsplit(url if "://" in url else f"https://{url}")
     if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import re
 
-from cli.output import CliError, add_common, emit, open_cache, resolve_node, run, short_id, table
-from store import ServePolicy, admin
-from store.feedback import VERDICTS, FeedbackError
+from butter.cli.output import CliError, add_common, emit, open_cache, resolve_node, run, short_id, table
+from butter.store import ServePolicy, admin
+from butter.store.feedback import VERDICTS, FeedbackError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

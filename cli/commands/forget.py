@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.output import add_common, emit, open_cache, resolve_node, run
-from store import admin
+from butter.cli.output import add_common, emit, open_cache, resolve_node, run
+from butter.store import admin
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -12,9 +12,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cli.output import CliError, Progress, add_common, db_path, emit, open_cache, run
-from store import portable
-from store.private_files import open_private
+from butter.cli.output import CliError, Progress, add_common, db_path, emit, open_cache, run
+from butter.store import portable
+from butter.store.private_files import open_private
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -160,7 +160,7 @@ def import_flows_command(args: argparse.Namespace) -> int:
     from mitmproxy import http, io
     from mitmproxy.exceptions import FlowReadException
 
-    from addon.exchange import record_flow
+    from butter.addon.exchange import record_flow
 
     if not args.no_induction and args.induction_min < 2:
         raise CliError("--induction-min must be at least 2: a template needs two runs to compare")

@@ -14,8 +14,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from cli.output import CliError, add_common, db_path, run
-from cli.proxy_process import (CONFDIR_ENV, ProxyOptions, ProxyProcess, ProxyStartError, ReverseListener, Trust,
+from butter.cli.output import CliError, add_common, db_path, run
+from butter.cli.proxy_process import (CONFDIR_ENV, ProxyOptions, ProxyProcess, ProxyStartError, ReverseListener, Trust,
                                config_dir, ensure_trust, reverse_target)
 
 MODES = ("auto", "record", "replay", "off")

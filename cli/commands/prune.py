@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.output import Progress, add_common, emit, open_cache, parse_duration, run
-from store import admin
+from butter.cli.output import Progress, add_common, emit, open_cache, parse_duration, run
+from butter.store import admin
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

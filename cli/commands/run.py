@@ -23,9 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cli.commands.proxy import add_proxy_arguments, proxy_options, trust_for
-from cli.output import CliError, run
-from cli.proxy_process import ProxyProcess, ProxyStartError
+from butter.cli.commands.proxy import add_proxy_arguments, proxy_options, trust_for
+from butter.cli.output import CliError, run
+from butter.cli.proxy_process import ProxyProcess, ProxyStartError
 
 EXIT_REPLAY_MISSES = 3
 EXIT_NOT_FOUND = 127  # what a shell returns for a command it cannot find

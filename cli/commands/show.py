@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli.output import add_common, emit, human_time, open_cache, resolve_node, run
-from store.inspect import message_of, node_detail, node_slots, role_of, summarise_context, text_of, tool_calls_of
+from butter.cli.output import add_common, emit, human_time, open_cache, resolve_node, run
+from butter.store.inspect import message_of, node_detail, node_slots, role_of, summarise_context, text_of, tool_calls_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

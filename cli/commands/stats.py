@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.output import add_common, emit, human_size, human_time, open_cache, run, table
-from store.inspect import induction_skips, load_index, stats_rows
+from butter.cli.output import add_common, emit, human_size, human_time, open_cache, run, table
+from butter.store.inspect import induction_skips, load_index, stats_rows
 
 COLUMNS = ("namespace", "api", "model", "roots", "nodes", "templates", "replies", "observations", "hits",
            "misses", "tokens saved", "last hit")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli.output import add_common, emit, open_cache, run
-from store import trust, trust_ledger
-from store.inspect import TreeIndex, load_index, matches_text, node_slots, node_summary, served_reply, tokens_of
+from butter.cli.output import add_common, emit, open_cache, run
+from butter.store import trust, trust_ledger
+from butter.store.inspect import TreeIndex, load_index, matches_text, node_slots, node_summary, served_reply, tokens_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -13,9 +13,9 @@ import threading
 import webbrowser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from addon import webview
-from cli.output import CliError, add_common, db_path, open_cache, run
-from store import Cache
+from butter.addon import webview
+from butter.cli.output import CliError, add_common, db_path, open_cache, run
+from butter.store import Cache
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 MAX_BODY = 64 * 1024

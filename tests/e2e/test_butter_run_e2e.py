@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.proxy_process import free_port
+from butter.cli.proxy_process import free_port
 from tests.e2e.harness import REDIRECT, ROOT
 from tests.fakes import openai_chat, smolagents_chat
 from tests.fakes.provider import FakeProvider
@@ -60,7 +60,7 @@ def butter_run(project: Path, upstream: str, tls, *args: str, cmd: list[str] | N
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     trusted = ["--set", f"ssl_verify_upstream_trusted_ca={tls[0]}"] if trust_upstream else []
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "run", "--script", str(REDIRECT), "--set", f"test_upstream={upstream}",
+        [sys.executable, "-m", "butter.cli.main", "run", "--script", str(REDIRECT), "--set", f"test_upstream={upstream}",
          *trusted, "--report", str(report), *args,
          "--", *(cmd or [sys.executable, "agent.py", "1234"])],
         cwd=cwd or project, env=env, capture_output=True, text=True, timeout=120)
@@ -109,7 +109,7 @@ def test_replay_strict_with_the_provider_down_serves_what_was_recorded_and_fails
     assert len(provider.calls) == 3  # only the recording run reached the provider
 
     # `butter explain --last-miss` replays that miss from the database, with no credential given.
-    explained = subprocess.run([sys.executable, "-m", "cli.main", "explain", "--last-miss"], cwd=project,
+    explained = subprocess.run([sys.executable, "-m", "butter.cli.main", "explain", "--last-miss"], cwd=project,
                                env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
     assert explained.returncode == 0, explained.stderr
     assert "MISS (diverged): message 2 (user) is new at this point" in explained.stdout
@@ -184,7 +184,7 @@ def test_upstream_insecure_reaches_a_self_signed_upstream_that_otherwise_fails_w
 
 
 def test_butter_proxy_prints_lines_that_work_when_pasted_and_stops_on_ctrl_c(project: Path, tmp_path: Path):
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "proxy", "--port", "0", "--mode", "replay",
+    proc = subprocess.Popen([sys.executable, "-m", "butter.cli.main", "proxy", "--port", "0", "--mode", "replay",
                              "--reverse", "openai"], cwd=project, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -241,7 +241,7 @@ def test_a_sigterm_to_butter_run_reaches_the_command_and_the_proxy_is_stopped(pr
     report = tmp_path / "report.json"
     sleeper = [sys.executable, "-c", "import signal, sys, time\n"
                "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\nprint('ready', flush=True)\ntime.sleep(60)"]
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "run", "--report", str(report), "--", *sleeper],
+    proc = subprocess.Popen([sys.executable, "-m", "butter.cli.main", "run", "--report", str(report), "--", *sleeper],
                             cwd=project, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"

@@ -12,7 +12,7 @@ import time
 import httpx2
 import openai
 
-from store import Cache, Conversation
+from butter.store import Cache, Conversation
 from tests.e2e.harness import Proxy
 from tests.fakes import openai_chat
 from tests.fakes.provider import JSONReply, StreamReply

@@ -14,7 +14,7 @@ from tests.fakes.openai_chat import run_agent
 
 
 def stats_totals(db) -> dict:
-    done = subprocess.run([sys.executable, "-m", "cli.main", "--db", str(db), "stats", "--json"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "butter.cli.main", "--db", str(db), "stats", "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["totals"]

@@ -4,8 +4,8 @@ the wheel builds without setuptools deprecation warnings, the `butter` command r
 
 Kept fast and offline: the wheel is built with this venv's setuptools (no build isolation,
 so nothing is downloaded), and the fresh venv borrows this venv's third-party packages through
-a path entry instead of installing them (its own site-packages comes first, so `addon`, `store`
-and `cli` are the installed copies, never the checkout).
+a path entry instead of installing them (its own site-packages comes first, so `butter` is the
+installed copy, never the checkout).
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-import cli
+from butter import cli
 from tests.e2e.harness import ROOT
 
 pytest.importorskip("setuptools", reason="the wheel is built offline with the test extras' setuptools")
 
-SOURCES = ("addon", "store", "cli", "pyproject.toml", "README.md")
+SOURCES = ("butter", "addon", "store", "cli", "pyproject.toml", "README.md")
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +70,20 @@ def test_installed_butter_command_reports_its_version(installed, tmp_path: Path)
 def test_installed_package_finds_its_own_addon_script_and_node_preload(installed, tmp_path: Path):
     venv, _ = installed
     done = subprocess.run([str(venv / "bin" / "python"), "-c",
-                           "from cli import proxy_process as p; print(p.addon_script()); print(p.PRELOAD)"],
+                           "from butter.cli import proxy_process as p; print(p.addon_script()); print(p.PRELOAD)"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     script, preload = (Path(line) for line in done.stdout.split())
     for path in (script, preload):
         assert path.is_file() and path.is_relative_to(venv), path
-    # TODO(lead, packaging rename): assert that no generic top-level module (`addon`, `store`, `cli`)
-    # is importable from this venv once the packages live under one `butter` package.
+
+
+def test_installing_butter_adds_no_generic_top_level_module(installed, tmp_path: Path):
+    venv, _ = installed
+    probe = ("import importlib.util, json; print(json.dumps({n: importlib.util.find_spec(n) is not None "
+             "for n in ('addon', 'store', 'cli', 'butter', 'butter.store', 'butter.addon.cache_addon')}))")
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ('{"addon": false, "store": false, "cli": false, "butter": true, '
+                                   '"butter.store": true, "butter.addon.cache_addon": true}')

@@ -142,7 +142,7 @@ def test_an_api_key_in_the_query_never_reaches_the_database_exports_show_or_the_
     proxy.stop()
 
     export = tmp_path / "export.jsonl"
-    cli = [sys.executable, "-m", "cli.main", "--db", str(db)]
+    cli = [sys.executable, "-m", "butter.cli.main", "--db", str(db)]
     subprocess.run(cli + ["export", "--out", str(export)], check=True, cwd=ROOT, capture_output=True)
     node = json.loads(next(line for line in export.read_text().splitlines()
                            if '"kind":"root"' in line.replace(" ", "")))["id"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.proxy_process import ProxyOptions, ProxyProcess, ProxyStartError, ensure_trust
+from butter.cli.proxy_process import ProxyOptions, ProxyProcess, ProxyStartError, ensure_trust
 
 CURL = shutil.which("curl")
 

@@ -1,7 +1,7 @@
 """The example project (examples/agent-tests) tested through butter's pytest plugin.
 
 Each run is a real `pytest` subprocess in a copy of the example, with the
-plugin (`-p cli.pytest_plugin`, as the `butter` entry point loads it for a
+plugin (`-p butter.cli.pytest_plugin`, as the `butter` entry point loads it for a
 user) starting a real mitmdump. In auto and record mode what butter forwards
 goes to the fake OpenAI provider over TLS (tests/e2e/upstream_redirect.py, as
 in every e2e test); in replay mode the redirect points at a closed port, so
@@ -77,7 +77,7 @@ def run_pytest(project: Path, mode: str, upstream: str, ca: Path, confdir: Path,
                # Only this plugin (and pytest's own): as a user's run with butter installed.
                PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     # NAME=VALUE in one argument: pytest would take a separate path-like value for a test path.
-    cmd = [sys.executable, "-m", "pytest", "-p", "cli.pytest_plugin", "-p", "no:cacheprovider", "-rA",
+    cmd = [sys.executable, "-m", "pytest", "-p", "butter.cli.pytest_plugin", "-p", "no:cacheprovider", "-rA",
            f"--butter-mode={mode}", f"--butter-proxy-script={REDIRECT}",
            f"--butter-proxy-option=test_upstream={upstream}",
            f"--butter-proxy-option=ssl_verify_upstream_trusted_ca={ca}", *args]

@@ -16,7 +16,7 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
 
     def go(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_subprocess("-p", "cli.pytest_plugin", "-p", "no:cacheprovider", "-rA", *args,
+        return pytester.runpytest_subprocess("-p", "butter.cli.pytest_plugin", "-p", "no:cacheprovider", "-rA", *args,
                                              timeout=180)
     return go
 

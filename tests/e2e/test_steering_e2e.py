@@ -53,7 +53,7 @@ def butter_local(proxy: Proxy) -> httpx2.Client:
 
 
 def butter_cli(proxy: Proxy, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", "--db", str(proxy.db), *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "butter.cli.main", "--db", str(proxy.db), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

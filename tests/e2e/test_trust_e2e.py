@@ -114,7 +114,7 @@ class Verifications:
 
 def butter_show(db: Path, node: str) -> str:
     # `python -m cli.main` from the checkout: this tree's CLI, as the `butter` command runs it.
-    done = subprocess.run([sys.executable, "-m", "cli.main", "--db", str(db), "show", node], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "butter.cli.main", "--db", str(db), "show", node], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -22,7 +22,7 @@ from typing import Iterator
 import openai
 import pytest
 
-from store import Cache
+from butter.store import Cache
 from tests.e2e.harness import ROOT, free_port
 from tests.fakes.openai_chat import run_agent
 
@@ -241,7 +241,7 @@ def test_the_requests_list_updates_while_an_agent_runs(recorded, browser, throug
 def test_butter_ui_serves_the_same_tree_while_the_proxy_runs_and_refuses_a_foreign_host(recorded, browser):
     proxy, runs = recorded
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "cli.main", "--db", str(proxy.db), "ui", "--port", str(port)],
+    ui = subprocess.Popen([sys.executable, "-m", "butter.cli.main", "--db", str(proxy.db), "ui", "--port", str(port)],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert "butter ui: http://127.0.0.1:" in ui.stdout.readline()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from mitmproxy.test import taddons
 
-from addon.cache_addon import Butter
+from butter.addon.cache_addon import Butter
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import json
 
 from mitmproxy import http
 
-from addon.cache_addon import Butter
+from butter.addon.cache_addon import Butter
 
 
 async def send(addon: Butter, f: http.HTTPFlow, answer: dict | None = None) -> http.HTTPFlow:

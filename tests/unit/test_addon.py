@@ -9,7 +9,7 @@ from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
-from addon.cache_addon import Butter
+from butter.addon.cache_addon import Butter
 
 KEY = "sk-unit-secret-0123456789"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -12,7 +12,7 @@ import threading
 
 from mitmproxy import http
 
-from addon import exchange, limits
+from butter.addon import exchange, limits
 from tests.unit.test_addon import BODY, REPLY, llm_flow
 from tests.fakes.lmdb_holder import HOLD_WRITE_LOCK
 
@@ -91,7 +91,7 @@ def _namespace_of(addon) -> str:
 
 
 def _conversation_of(flow: http.HTTPFlow):
-    from addon import formats
+    from butter.addon import formats
     fmt = formats.recognise("POST", "/v1/chat/completions")
     return exchange.read_request(fmt, flow.request)[1].conversation
 

@@ -7,10 +7,10 @@ import time
 import lmdb.verify
 import pytest
 
-from store import Cache, Conversation, Hit, Miss, admin
-from store.admin import NodeUsage
-from store.lmdb_backend import ID, LmdbBackend
-from store.tree import child_id, root_id
+from butter.store import Cache, Conversation, Hit, Miss, admin
+from butter.store.admin import NodeUsage
+from butter.store.lmdb_backend import ID, LmdbBackend
+from butter.store.tree import child_id, root_id
 
 CTX = {"api": "t", "model": "m"}
 SYSTEM = {"role": "system", "content": "be brief"}

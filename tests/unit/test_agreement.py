@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from addon.formats.openai_chat import FORMAT
-from store import Cache, Conversation, Hit, Miss, ServePolicy
-from store.agreement import answer_id, same_answer
+from butter.addon.formats.openai_chat import FORMAT
+from butter.store import Cache, Conversation, Hit, Miss, ServePolicy
+from butter.store.agreement import answer_id, same_answer
 
 CONTEXT = {"api": "openai-chat", "model": "m", "params": {}}
 ASK = Conversation(CONTEXT, ({"role": "user", "content": "Refund order 1234."},))

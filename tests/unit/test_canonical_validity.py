@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from addon import formats
-from addon.formats import WireRequest
-from store.canonical import base64_digest, json_argument
+from butter.addon import formats
+from butter.addon.formats import WireRequest
+from butter.store.canonical import base64_digest, json_argument
 
 IMAGE = "iVBORw0KGgo="  # valid base64
 LENIENT_TWIN = "iVBO!Rw0K Ggo="  # what a lenient decoder (validate=False) reads as the same bytes

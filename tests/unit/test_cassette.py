@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from store import Cache, Conversation, Hit
-from store import cassette, portable
-from store.inspect import MISSES_TABLE
-from store.learning import FAILED_TABLE
+from butter.store import Cache, Conversation, Hit
+from butter.store import cassette, portable
+from butter.store.inspect import MISSES_TABLE
+from butter.store.learning import FAILED_TABLE
 
 CONTEXT = {"api": "openai-chat", "model": "m", "params": {}, "headers": {}}
 NS = "ns:tests/test_agent"

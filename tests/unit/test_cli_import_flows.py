@@ -9,9 +9,9 @@ from mitmproxy import io
 from mitmproxy.http import Headers
 from mitmproxy.test import tflow, tutils
 
-from addon.exchange import record_flow
-from cli.main import main
-from store import Cache, Conversation, Hit
+from butter.addon.exchange import record_flow
+from butter.cli.main import main
+from butter.store import Cache, Conversation, Hit
 from tests.fakes import openai_chat
 
 MESSAGES = [{"role": "system", "content": openai_chat.SYSTEM}, {"role": "user", "content": "Please refund order 1234."}]
@@ -30,8 +30,8 @@ def llm_flow(*, headers: dict | None = None, status: int = 200, body: dict | Non
 
 
 def conversation() -> Conversation:
-    from addon.exchange import read_request
-    from addon.formats import recognise
+    from butter.addon.exchange import read_request
+    from butter.addon.formats import recognise
 
     fmt = recognise("POST", "/v1/chat/completions")
     return read_request(fmt, llm_flow().request)[1].conversation

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from cli.main import main
-from store import Cache, Conversation
-from store.inspect import (diff_lines, first_difference, load_index, node_summary, stats_rows, summarise,
+from butter.cli.main import main
+from butter.store import Cache, Conversation
+from butter.store.inspect import (diff_lines, first_difference, load_index, node_summary, stats_rows, summarise,
                            summarise_context, tokens_of)
 
 # As the proxy keys a request to api.openai.com (the server explain assumes by default).
@@ -148,10 +148,10 @@ def test_node_summary_of_a_root_names_api_model_and_tools(db):
 
 
 def test_explain_follows_a_responses_previous_response_id_as_the_proxy_does(tmp_path, capsys):
-    from addon.formats.base import WireRequest
-    from addon.formats.openai_responses import FORMAT as RESPONSES
+    from butter.addon.formats.base import WireRequest
+    from butter.addon.formats.openai_responses import FORMAT as RESPONSES
 
-    from addon.exchange import with_upstream
+    from butter.addon.exchange import with_upstream
 
     def parse(body: dict):  # as the proxy parses a request to api.openai.com
         parsed = RESPONSES.parse_request(WireRequest("POST", "/v1/responses", {}, {}, json.dumps(body).encode()))

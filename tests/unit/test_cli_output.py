@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from cli import output
-from cli.main import main
-from store import Cache, Conversation
-from store.tree import plan_record
+from butter.cli import output
+from butter.cli.main import main
+from butter.store import Cache, Conversation
+from butter.store.tree import plan_record
 
 
 def conv(text: str) -> Conversation:

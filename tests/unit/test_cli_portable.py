@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from cli.main import main
-from store import Cache, Conversation, Hit
-from store import portable
+from butter.cli.main import main
+from butter.store import Cache, Conversation, Hit
+from butter.store import portable
 
 CONTEXT = {"api": "openai-chat", "model": "m", "params": {}, "headers": {}}
 

@@ -12,7 +12,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from addon import controls
+from butter.addon import controls
 from tests.unit.exchange import send
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from store import Cache, Conversation, Hit, Miss
-from store.declared import carried_values
-from store.templates import DECLARED_ORIGIN, bind_message, match_message, render_reply, text_marker
+from butter.store import Cache, Conversation, Hit, Miss
+from butter.store.declared import carried_values
+from butter.store.templates import DECLARED_ORIGIN, bind_message, match_message, render_reply, text_marker
 
 CONTEXT = {"api": "test", "model": "m"}
 ANA = {"name": "Ana Ruiz", "email": "ana@example.com", "city": "Lisbon"}
@@ -228,8 +228,8 @@ def test_an_earlier_step_is_served_once_a_later_step_proves_its_tool_value_is_ca
 
 def test_a_catch_all_template_an_older_version_recorded_is_never_served(tmp_path):
     # What a whole-question binding wrote before declared slots needed a literal word beside them.
-    from store.templates import template_content
-    from store.tree import child_id, root_id
+    from butter.store.templates import template_content
+    from butter.store.tree import child_id, root_id
     cache = Cache(tmp_path / "db")
     root = root_id("ns", CONTEXT)
     catch_all = template_content(user(text_marker("{{question}}")), {"question": "text"}, DECLARED_ORIGIN)
@@ -279,7 +279,7 @@ def anthropic_body(c: dict, cid: str) -> dict:
     ("/v1/messages", anthropic_body, lambda text: {"content": [{"type": "text", "text": text}]}),
 ], ids=["responses", "gemini", "anthropic"])
 def test_a_carried_id_is_bound_by_each_formats_tool_result(tmp_path, path, body, reply):
-    from addon.formats import WireRequest, recognise
+    from butter.addon.formats import WireRequest, recognise
     fmt = recognise("POST", path)
 
     def conversation(c: dict, cid: str) -> Conversation:

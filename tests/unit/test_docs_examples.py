@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from store import Cache
-from store.portable import write_export
+from butter.store import Cache
+from butter.store.portable import write_export
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,10 +8,10 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from addon import feedback
-from store import Cache, Conversation, Hit, Miss, ServePolicy, StoredReply, admin
-from store import feedback as rules
-from store.tree import reply_id
+from butter.addon import feedback
+from butter.store import Cache, Conversation, Hit, Miss, ServePolicy, StoredReply, admin
+from butter.store import feedback as rules
+from butter.store.tree import reply_id
 from tests.unit.exchange import send
 
 CONV = Conversation({"api": "t", "model": "m"}, ({"role": "user", "content": "refund 1234"},))

@@ -14,10 +14,10 @@ import anthropic
 import httpx2
 import pytest
 
-from addon.formats import NotUnderstood, ParsedRequest, WireRequest, recognise, sse
-from addon.formats.anthropic_messages import FORMAT, STREAM_KEY, _MISSING, partial_json
-from store.canonical import canonical_json
-from store.model import Conversation
+from butter.addon.formats import NotUnderstood, ParsedRequest, WireRequest, recognise, sse
+from butter.addon.formats.anthropic_messages import FORMAT, STREAM_KEY, _MISSING, partial_json
+from butter.store.canonical import canonical_json
+from butter.store.model import Conversation
 
 STREAMS = Path(__file__).resolve().parents[1] / "data" / "anthropic-streams"
 FIXTURES = sorted(p.name for p in STREAMS.glob("*.txt"))

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from addon.formats import WireRequest, recognise, sse
-from addon.formats.azure_openai import FORMAT as AZURE
-from addon.formats.openai_chat import FORMAT as OPENAI
-from store.tree import root_id
+from butter.addon.formats import WireRequest, recognise, sse
+from butter.addon.formats.azure_openai import FORMAT as AZURE
+from butter.addon.formats.openai_chat import FORMAT as OPENAI
+from butter.store.tree import root_id
 
 DEPLOYMENT_PATH = "/openai/deployments/support-gpt4o/chat/completions"
 V1_PATH = "/openai/v1/chat/completions"
@@ -51,7 +51,7 @@ def test_a_deployment_keys_apart_from_the_same_model_on_openai():
 
 
 def test_a_deployment_path_without_api_version_passes_through():
-    from addon.formats import NotUnderstood
+    from butter.addon.formats import NotUnderstood
 
     with pytest.raises(NotUnderstood):
         AZURE.parse_request(request(DEPLOYMENT_PATH))

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from addon.formats import NotUnderstood, WireRequest, recognise
-from addon.formats.gemini import FORMAT as GEMINI
-from addon.formats.gemini import camel_case
-from store.tree import root_id
+from butter.addon.formats import NotUnderstood, WireRequest, recognise
+from butter.addon.formats.gemini import FORMAT as GEMINI
+from butter.addon.formats.gemini import camel_case
+from butter.store.tree import root_id
 
 PATH = "/v1beta/models/gemini-2.5-flash:generateContent"
 STREAM_PATH = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from addon.formats import NotUnderstood, WireRequest, recognise
-from addon.formats.ollama_chat import FORMAT as OLLAMA
-from store.tree import root_id
+from butter.addon.formats import NotUnderstood, WireRequest, recognise
+from butter.addon.formats.ollama_chat import FORMAT as OLLAMA
+from butter.store.tree import root_id
 
 BODY = {"model": "llama3.2", "messages": [{"role": "system", "content": "be brief"},
                                           {"role": "user", "content": "weather in Paris?"}],

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from addon.formats import NotUnderstood, WireRequest, recognise
-from addon.formats import sse
-from addon.formats.openai_chat import FORMAT
+from butter.addon.formats import NotUnderstood, WireRequest, recognise
+from butter.addon.formats import sse
+from butter.addon.formats.openai_chat import FORMAT
 
 STREAMS = Path(__file__).resolve().parents[1] / "data" / "openai-chat-streams"
 
@@ -159,7 +159,7 @@ def test_a_template_render_has_fresh_call_ids_consistent_within_the_reply():
 
 
 def test_replies_that_differ_only_in_call_ids_are_one_answer():
-    from store.tree import reply_id
+    from butter.store.tree import reply_id
     reply = assemble_file("f82268f2fefd5cfb")
     other = FORMAT.bound_reply(reply, {"x": "1"})
     assert reply_id(reply) == reply_id(other)

@@ -17,9 +17,9 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from addon.cache_addon import Butter
-from addon.formats import NotUnderstood, WireRequest, recognise, sse
-from addon.formats.openai_responses import FORMAT
+from butter.addon.cache_addon import Butter
+from butter.addon.formats import NotUnderstood, WireRequest, recognise, sse
+from butter.addon.formats.openai_responses import FORMAT
 from tests.fakes.openai_responses import TOOLS, FakeResponsesModel, stream_events
 
 USER = {"role": "user", "content": "Please refund order 1234."}

@@ -11,10 +11,10 @@ import logging
 from mitmproxy import http
 from mitmproxy.test import taddons, tutils
 
-from addon import exchange, formats
-from addon.cache_addon import Butter
-from store.canonical import canonical_json, digest
-from store.tree import IdMemo, child_id, root_id
+from butter.addon import exchange, formats
+from butter.addon.cache_addon import Butter
+from butter.store.canonical import canonical_json, digest
+from butter.store.tree import IdMemo, child_id, root_id
 from tests.unit.test_addon import KEY, llm_flow, send
 
 
@@ -122,7 +122,7 @@ async def test_hits_are_logged_as_one_summary_line_not_one_info_line_each(tmp_pa
 # -- the second round of shortcuts (bench/README.md, "Last measured") -----------
 
 def test_the_direct_response_equals_response_make_field_for_field():
-    from addon.cache_addon import _make_response
+    from butter.addon.cache_addon import _make_response
 
     cases = [
         (200, b'{"a":1}', {"content-type": "application/json", "butter-cache": "hit", "butter-node": "ab" * 16}),
@@ -143,7 +143,7 @@ def test_the_direct_response_equals_response_make_field_for_field():
 def test_compact_json_gives_the_bytes_json_dumps_gives():
     import json
 
-    from addon.formats.base import compact_json
+    from butter.addon.formats.base import compact_json
 
     values = [{"b": 1, "a": [1.0, 2, "\u00e9\u2028\"\x00"], "c": None, "d": True}, "x", 3, 1.5, float("nan"),
               {1: 2, 2.5: 1, None: 3, True: 4}, [], {}, {"a": float("-inf")}, 10**30, (1, 2)]
@@ -158,7 +158,7 @@ def test_compact_json_gives_the_bytes_json_dumps_gives():
 
 
 def test_memo_keys_tell_apart_what_canonical_json_tells_apart():
-    from store.tree import _memo_text
+    from butter.store.tree import _memo_text
 
     distinct = [1, 1.0, True, "1", [1], (1,), {"a": 1}, {"a": 1.0}, {"a": True}, {1: "a"}, {"1": "a"}, -0.0, 0]
     keys = [_memo_text(v) for v in distinct]

@@ -10,16 +10,16 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addon.cache_addon import Butter
-from addon.formats.base import WireRequest
-from addon.formats.openai_chat import FORMAT
-from store import Cache, Conversation, Hit, Miss
-from store.induction import Observation, Proposal, Rejected, align_texts, choose, propose, tokenize
-from store.learning import FAILED_TABLE
-from store.templates import match_message, render_reply
+from butter.addon.cache_addon import Butter
+from butter.addon.formats.base import WireRequest
+from butter.addon.formats.openai_chat import FORMAT
+from butter.store import Cache, Conversation, Hit, Miss
+from butter.store.induction import Observation, Proposal, Rejected, align_texts, choose, propose, tokenize
+from butter.store.learning import FAILED_TABLE
+from butter.store.templates import match_message, render_reply
 from tests.fakes import openai_chat as fake
 from tests.fakes.provider import Call
-from store.trust import TrustRules
+from butter.store.trust import TrustRules
 
 # These tests are about what induction learns and how lookups find it: templates
 # are served on induction's word (trust has its own tests, tests/unit/test_trust.py).

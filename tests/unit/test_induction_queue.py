@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 
-from addon.induction_queue import InductionQueue
+from butter.addon.induction_queue import InductionQueue
 from tests.e2e.harness import ROOT
 from tests.unit.test_addon import BODY, llm_flow
 from tests.unit.test_addon_faults import exchange_once
@@ -87,6 +87,6 @@ async def test_a_burst_of_misses_of_one_workflow_queues_one_job_and_stats_show_t
         release.set()
     addon._flush_hits(force=True)
     addon._drain_future().result(timeout=10)
-    run = subprocess.run([sys.executable, "-m", "cli.main", "--db", addon.cache.backend.path, "stats", "--json"],
+    run = subprocess.run([sys.executable, "-m", "butter.cli.main", "--db", addon.cache.backend.path, "stats", "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert json.loads(run.stdout)["induction_skipped"] == {"coalesced": 28}

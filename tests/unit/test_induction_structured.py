@@ -7,10 +7,10 @@ it; what a reply depends on must still be explained by substitution.
 """
 from __future__ import annotations
 
-from store import Cache, Hit, Miss, trust, trust_ledger
-from store.trust import TrustRules
-from store.induction import Observation, Proposal, Rejected, propose
-from store.templates import render_reply
+from butter.store import Cache, Hit, Miss, trust, trust_ledger
+from butter.store.trust import TrustRules
+from butter.store.induction import Observation, Proposal, Rejected, propose
+from butter.store.templates import render_reply
 from tests.unit.test_induction import ON_INDUCTIONS_WORD
 from tests.unit.test_induction import bindings_for as walk
 from tests.unit.test_induction_values import arguments, observations, run
@@ -187,7 +187,7 @@ def test_a_servable_template_answers_though_another_one_on_probation_matches_fir
 
 
 def test_butter_show_writes_item_templates_and_optional_fields_readably():
-    from store.inspect import unmark
+    from butter.store.inspect import unmark
     result = propose(observations(SEARCHES, 1))
     shown = unmark(result.nodes[-1][1]["message"])["content"][0]["text"]
     assert '"results": [{"flight": "<any identifier>"' in shown

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 
-from addon.formats.base import WireRequest
-from addon.formats.openai_chat import FORMAT
-from store import Cache, Conversation, Hit, Miss
-from store.induction import Observation, Proposal, Rejected, propose, propose_prefix
-from store.templates import render_reply
+from butter.addon.formats.base import WireRequest
+from butter.addon.formats.openai_chat import FORMAT
+from butter.store import Cache, Conversation, Hit, Miss
+from butter.store.induction import Observation, Proposal, Rejected, propose, propose_prefix
+from butter.store.templates import render_reply
 from tests.unit.test_induction import bindings_for as walk
-from store.trust import TrustRules
+from butter.store.trust import TrustRules
 
 # These tests are about what induction learns and how lookups find it: templates
 # are served on induction's word (trust has its own tests, tests/unit/test_trust.py).

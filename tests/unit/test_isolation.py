@@ -10,9 +10,9 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from addon import credentials, exchange
-from addon.cache_addon import Butter
-from cli.main import main
+from butter.addon import credentials, exchange
+from butter.addon.cache_addon import Butter
+from butter.cli.main import main
 
 from .exchange import send
 
@@ -76,7 +76,7 @@ async def test_host_names_are_case_free_and_the_port_is_always_written(butter):
 
 def test_the_root_context_names_the_server():
     request = flow(host="gateway.example", port=8443).request
-    from addon import formats
+    from butter.addon import formats
     _, parsed = exchange.read_request(formats.recognise("POST", "/v1/chat/completions"), request)
     assert parsed.conversation.context["upstream"] == "https://gateway.example:8443"
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import io
 
-from store import Cache, Conversation
-from store import last_miss
-from store.portable import write_export
+from butter.store import Cache, Conversation
+from butter.store import last_miss
+from butter.store.portable import write_export
 
 
 def conv(text: str) -> Conversation:

@@ -8,8 +8,8 @@ import zlib
 import brotli
 import pytest
 
-from addon import limits
-from addon.limits import zstd
+from butter.addon import limits
+from butter.addon.limits import zstd
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * 5000 + b'"}]}'
 

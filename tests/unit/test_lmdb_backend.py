@@ -7,9 +7,9 @@ import lmdb
 import lmdb.verify
 import pytest
 
-from store import Cache, Conversation, Hit
-from store import lmdb_backend
-from store.lmdb_backend import SCHEMA_VERSION, LmdbBackend, SchemaTooNew
+from butter.store import Cache, Conversation, Hit
+from butter.store import lmdb_backend
+from butter.store.lmdb_backend import SCHEMA_VERSION, LmdbBackend, SchemaTooNew
 
 
 def conv(n: int) -> Conversation:

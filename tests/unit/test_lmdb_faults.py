@@ -11,10 +11,10 @@ import threading
 
 import pytest
 
-from addon import cache_addon
-from store import Cache, Conversation, Hit
-from store.db_check import DatabaseDamaged, check_data_file
-from store.lmdb_backend import MAP_SIZE_ENV, probe_in_subprocess
+from butter.addon import cache_addon
+from butter.store import Cache, Conversation, Hit
+from butter.store.db_check import DatabaseDamaged, check_data_file
+from butter.store.lmdb_backend import MAP_SIZE_ENV, probe_in_subprocess
 from tests.e2e.harness import ROOT
 from tests.unit.test_addon import llm_flow
 from tests.unit.test_addon_faults import exchange_once
@@ -41,7 +41,7 @@ def truncate(path, keep: float = 0.5) -> None:
 OPEN_AND_READ = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from store import Cache, Conversation
+from butter.store import Cache, Conversation
 try:
     cache = Cache(sys.argv[2])
 except Exception as e:
@@ -115,7 +115,7 @@ def test_butter_stats_on_a_damaged_database_exits_non_zero_with_a_message(tmp_pa
     db = tmp_path / "db"
     filled_db(db)
     truncate(db)
-    run = subprocess.run([sys.executable, "-m", "cli.main", "--db", str(db), "stats"], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "butter.cli.main", "--db", str(db), "stats"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and run.returncode > 0
     assert "damaged" in (run.stdout + run.stderr) and "Traceback" not in run.stderr

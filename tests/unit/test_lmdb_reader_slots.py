@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gc
 
-from store import Cache, Conversation, Hit
+from butter.store import Cache, Conversation, Hit
 
 
 def test_many_lookups_do_not_exhaust_the_reader_table_even_without_garbage_collection(tmp_path):

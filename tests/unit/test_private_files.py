@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from cli.main import main
-from store import Cache, Conversation
+from butter.cli.main import main
+from butter.store import Cache, Conversation
 
 CONTEXT = {"api": "openai-chat", "model": "m", "params": {}, "headers": {}}
 REPLY = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}]}

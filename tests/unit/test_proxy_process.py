@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import proxy_process as pp
+from butter.cli import proxy_process as pp
 
 
 def test_config_dir_is_mitmproxys_default_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -8,8 +8,8 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addon.cache_addon import Butter
-from addon.session_control import HOST, TOKEN_HEADER, SessionControl
+from butter.addon.cache_addon import Butter
+from butter.addon.session_control import HOST, TOKEN_HEADER, SessionControl
 
 TOKEN = "t0ken"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

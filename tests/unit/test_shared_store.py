@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from store import Cache, Conversation, Hit, Miss, ServePolicy, admin
-from store.shared_backend import SharedStoreError
-from store.trust import TrustRules
-from store.tree import plan_record
+from butter.store import Cache, Conversation, Hit, Miss, ServePolicy, admin
+from butter.store.shared_backend import SharedStoreError
+from butter.store.trust import TrustRules
+from butter.store.tree import plan_record
 from tests.fakes.redis_server import RedisServer
 
 CTX = {"api": "openai-chat", "model": "m", "params": {}}
@@ -204,7 +204,7 @@ def test_the_redis_password_is_never_stored_nor_logged(tmp_path, caplog):
 
 
 def test_the_cli_migrates_an_lmdb_tree_into_the_shared_store_and_reads_it_there(tmp_path, shared_store_url, capsys):
-    from cli.main import main
+    from butter.cli.main import main
 
     lmdb_db = tmp_path / "lmdb"
     local = Cache(lmdb_db)
@@ -227,7 +227,7 @@ def test_the_cli_migrates_an_lmdb_tree_into_the_shared_store_and_reads_it_there(
 
 
 def test_the_cli_inspects_and_steers_a_shared_tree_and_every_replica_sees_the_change(shared_store_url, capsys):
-    from cli.main import main
+    from butter.cli.main import main
 
     proxy = Cache(shared_store_url("proxy"))
     ns = proxy.namespace(None)

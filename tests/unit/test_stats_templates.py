@@ -2,8 +2,8 @@
 once; hits served from templates count toward tokens and provider calls saved."""
 from __future__ import annotations
 
-from store import Cache, Hit
-from store.inspect import load_index, stats_rows
+from butter.store import Cache, Hit
+from butter.store.inspect import load_index, stats_rows
 from tests.unit.test_induction import ANA, BO, CY, ON_INDUCTIONS_WORD, record_run, steps
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from store import Cache, Conversation, Hit, Miss, ServePolicy
-from store.tree import child_id, root_id
+from butter.store import Cache, Conversation, Hit, Miss, ServePolicy
+from butter.store.tree import child_id, root_id
 
 CONTEXT = {"api": "openai-chat", "model": "m", "params": {}}
 

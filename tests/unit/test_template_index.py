@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-import store.tree as tree
-from store import Cache, Conversation, Hit, Miss
-from store.model import NodeRecord
-from store.template_index import TemplateSet
-from store.templates import (SHAPES, RenderError, escape_literal, explain_mismatch, json_marker, match_message, number_marker,
+import butter.store.tree as tree
+from butter.store import Cache, Conversation, Hit, Miss
+from butter.store.model import NodeRecord
+from butter.store.template_index import TemplateSet
+from butter.store.templates import (SHAPES, RenderError, escape_literal, explain_mismatch, json_marker, match_message, number_marker,
                              render_reply, slots_in, template_content, text_marker)
-from store.tree import child_id, reply_id, root_id
-from store.trust import TrustRules
+from butter.store.tree import child_id, reply_id, root_id
+from butter.store.trust import TrustRules
 
 # These tests are about what induction learns and how lookups find it: templates
 # are served on induction's word (trust has its own tests, tests/unit/test_trust.py).
@@ -197,7 +197,7 @@ class _ServableTemplates:
         return getattr(self.snap, name)
 
     def template_children(self, node_id: bytes):
-        from store.templates import free_text_in_words
+        from butter.store.templates import free_text_in_words
         return [t for t in self.snap.template_children(node_id) if not free_text_in_words(t.content)]
 
 
@@ -302,8 +302,8 @@ def _add_in_another_process(db: Path, steps: list[tuple[str, dict]], reply: dict
     """`write_path` in a separate Python process, through its own LmdbBackend."""
     script = f"""
 import json, sys
-from store.lmdb_backend import LmdbBackend
-from store.tree import child_id, reply_id, root_id
+from butter.store.lmdb_backend import LmdbBackend
+from butter.store.tree import child_id, reply_id, root_id
 steps, reply, context = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 parent = root_id({NS!r}, context)
 rows = [(parent, None, 0, "root", context, {NS!r})]

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from store import Cache, Conversation, Hit, Miss
-from store.templates import (COMPACT, RenderError, any_marker, bind_message, bind_reply, common_shape,
+from butter.store import Cache, Conversation, Hit, Miss
+from butter.store.templates import (COMPACT, RenderError, any_marker, bind_message, bind_reply, common_shape,
                              explain_mismatch, json_marker, list_marker, match_message, number_marker, opt_marker,
                              parse_text, render_reply, shape_of, slots_in, template_content, text_marker)
 

@@ -10,10 +10,10 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from addon import verification
-from store import Cache, Conversation, Hit, Miss
-from store import trust, trust_ledger
-from store.trust import DEMOTED, PROBATION, TRUSTED, TrustRules, after_verification, judge, learned_entry
+from butter.addon import verification
+from butter.store import Cache, Conversation, Hit, Miss
+from butter.store import trust, trust_ledger
+from butter.store.trust import DEMOTED, PROBATION, TRUSTED, TrustRules, after_verification, judge, learned_entry
 from tests.unit.exchange import send
 
 RULES = TrustRules(promote_after=2, free_inputs_after=3)
@@ -39,7 +39,7 @@ def teach(cache: Cache, *runs: tuple[str, str]) -> None:
 
 
 def served_text(result) -> str:
-    from store.templates import render_reply
+    from butter.store.templates import render_reply
     return render_reply(result.reply, result.bindings)["choices"][0]["message"]["content"]
 
 
@@ -248,8 +248,8 @@ async def test_a_probation_template_forwards_the_request_and_counts_the_provider
 # -- the CLI: which templates are on probation, trusted or demoted, and why ------------------------
 
 def parsed(question: str) -> Conversation:
-    from addon.formats.base import WireRequest
-    from addon.formats.openai_chat import FORMAT
+    from butter.addon.formats.base import WireRequest
+    from butter.addon.formats.openai_chat import FORMAT
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": question}]}).encode()
     conversation = FORMAT.parse_request(WireRequest("POST", "/v1/chat/completions", {}, {}, body)).conversation
     # Keyed by the server, as the proxy and `butter explain` key it.
@@ -257,7 +257,7 @@ def parsed(question: str) -> Conversation:
 
 
 def test_tree_show_and_explain_say_probation_promotion_and_demotion(tmp_path, capsys):
-    from cli.main import main
+    from butter.cli.main import main
 
     db = tmp_path / "db"
     cache = Cache(db)

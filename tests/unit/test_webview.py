@@ -10,9 +10,9 @@ import json
 import pytest
 from mitmproxy import connection
 
-from addon import webview as web
-from store import Cache, Conversation, webview
-from store.readable import message_blocks, reply_blocks
+from butter.addon import webview as web
+from butter.store import Cache, Conversation, webview
+from butter.store.readable import message_blocks, reply_blocks
 from tests.unit.exchange import send
 from tests.unit.test_feedback import completion, llm_flow, local_flow
 
@@ -62,7 +62,7 @@ def test_the_roots_index_survives_forget_and_a_database_from_before_it_is_indexe
     webview.forget(cache.backend, bytes.fromhex(root))
     assert webview.overview(cache.backend)["namespaces"] == []
     record_orders(cache, ["2"])
-    from store.lmdb_backend import ROOTS, ROOTS_INDEXED
+    from butter.store.lmdb_backend import ROOTS, ROOTS_INDEXED
     cache.backend._write(lambda txn: [txn.delete(k, db=cache.backend.meta) for k in
                                       [bytes(k) for k in txn.cursor(db=cache.backend.meta).iternext(values=False)]
                                       if k.startswith(ROOTS) or k == ROOTS_INDEXED])
