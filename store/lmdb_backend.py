@@ -138,6 +138,7 @@ class _Gate:
 
 
 _open_envs: dict[str, tuple[lmdb.Environment, int, _Gate]] = {}
+_open_dbs: dict[str, tuple[lmdb.Environment, tuple]] = {}  # see LmdbBackend._named_dbs
 _open_lock = threading.Lock()
 
 
@@ -168,6 +169,7 @@ def _release_env(path: str) -> None:
             _open_envs[path] = (env, refs - 1, gate)
             return
         del _open_envs[path]
+        _open_dbs.pop(path, None)
         env.close()
 
 
@@ -224,12 +226,8 @@ class LmdbBackend:
         self.journal: Callable[[list[list]], None] | None = None
         for attempt in range(8):
             try:
-                self.nodes = self.env.open_db(b"nodes")
-                self.children = self.env.open_db(b"children")
-                self.replies_db = self.env.open_db(b"replies")
-                self.stats_db = self.env.open_db(b"stats")
-                self.meta = self.env.open_db(b"meta")
-                self.aux = self.env.open_db(b"aux")
+                (self.nodes, self.children, self.replies_db, self.stats_db, self.meta,
+                 self.aux) = self._named_dbs()
                 self._init_meta()
                 break
             except (lmdb.MapResizedError, lmdb.MapFullError):
@@ -239,6 +237,22 @@ class LmdbBackend:
                     raise
                 with self._gate.alone():
                     self.env.set_mapsize(0)
+
+    def _named_dbs(self) -> tuple:
+        """The named databases' handles: opened once per environment, then shared.
+
+        py-lmdb's open_db takes the write lock while holding the GIL; a
+        second handle opened while another thread of this process is inside
+        a write transaction (a shared store's reader, the writer thread)
+        would wait for that lock while that thread waits for the GIL.
+        """
+        with _open_lock:
+            found = _open_dbs.get(self.path)
+            if found is None or found[0] is not self.env:
+                found = (self.env, tuple(self.env.open_db(name) for name in
+                                         (b"nodes", b"children", b"replies", b"stats", b"meta", b"aux")))
+                _open_dbs[self.path] = found
+            return found[1]
 
     # -- lifecycle -------------------------------------------------------
     def close(self) -> None:
