@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -207,7 +208,13 @@ def test_a_stream_the_client_abandons_is_not_recorded(shared_proxy, through, pro
     messages = [{"role": "user", "content": "count to seven"}]
     stream = client(api_key).chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
     next(iter(stream))
+    disconnects = shared_proxy.log_text().count("client disconnect")
     stream.close()
+    # The provider sends the rest only once the proxy has seen the client go
+    # (otherwise, on a loaded machine, the whole stream may arrive first).
+    deadline = time.monotonic() + 10
+    while shared_proxy.log_text().count("client disconnect") == disconnects and time.monotonic() < deadline:
+        time.sleep(0.02)
     abandoned.set()
     provider.handler = lambda call: StreamReply(chunks)
     list(client(api_key).chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True))
