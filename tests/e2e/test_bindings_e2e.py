@@ -150,30 +150,9 @@ def run_openai(sdk: openai.OpenAI, customer: dict, *, stream: bool = False, decl
 
 
 def run_anthropic(sdk: anthropic.Anthropic, customer: dict, *, stream: bool = False) -> dict:
-    messages: list[dict] = [{"role": "user", "content": instruction(customer)}]
     kwargs: dict[str, Any] = {"model": anthropic_fake.MODEL, "max_tokens": 512, "system": SYSTEM,
                               "tools": ANTHROPIC_TOOLS, "extra_headers": header(customer)}
-    calls, cache = [], []
-    for _ in range(4):
-        if stream:
-            with sdk.messages.stream(messages=messages, **kwargs) as s:
-                reply = s.get_final_message()
-                cache.append(s.response.headers.get("butter-cache"))
-        else:
-            raw = sdk.messages.with_raw_response.create(messages=messages, **kwargs)
-            cache.append(raw.headers.get("butter-cache"))
-            reply = raw.parse()
-        messages.append({"role": "assistant", "content": reply.content})
-        uses = [b for b in reply.content if b.type == "tool_use"]
-        if not uses:
-            return {"answer": "".join(b.text for b in reply.content if b.type == "text"), "calls": calls, "cache": cache}
-        results = []
-        for use in uses:
-            calls.append((use.name, dict(use.input)))
-            results.append({"type": "tool_result", "tool_use_id": use.id,
-                            "content": json.dumps(run_tool(use.name, dict(use.input)))})
-        messages.append({"role": "user", "content": results})
-    raise AssertionError("the agent did not finish")
+    return anthropic_fake.tool_loop(sdk, instruction(customer), kwargs, run_tool, stream=stream, steps=4)
 
 
 @pytest.fixture

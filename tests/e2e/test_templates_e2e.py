@@ -157,29 +157,9 @@ def assemble_stream(stream: Any) -> dict:
 
 
 def run_anthropic(sdk: anthropic.Anthropic, instruction: str, *, stream: bool = False, orders: dict = ORDERS) -> dict:
-    messages: list[dict] = [{"role": "user", "content": instruction}]
     kwargs = {"model": anthropic_fake.MODEL, "max_tokens": 512, "system": SYSTEM, "tools": ANTHROPIC_TOOLS}
-    calls, cache = [], []
-    for _ in range(5):
-        if stream:
-            with sdk.messages.stream(messages=messages, **kwargs) as s:
-                reply = s.get_final_message()
-                cache.append(s.response.headers.get("butter-cache"))
-        else:
-            raw = sdk.messages.with_raw_response.create(messages=messages, **kwargs)
-            cache.append(raw.headers.get("butter-cache"))
-            reply = raw.parse()
-        messages.append({"role": "assistant", "content": reply.content})
-        uses = [b for b in reply.content if b.type == "tool_use"]
-        if not uses:
-            return {"answer": "".join(b.text for b in reply.content if b.type == "text"), "calls": calls, "cache": cache}
-        results = []
-        for use in uses:
-            calls.append((use.name, dict(use.input)))
-            results.append({"type": "tool_result", "tool_use_id": use.id,
-                            "content": json.dumps(tool_result(use.name, dict(use.input), orders))})
-        messages.append({"role": "user", "content": results})
-    raise AssertionError("the agent did not finish")
+    return anthropic_fake.tool_loop(sdk, instruction, kwargs, lambda name, args: tool_result(name, args, orders),
+                                    stream=stream)
 
 
 def refund_outcome(order_id: str) -> dict:

@@ -165,14 +165,26 @@ ORDERS = {
 def run_agent(client: Any, order_id: str, *, stream: bool = False, model: str = MODEL,
               thinking: bool = False, **extra: Any) -> dict:
     """A plain tool loop, as agents write it; returns what a person would check."""
-    messages: list[dict] = [{"role": "user", "content": f"Please refund order {order_id}."}]
     kwargs: dict[str, Any] = {"model": model, "max_tokens": 1024, "system": SYSTEM, "tools": TOOLS, **extra}
     if thinking:
         kwargs["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+
+    def run_tool(name: str, args: dict) -> dict:
+        return ORDERS[args["order_id"]] if name == "get_order" else {"refunded": True}
+
+    return tool_loop(client, f"Please refund order {order_id}.", kwargs, run_tool, stream=stream)
+
+
+def tool_loop(client: Any, instruction: str, kwargs: dict[str, Any], run_tool: Any, *, stream: bool = False,
+              steps: int = 5) -> dict:
+    """An Anthropic SDK agent: ask, run each tool_use with `run_tool(name, input)`, send the
+    results back, until a reply calls no tool. Returns the answer, the calls made, each
+    response's butter-cache header and the replies."""
+    messages: list[dict] = [{"role": "user", "content": instruction}]
     calls: list[tuple[str, dict]] = []
     cache: list[str] = []
     replies: list[Any] = []
-    for _ in range(5):
+    for _ in range(steps):
         if stream:
             with client.messages.stream(messages=messages, **kwargs) as s:
                 reply = s.get_final_message()
@@ -190,7 +202,7 @@ def run_agent(client: Any, order_id: str, *, stream: bool = False, model: str = 
         results = []
         for use in uses:
             calls.append((use.name, dict(use.input)))
-            result = ORDERS[use.input["order_id"]] if use.name == "get_order" else {"refunded": True}
-            results.append({"type": "tool_result", "tool_use_id": use.id, "content": json.dumps(result)})
+            results.append({"type": "tool_result", "tool_use_id": use.id,
+                            "content": json.dumps(run_tool(use.name, dict(use.input)))})
         messages.append({"role": "user", "content": results})
     raise AssertionError("the agent did not finish")
