@@ -102,8 +102,7 @@ def anthropic_handler(call: Call) -> JSONReply | StreamReply:
     if refused is not None:
         return refused
     messages = body["messages"]
-    results = [b["content"] for m in messages if isinstance(m["content"], list) for b in m["content"]
-               if b.get("type") == "tool_result"]
+    results = anthropic_fake.tool_result_contents(messages)
     text, tool = decide(messages[0]["content"], results)
     blocks = [{"type": "text", "text": text}] if tool is None else [
         {"type": "text", "text": "Checking."}, {"type": "tool_use", "name": tool[0], "input": tool[1]}]

@@ -87,8 +87,7 @@ def anthropic_handler(call: Call) -> JSONReply | StreamReply:
         return refused
     messages = body["messages"]
     instruction = messages[0]["content"]
-    results = [b["content"] for m in messages if isinstance(m["content"], list) for b in m["content"]
-               if b.get("type") == "tool_result"]
+    results = anthropic_fake.tool_result_contents(messages)
     text, tool = decide(instruction, results)
     blocks = [{"type": "text", "text": text}] if tool is None else [
         {"type": "text", "text": f"Let me use {tool[0]}."}, {"type": "tool_use", "name": tool[0], "input": tool[1]}]

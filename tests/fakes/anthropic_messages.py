@@ -65,6 +65,12 @@ def check(body: dict) -> JSONReply | None:
     return None
 
 
+def tool_result_contents(messages: list[dict]) -> list:
+    """What each tool_result block of a conversation carries, in order (for fakes that decide by them)."""
+    return [b["content"] for m in messages if isinstance(m["content"], list) for b in m["content"]
+            if b.get("type") == "tool_result"]
+
+
 def decide(body: dict) -> list[dict]:
     """The content blocks the model 'writes' for this conversation (tool ids left out)."""
     results = [b for m in body["messages"] if m["role"] == "user" for b in _blocks(m) if b.get("type") == "tool_result"]
