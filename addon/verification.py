@@ -139,6 +139,10 @@ class Verifier:
         elif outcome.agreed:
             log.info("butter: verified %s %s: the provider agreed with the template reply at node %s (%s; %d of "
                      "%d agreements)", fmt, model, node, outcome.event, entry.get("agreements", 0), cache.trust.needed)
+        elif outcome.event == "rewritten":
+            log.info("butter: verified %s %s: the model wrote a value its own way in a tool call; the template reply "
+                     "at node %s stays, and is not served for that value", fmt, model, node)
+            log.debug("butter: verification of node %s: %s", node, outcome.why)
         else:
             # Which values and words differ is conversation content: debug only.
             log.info("butter: verified %s %s: the provider disagreed with the template reply at node %s (%s)",

@@ -187,7 +187,8 @@ class Learner:
         for _ in proposal.keys:
             self.backend.record(rows, parent, rid, proposal.reply, False, False)
         # Learned on syntax alone: served only once live traffic agrees (store/trust.py).
-        trust_ledger.note_learned(self.backend, parent, rid, proposal.slots, proposal.reply, proposal.bindings)
+        trust_ledger.note_learned(self.backend, parent, rid, proposal.slots, proposal.reply, proposal.bindings,
+                                  [content for _, content in proposal.nodes])
         return tuple(ids)
 
 

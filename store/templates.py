@@ -46,6 +46,9 @@ Public API
     parse_text(t: str) -> list[str | tuple[str]]       literals and (name,) slots of a template text
     template_content(message, slots) -> dict           what a template node stores
     is_marker(value) -> bool;  has_markers(value) -> bool;  slots_in(value) -> set[str]
+    slots_in_calls(reply) -> set[str]      slots written inside a tool call's arguments
+    slots_in_data(messages) -> set[str]    slots a conversation holds inside structured data
+        (a tool result's JSON, an earlier call's arguments), not only in running text
 
     any_marker(kind, shape) / opt_marker(value) / list_marker(head, item, min)
     match_message(content, message, bindings) -> dict | None
@@ -243,6 +246,50 @@ def slots_in(value: Any) -> set[str]:
             found.add(marker["slot"])
         elif marker[MARK] == "list" and marker.get("count"):
             found.add(marker["count"])
+    return found
+
+
+# Where a reply holds a tool call's arguments (OpenAI and Ollama `arguments`,
+# Anthropic `input`, Gemini `args`): what the model writes there is a value in
+# the model's own spelling, not necessarily the user's.
+CALL_ARGUMENT_KEYS = frozenset({"arguments", "input", "args"})
+
+
+def slots_in_calls(value: Any) -> set[str]:
+    """The slots a reply template writes inside a tool call's arguments."""
+    return _slots_under(value, CALL_ARGUMENT_KEYS, json_is_data=False)
+
+
+# Keys whose value is structured data in a canonical message: call arguments,
+# Gemini's `functionResponse.response` object.
+DATA_KEYS = CALL_ARGUMENT_KEYS | {"response"}
+
+
+def slots_in_data(value: Any) -> set[str]:
+    """The slots that occur, somewhere in these template messages, inside
+    structured data: a JSON string (a tool result, a call's arguments) or a
+    data key's object. A value a tool returned is data the model passes on; a
+    value only the user's prose holds is one the model must write itself."""
+    return _slots_under(value, DATA_KEYS, json_is_data=True)
+
+
+def _slots_under(value: Any, keys: frozenset, json_is_data: bool) -> set[str]:
+    """The slots below any of `keys` (and, with `json_is_data`, inside any JSON-string marker)."""
+    found: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if json_is_data and item.get(MARK) == "json":
+                found |= slots_in(item.get("value"))
+            elif MARK not in item:
+                for key, v in item.items():
+                    if key in keys:
+                        found |= slots_in(v)
+                    else:
+                        stack.append(v)
+        elif isinstance(item, list):
+            stack.extend(item)
     return found
 
 

@@ -27,6 +27,20 @@ after `free_inputs_after` agreements on distinct values of them (more than
 promotion needs); after that, new values of them are served and re-checked
 at a sampled rate (the addon's `butter_verify_inputs_sample`).
 
+Slots the reply writes inside a tool call's arguments, with a value of
+prose shape (a city, a name; not a number, an id or an e-mail) that the
+conversation so far holds only in running text (not in a tool result or an
+earlier call, whose data the model passes on as given), are *rewritable*: the model may copy the user's "Milan" or write "Milano",
+"Warsaw" or "Warszawa", and which it does depends on the value itself. Two
+verbatim cities say nothing about the third, so agreements never free them:
+a template is served only for rewritable values the model was seen copying
+verbatim with it (a recorded run or an agreeing verification); every other
+value is verified. A disagreement that lies only in the argument fields that
+held a new rewritable value is the model's spelling of that value, not a
+wrong template: the value is noted as rewritten (that request's answer is
+the provider's, recorded as its own branch) and the template stays. Declare
+the value with Butter-Bindings to have every value served.
+
 Client-declared templates (Butter-Bindings) are the client's word: trusted
 at once. Exact recorded replies never have a trust entry and are not judged.
 
@@ -36,28 +50,39 @@ Public API
     TrustRules(verify, promote_after, free_inputs_after, min_observations)
         .needed -> agreements that promote (butter_min_observations counts them too)
     trust_key(node_id, reply_id) -> bytes
-    learned_entry(slot_names, reply_slots, run_bindings, now) -> dict
+    learned_entry(slot_names, reply_slots, run_bindings, now, rewritable=()) -> dict
+    rewritable_slots(shapes, reply_template, given_as_data) -> set[str]
+        prose-shaped slots inside tool-call arguments that only the user's words held
     declared_entry(now) -> dict
     merge_learned(existing, fresh, node_created) -> dict    a template learned again
     Judgement(action, why, kind)   action: "serve" | "verify" | "refuse"
     prepare(entry) -> View                          an entry ready for the hit path
     judge(view_or_entry, bindings, rules) -> Judgement
-    after_verification(entry, bindings, agreed, rules, why, now) -> (entry, event)
+    after_verification(entry, bindings, agreed, rules, why, now, rewritten=()) -> (entry, event)
+    rewrite_explains(expected, actual, bindings, names) -> bool   the disagreement is only a rewritten value
+    kept_as_given(value) -> bool          a rewritable slot's value the model passes on as it is (an ISO date)
     disagreement(expected, actual, bindings, new_names) -> str   a short why, for people
     describe(entry, rules) -> str                                one line for the CLI
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-from .agreement import answer_of
+from .agreement import JSON_KEYS, answer_of
 from .canonical import canonical_json
+from .templates import slots_in_calls
 
 TABLE = "trust"
 PROBATION, TRUSTED, DEMOTED = "probation", "trusted", "demoted"
 MAX_SEEN = 128  # value tuples remembered per template; older ones fall out (they then verify again)
+# Shapes the model writes as given: a number, an id, an e-mail. Prose (a
+# city, a name) and dates ("12/03/2026" may become "2026-12-03") it may not,
+# except a date already in ISO form, the form tools ask for (`kept_as_given`).
+KEPT_AS_GIVEN = frozenset({"number", "identifier", "email"})
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 @dataclass(frozen=True)
@@ -121,23 +146,47 @@ class View:
     seen_inputs: frozenset
     agreements: int
     input_agreements: int
+    rewritable: tuple[str, ...] = ()
+    verbatim: Mapping[str, frozenset] = None  # rewritable slot -> values seen copied verbatim
 
 
 def prepare(entry: Mapping[str, Any]) -> View:
+    rewritable = tuple(entry.get("rewritable") or ())
+    verbatim = entry.get("verbatim") or {}
     return View(entry.get("state", PROBATION), entry.get("source") == "declared", tuple(entry.get("slots") or ()),
                 tuple(entry.get("inputs") or ()), bool(entry.get("inputs_free")),
                 frozenset(tuple(v) for v in entry.get("seen", ())),
                 frozenset(tuple(v) for v in entry.get("seen_inputs", ())),
-                entry.get("agreements", 0), entry.get("input_agreements", 0))
+                entry.get("agreements", 0), entry.get("input_agreements", 0),
+                rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable})
 
 
-def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float) -> dict:
+def rewritable_slots(shapes: Mapping[str, str], reply: Any, given_as_data: set[str] | frozenset = frozenset()) -> set[str]:
+    """The slots of `reply` (a template) that the model may write in its own spelling:
+    inside a tool call's arguments, with a value of prose or date shape, that the
+    conversation before it holds only in running text (`given_as_data`: the slots
+    a tool result or an earlier call already holds as data, which the model
+    passes on as it is given)."""
+    return {name for name in slots_in_calls(reply)
+            if shapes.get(name, "text") not in KEPT_AS_GIVEN and name not in given_as_data}
+
+
+def kept_as_given(value: str | None) -> bool:
+    """A value the model passes into a call as it is: an ISO date (2027-03-14),
+    which is already the form a tool asks for."""
+    return value is not None and _ISO_DATE.fullmatch(value) is not None
+
+
+def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float,
+                  rewritable: set[str] | tuple = ()) -> dict:
     """A template reply induction just learned: on probation, its runs' values seen."""
     slots = sorted(slot_names)
     inputs = [s for s in slots if s not in reply_slots]
     entry = {"state": PROBATION, "source": "learned", "since": now, "slots": slots, "inputs": inputs,
              "inputs_free": not inputs, "agreements": 0, "input_agreements": 0, "seen": [], "seen_inputs": [],
              "why": ""}
+    if rewritable:
+        entry.update(rewritable=sorted(rewritable), verbatim={name: [] for name in sorted(rewritable)}, rewritten={})
     for bindings in run_bindings:
         _remember(entry, bindings)
     return entry
@@ -165,6 +214,12 @@ def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0)
         merged[key] = list(existing.get(key, []))
         known = {tuple(v) for v in merged[key]}
         merged[key] += [v for v in fresh.get(key, []) if tuple(v) not in known]
+    if "rewritable" in fresh or "rewritable" in existing:
+        merged["rewritable"] = sorted(set(existing.get("rewritable", ())) | set(fresh.get("rewritable", ())))
+        merged["verbatim"] = {name: list(dict.fromkeys([*existing.get("verbatim", {}).get(name, ()),
+                                                        *fresh.get("verbatim", {}).get(name, ())]))
+                              for name in merged["rewritable"]}
+        merged.setdefault("rewritten", {})
     _trim(merged)
     return merged
 
@@ -181,6 +236,12 @@ def _remember(entry: dict, bindings: Mapping[str, str]) -> tuple[bool, bool]:
         new_inputs = inputs not in {tuple(v) for v in entry["seen_inputs"]}
         if new_inputs:
             entry["seen_inputs"].append(list(inputs))
+    if entry.get("rewritable"):
+        verbatim = entry["verbatim"] = {name: list(values) for name, values in entry.get("verbatim", {}).items()}
+        for name in entry["rewritable"]:
+            value = bindings.get(name)
+            if value is not None and value not in verbatim.setdefault(name, []):
+                verbatim[name].append(value)
     _trim(entry)
     return new_full, new_inputs
 
@@ -189,6 +250,10 @@ def _trim(entry: dict) -> None:
     for key in ("seen", "seen_inputs"):
         if len(entry.get(key, ())) > MAX_SEEN:
             entry[key] = entry[key][-MAX_SEEN:]
+    for table in ("verbatim", "rewritten"):
+        for name, values in (entry.get(table) or {}).items():
+            if len(values) > MAX_SEEN:
+                entry[table][name] = values[-MAX_SEEN:]
 
 
 def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], rules: TrustRules) -> Judgement:
@@ -213,6 +278,13 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
         return SERVE_DECLARED
     if not rules.verify:
         return SERVE_UNCHECKED
+    if view.rewritable:
+        verbatim = view.verbatim
+        unseen = [name for name in view.rewritable if bindings.get(name) not in verbatim[name]
+                  and not kept_as_given(bindings.get(name))]
+        if unseen:
+            return Judgement("verify", f"{', '.join(unseen)} reach the reply only as the model writes them in a tool "
+                                       "call, and these values were never seen copied verbatim with it", "rewritable")
     inputs = view.inputs
     if state == TRUSTED and view.inputs_free:
         if not inputs:
@@ -231,17 +303,27 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
 
 
 def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, rules: TrustRules,
-                       why: str, now: float) -> tuple[dict, str]:
+                       why: str, now: float, rewritten: tuple[str, ...] = ()) -> tuple[dict, str]:
     """The entry after the provider answered a verification (or a sampled re-check).
 
     `entry` is the template's (for one with none, `learned_entry` with no
-    runs). Returns (entry, event): "demoted", "promoted", "inputs freed", "agreed"
-    (counted), "agreed again" (values seen before: no new evidence) or
-    "already demoted".
+    runs). `rewritten`: for a disagreement, the rewritable slots whose new
+    values explain it (`rewrite_explains`). Returns (entry, event): "demoted",
+    "rewritten" (the template stays; these values are never served),
+    "promoted", "inputs freed", "agreed" (counted), "agreed again" (values
+    seen before: no new evidence) or "already demoted".
     """
     entry = {**entry, "seen": list(entry.get("seen", [])), "seen_inputs": list(entry.get("seen_inputs", []))}
     if entry.get("state") == DEMOTED:
         return entry, "already demoted"
+    if not agreed and rewritten and all(name in entry.get("rewritable", ()) for name in rewritten):
+        notes = entry["rewritten"] = {name: list(values) for name, values in (entry.get("rewritten") or {}).items()}
+        for name in rewritten:
+            if bindings.get(name) not in notes.setdefault(name, []):
+                notes[name].append(bindings.get(name))
+        entry["last_rewritten"] = why
+        _trim(entry)
+        return entry, "rewritten"
     if not agreed:
         entry.update(state=DEMOTED, why=why, demoted_at=now)
         return entry, "demoted"
@@ -262,6 +344,34 @@ def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, r
         entry["inputs_free"] = True
         event = "promoted, decision inputs freed" if event == "promoted" else "decision inputs freed"
     return entry, event
+
+
+def _differences(a: Any, b: Any, in_call: bool, out: list) -> bool:
+    """Collect (in a call's arguments, expected leaf, actual leaf) where `a` and
+    `b` differ; False when they differ in structure (keys, list lengths, kinds)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return False
+        return all(_differences(a[k], b[k], in_call or k in JSON_KEYS, out) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_differences(x, y, in_call, out) for x, y in zip(a, b))
+    if isinstance(a, (dict, list)) or isinstance(b, (dict, list)):
+        return False
+    if canonical_json(a) != canonical_json(b):
+        out.append((in_call, a, b))
+    return True
+
+
+def rewrite_explains(expected: Any, actual: Any, bindings: Mapping[str, str], names: Iterable[str]) -> bool:
+    """Whether two answers differ only where a tool call's argument held one of
+    these slots' values: the model wrote the value its own way ("Milano" for
+    "Milan"), and nothing else about the answer changed."""
+    values = [bindings[n] for n in names if bindings.get(n)]
+    found: list = []
+    if not values or not _differences(answer_of(expected), answer_of(actual), False, found) or not found:
+        return False
+    return all(in_call and isinstance(e, str) and isinstance(a, str) and any(v in e for v in values)
+               for in_call, e, a in found)
 
 
 # -- explaining, for logs at debug level and the CLI ------------------------------------
@@ -310,6 +420,13 @@ def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) 
         parts.append(f"decision inputs {', '.join(inputs)} {freed} ({entry.get('input_agreements', 0)} of "
                      f"{rules.free_inputs_after} verified values; {len(entry.get('seen_inputs', []))} seen)")
     text = f"{parts[0]} ({'; '.join(parts[1:])})"
+    rewritable = entry.get("rewritable") or []
+    if rewritable:
+        verbatim = entry.get("verbatim") or {}
+        rewritten = entry.get("rewritten") or {}
+        text += (f"; served only for values the model copied verbatim: "
+                 + ", ".join(f"{n} ({len(verbatim.get(n, []))} seen, {len(rewritten.get(n, []))} rewritten)"
+                             for n in rewritable))
     if state == DEMOTED and entry.get("why"):
         text += f": {entry['why']}"
     return text

@@ -5,7 +5,7 @@ update one write transaction that also bumps the template generation (lookups
 keep trust in memory per generation), so every proxy process and the CLI see
 the same state and concurrent verifications never lose a count.
 
-    note_learned(backend, node, reply_id, slot_names, reply, run_bindings)
+    note_learned(backend, node, reply_id, slot_shapes, reply, run_bindings, messages)
     note_declared(backend, node, reply_id)
     read(backend, node, reply_id) -> entry | None
     conclude(backend, hit, actual_reply, rules) -> Outcome    after a verification
@@ -17,22 +17,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from . import trust
 from .agreement import same_answer
 from .lmdb_backend import LmdbBackend
 from .model import Hit
-from .templates import RenderError, render_reply, slots_in
+from .templates import RenderError, render_reply, shape_of, slots_in, slots_in_data
 
 ID = 16
 
 
-def note_learned(backend: LmdbBackend, node: bytes, reply_id: bytes, slot_names: Iterable[str], reply: dict,
-                 run_bindings: Iterable[Mapping[str, str]]) -> dict:
-    """Induction wrote (or wrote again) a template reply: on probation, unless it already has a state."""
+def note_learned(backend: LmdbBackend, node: bytes, reply_id: bytes, slot_shapes: Mapping[str, str], reply: dict,
+                 run_bindings: Iterable[Mapping[str, str]], messages: Any = ()) -> dict:
+    """Induction wrote (or wrote again) a template reply: on probation, unless it
+    already has a state. `messages`: the template nodes the reply hangs below."""
     now = time.time()
-    fresh = trust.learned_entry(set(slot_names), slots_in(reply), list(run_bindings), now)
+    fresh = trust.learned_entry(set(slot_shapes), slots_in(reply), list(run_bindings), now,
+                                trust.rewritable_slots(slot_shapes, reply, slots_in_data(messages)))
     record = backend.node(node)
     created = record.created if record is not None else 0.0
     return backend.update_aux(trust.TABLE, trust.trust_key(node, reply_id),
@@ -69,8 +71,19 @@ def conclude(backend: LmdbBackend, hit: Hit, actual: dict, rules: trust.TrustRul
     events: list[str] = []
 
     def change(existing: dict | None) -> dict:
-        entry = existing or trust.learned_entry(set(hit.bindings), slots_in(hit.reply), (), now)
-        updated, event = trust.after_verification(entry, hit.bindings, agreed, rules, why, now)
+        entry = existing or trust.learned_entry(
+            set(hit.bindings), slots_in(hit.reply), (), now,
+            trust.rewritable_slots({n: shape_of(v) for n, v in hit.bindings.items()}, hit.reply))
+        rewritten: tuple[str, ...] = ()
+        if not agreed:
+            # Only a value never seen copied verbatim can be the model's own spelling.
+            verbatim = entry.get("verbatim") or {}
+            # (an ISO date is served as given: its disagreement is the template's, and demotes)
+            new = [n for n in entry.get("rewritable", ()) if hit.bindings.get(n) not in verbatim.get(n, ())
+                   and not trust.kept_as_given(hit.bindings.get(n))]
+            if new and trust.rewrite_explains(expected, actual, hit.bindings, new):
+                rewritten = tuple(new)
+        updated, event = trust.after_verification(entry, hit.bindings, agreed, rules, why, now, rewritten)
         events[:] = [event]
         return updated
 
@@ -105,5 +118,6 @@ def trust_everything(backend: LmdbBackend) -> int:
     keys = [key for key, entry in backend.iter_aux(trust.TABLE) if entry.get("state") != trust.DEMOTED]
     for key in keys:
         backend.update_aux(trust.TABLE, key, lambda e: {**e, "state": trust.TRUSTED, "inputs_free": True,
-                                                         "seen": [], "seen_inputs": []}, bump_templates=True)
+                                                         "seen": [], "seen_inputs": [], "rewritable": []},
+                               bump_templates=True)
     return len(keys)

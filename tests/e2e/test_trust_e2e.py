@@ -166,21 +166,27 @@ def learn_weather(proxy: Proxy, through, api_key: str) -> tuple[openai.OpenAI, V
 
 # -- a value the model rewrites ---------------------------------------------------------------
 
-def test_a_city_the_model_rewrites_demotes_the_template_after_one_disagreement(
+def test_a_city_the_model_rewrites_is_answered_by_the_provider_and_never_served_from_the_template(
         shared_proxy, through, value_model_provider, api_key):
     sdk, verified = learn_weather(shared_proxy, through, api_key)
     query, headers = weather(sdk, "Milan")
     assert (query, headers["butter-cache"]) == ("Milano", "verify"), "the client got the template's verbatim city"
-    assert "disagreed" in verified.wait(1)[0] and "(demoted)" in verified.wait(1)[0]
+    line = verified.wait(1)[0]
+    assert "wrote a value its own way" in line and "stays" in line, line
     shown = butter_show(shared_proxy.db, headers["butter-template"])
-    assert "demoted" in shown and "Milano" in shown, shown
+    assert "1 rewritten" in shown, shown
+    # Milan is never served from the template: the provider's own answer, recorded, is.
+    query, headers = weather(sdk, "Milan")
+    assert (query, headers["butter-cache"], headers.get("butter-template")) == ("Milano", "hit", None)
+    # The template goes on earning trust on the cities the model copies.
     query, headers = weather(sdk, "Rome")
-    assert (query, headers["butter-cache"]) == ("Rome", "miss"), "a demoted template was served"
+    assert (query, headers["butter-cache"]) == ("Rome", "verify")
+    assert "agreed" in verified.wait(2)[-1]
 
 
 # -- promotion, and what `butter show` says on the way --------------------------------------------
 
-def test_a_template_is_promoted_after_two_agreements_then_served_without_the_provider(
+def test_a_template_is_promoted_after_two_agreements_then_serves_the_cities_the_model_copied(
         shared_proxy, through, value_model_provider, api_key):
     sdk, verified = learn_weather(shared_proxy, through, api_key)
     query, headers = weather(sdk, "Rome")
@@ -190,13 +196,16 @@ def test_a_template_is_promoted_after_two_agreements_then_served_without_the_pro
     assert re.search(r"trust\s+probation \(1 of 2 verified agreements", shown), shown
     assert weather(sdk, "Madrid")[1]["butter-cache"] == "verify"
     assert "(promoted;" in verified.wait(2)[1]
+    shown = butter_show(shared_proxy.db, headers["butter-template"])
+    assert re.search(r"trust\s+trusted \(2 of 2", shown) and "copied verbatim" in shown, shown
     calls = len(value_model_provider.calls)
-    for city in ("Oslo", "Lisbon"):
+    for city in ("Paris", "Rome", "Madrid"):  # recorded or verified: the model copied them verbatim
         query, headers = weather(sdk, city)
         assert (query, headers["butter-cache"]) == (city, "hit")
     assert len(value_model_provider.calls) == calls, "a promoted template still went to the provider"
-    assert re.search(r"trust\s+trusted \(2 of 2", butter_show(shared_proxy.db, headers["butter-node"]))
-
+    # A city never seen: how the model spells it only the provider can say.
+    query, headers = weather(sdk, "Oslo")
+    assert (query, headers["butter-cache"]) == ("Oslo", "verify")
 
 def test_a_request_that_opts_out_is_not_used_as_a_verification(
         shared_proxy, through, value_model_provider, api_key):
@@ -213,17 +222,21 @@ def test_a_request_that_opts_out_is_not_used_as_a_verification(
 
 def test_a_sampled_recheck_that_disagrees_demotes_a_trusted_template(
         start_proxy, through, value_model_provider, api_key):
-    proxy = start_proxy(options={"butter_verify_sample": 1})
-    sdk, verified = learn_weather(proxy, through, api_key)
-    assert [weather(sdk, city)[1]["butter-cache"] for city in ("Rome", "Madrid")] == ["verify", "verify"]
-    verified.wait(2)
-    # Trusted now: Milan is served with the city verbatim (what trust cannot foresee)...
-    query, headers = weather(sdk, "Milan")
-    assert (query, headers["butter-cache"]) == ("Milan", "hit")
-    # ...and re-asked off the request path, with the client's own headers: the provider says "Milano".
+    # Decision inputs freed after two verified values (the default is five), and every
+    # hit with a new value re-checked: the loosened rule serves "Is 9 prime?" wrong once,
+    # and the re-check is what demotes the template.
+    proxy = start_proxy(options={"butter_verify_inputs_min": 2, "butter_verify_inputs_sample": 1})
+    through(proxy)
+    sdk = client(api_key)
+    assert [prime(sdk, n)[1] for n in (7, 13)] == ["miss", "miss"]
+    settle(proxy, api_key)
+    verified = Verifications(proxy)
+    assert [prime(sdk, n) for n in (17, 19)] == [("yes", "verify"), ("yes", "verify")]
+    assert "decision inputs freed" in verified.wait(2)[1]
+    assert prime(sdk, 9) == ("yes", "hit")
+    # ...re-asked off the request path, with the client's own headers: the provider says "no".
     recheck = verified.wait(3)[2]
     assert "disagreed" in recheck and "(demoted)" in recheck
-    assert value_model_provider.calls[-1].json["messages"][-1]["content"] == "What is the weather in Milan?"
+    assert value_model_provider.calls[-1].json["messages"][-1]["content"] == "Is 9 prime?"
     assert value_model_provider.calls[-1].headers["authorization"] == f"Bearer {api_key}"
-    query, headers = weather(sdk, "Oslo")
-    assert (query, headers["butter-cache"]) == ("Oslo", "miss")
+    assert prime(sdk, 23)[1] == "miss", "a demoted template was served"

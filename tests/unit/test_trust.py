@@ -162,29 +162,106 @@ def rewrite(city: str) -> dict:
 def test_trust_persists_across_reopen_and_is_seen_by_another_cache_on_the_same_database(tmp_path):
     db = tmp_path / "db"
     cache = Cache(db, trust=RULES)
-    for city in ("Paris", "Berlin"):
-        cache.record("ns", ask(f"What is the weather in {city}?"), rewrite(city))
-        cache.induce("ns", ask(f"What is the weather in {city}?"))
+    teach(cache, *((f"What is the weather in {city}?", f"It is sunny in {city}.") for city in ("Paris", "Berlin")))
     other = Cache(db, trust=RULES)  # another proxy process on the same database
     for city in ("Rome", "Madrid"):
         pending = cache.lookup("ns", ask(f"What is the weather in {city}?"))
         assert pending.reason == "verify"
-        assert trust_ledger.conclude(other.backend, pending.verify, rewrite(city), RULES).agreed
+        assert trust_ledger.conclude(other.backend, pending.verify, answer(f"It is sunny in {city}."), RULES).agreed
     cache.close()
     other.close()
     reopened = Cache(db, trust=RULES)
     hit = reopened.lookup("ns", ask("What is the weather in Oslo?"))
     assert isinstance(hit, Hit) and hit.trust == "trusted"
-    miss = reopened.lookup("ns", ask("What is the weather in Milan?"))
-    assert isinstance(miss, Hit)  # trusted: served verbatim (what a sampled re-check is for)
-    trust_ledger.conclude(reopened.backend, miss, rewrite("Milano"), RULES)
+    # A sampled re-check of a trusted template disagrees: demoted, in the database.
+    trust_ledger.conclude(reopened.backend, hit, answer("It is raining in Oslo."), RULES)
     reopened.close()
     again = Cache(db, trust=RULES)
     demoted = again.lookup("ns", ask("What is the weather in Lisbon?"))
     assert isinstance(demoted, Miss) and demoted.reason != "verify"
     entry = trust_ledger.read(again.backend, hit.node_id, hit.reply_id)
-    assert entry["state"] == DEMOTED and "Milano" in entry["why"]
+    assert entry["state"] == DEMOTED and "raining" in entry["why"]
     assert all(r.bad for r in again.backend.replies(hit.node_id)), "a demoted reply is never chosen again"
+
+
+# -- values the model writes its own way in a tool call --------------------------------------------
+
+def teach_and_promote(cache: Cache, reply_for, taught=("Paris", "Berlin"), verified=("Rome", "Madrid")) -> None:
+    for city in taught:
+        cache.record("ns", ask(f"What is the weather in {city}?"), reply_for(city))
+        cache.induce("ns", ask(f"What is the weather in {city}?"))
+    for city in verified:
+        pending = cache.lookup("ns", ask(f"What is the weather in {city}?"))
+        assert pending.reason == "verify", pending
+        assert trust_ledger.conclude(cache.backend, pending.verify, reply_for(city), cache.trust).agreed
+
+
+def test_a_city_written_into_a_tool_call_is_served_only_for_cities_the_model_copied_verbatim(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_and_promote(cache, rewrite)
+    for city in ("Paris", "Rome"):  # recorded, or verified: the model copies them
+        hit = cache.lookup("ns", ask(f"What is the weather in {city}?"))
+        assert isinstance(hit, Hit), city
+    # Promoted, but two verbatim cities say nothing about a third one's spelling.
+    new = cache.lookup("ns", ask("What is the weather in Oslo?"))
+    assert isinstance(new, Miss) and new.reason == "verify" and new.verify.trust == "rewritable"
+    assert "copied verbatim" in new.detail
+    entry = trust_ledger.read(cache.backend, new.verify.node_id, new.verify.reply_id)
+    assert entry["state"] == TRUSTED and len(entry["rewritable"]) == 1
+    assert "served only for values the model copied verbatim" in trust.describe(entry, RULES)
+
+
+def test_a_rewritten_city_is_noted_and_never_served_while_the_template_stays_for_the_others(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_and_promote(cache, rewrite)
+    pending = cache.lookup("ns", ask("What is the weather in Milan?"))
+    outcome = trust_ledger.conclude(cache.backend, pending.verify, rewrite("Milano"), RULES)
+    assert (outcome.agreed, outcome.event) == (False, "rewritten")
+    assert outcome.entry["state"] == TRUSTED and list(outcome.entry["rewritten"].values()) == [["Milan"]]
+    again = cache.lookup("ns", ask("What is the weather in Milan?"))
+    assert isinstance(again, Miss) and again.reason == "verify", "a rewritten value is never served"
+    assert isinstance(cache.lookup("ns", ask("What is the weather in Rome?")), Hit)
+
+
+def test_a_disagreement_beyond_the_new_value_s_argument_demotes_the_template(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_and_promote(cache, rewrite)
+    pending = cache.lookup("ns", ask("What is the weather in Milan?"))
+    other_tool = rewrite("Milan")
+    other_tool["choices"][0]["message"]["tool_calls"][0]["function"]["name"] = "get_weather"
+    assert trust_ledger.conclude(cache.backend, pending.verify, other_tool, RULES).event == "demoted"
+    # And a seen city written differently now is the model changing its mind: demoted too.
+    cache2 = Cache(tmp_path / "db2", trust=RULES)
+    teach_and_promote(cache2, rewrite)
+    hit = cache2.lookup("ns", ask("What is the weather in Rome?"))
+    assert trust_ledger.conclude(cache2.backend, hit, rewrite("Roma"), RULES).event == "demoted"
+
+
+def test_ids_and_numbers_in_a_tool_call_are_not_rewritable_and_are_served_once_promoted(tmp_path):
+    def lookup_order(order: str) -> dict:
+        return {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": "get_order", "arguments": json.dumps({"order_id": order})}}]}}]}
+
+    cache = Cache(tmp_path / "db", trust=RULES)
+    for order in ("ORD-1001", "ORD-2002"):
+        cache.record("ns", ask(f"Where is order {order}?"), lookup_order(order))
+        cache.induce("ns", ask(f"Where is order {order}?"))
+    for order in ("ORD-3003", "ORD-4004"):
+        pending = cache.lookup("ns", ask(f"Where is order {order}?"))
+        assert trust_ledger.conclude(cache.backend, pending.verify, lookup_order(order), RULES).agreed
+    hit = cache.lookup("ns", ask("Where is order ORD-5005?"))
+    assert isinstance(hit, Hit) and hit.trust == "trusted"
+
+
+def test_rewrite_explains_only_differences_inside_the_argument_that_held_the_value():
+    bindings = {"city": "Milan"}
+    assert trust.rewrite_explains(rewrite("Milan"), rewrite("Milano"), bindings, ["city"])
+    assert not trust.rewrite_explains(rewrite("Milan"), rewrite("Milan"), bindings, ["city"]), "no difference"
+    assert not trust.rewrite_explains(answer("Sunny in Milan"), answer("Rain in Milan"), bindings, ["city"]), \
+        "prose that differs is an answer that differs"
+    extra = rewrite("Milano")
+    extra["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = json.dumps({"query": "Milano", "n": 2})
+    assert not trust.rewrite_explains(rewrite("Milan"), extra, bindings, ["city"]), "a new argument is a new call"
 
 
 def test_a_declared_template_is_trusted_at_once(tmp_path):
@@ -290,3 +367,22 @@ def test_tree_show_and_explain_say_probation_promotion_and_demotion(tmp_path, ca
     assert main(["--db", str(db), "explain", str(request), "--namespace", "x"]) == 0
     text = capsys.readouterr().out
     assert "MISS" in text and "trust     demoted" in text and "provider 'no'" in text.split("trust", 1)[1]
+
+
+def test_which_slots_are_rewritable_prose_only_the_user_wrote_not_data_a_tool_returned():
+    from butter.store.templates import json_marker, text_marker
+    reply = {"choices": [{"message": {"tool_calls": [{"function": {"name": "refund", "arguments": json_marker(
+        {"customer": text_marker("{{customer}}"), "city": text_marker("{{city}}"), "order": text_marker("{{order}}"),
+         "day": text_marker("{{day}}")})}}]}}]}
+    shapes = {"customer": "text", "city": "text", "order": "identifier", "day": "date"}
+    messages = [{"message": {"role": "user", "content": text_marker("Refund {{order}} in {{city}} on {{day}}")}},
+                {"message": {"role": "tool", "content": json_marker({"customer": text_marker("{{customer}}")})}}]
+    from butter.store.templates import slots_in_data
+    # The customer came from a tool result (data, passed on); the order is an id; the city
+    # and the date only the user's words held.
+    assert trust.rewritable_slots(shapes, reply, slots_in_data(messages)) == {"city", "day"}
+    assert trust.kept_as_given("2027-03-14") and not trust.kept_as_given("14/03/2027")
+    entry = {**learned_entry({"city", "day"}, {"city", "day"}, [{"city": "Graz", "day": "2027-01-02"}], 1.0,
+                             {"city", "day"}), "state": TRUSTED}
+    assert judge(entry, {"city": "Graz", "day": "2027-05-06"}, RULES).action == "serve", "an ISO date is served"
+    assert judge(entry, {"city": "Graz", "day": "05/06/2027"}, RULES).action == "verify"
