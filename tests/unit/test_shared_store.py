@@ -89,6 +89,10 @@ def test_every_kind_of_write_converges_to_the_same_tree_on_every_replica(replica
     a.backend.add_aux_counts("misses", {b"m": 4})
     node = plan_record(conv("order 1", "looking", "and?"), ns)[1]
     admin.vote(a.backend, node, "bad", None, a.policy)
+    # b forgets a branch it holds: a forget made before a's recording of it reached b
+    # would delete nothing (docs/shared-store.md, Limits), and the recording would stay.
+    assert eventually(lambda: b.backend.has_node(plan_record(conv("order 2", "looking", "and?"), ns)[1])), \
+        "a's recordings never reached b"
     admin.forget(b.backend, plan_record(conv("order 2"), ns)[1])
     a.backend.delete_aux("side", b"k")
     expected = eventually(lambda: comparable(a) == comparable(b) and comparable(a), timeout=10)
