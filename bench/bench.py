@@ -367,10 +367,12 @@ def table(report: dict) -> str:
         out.append("(c) template lookups vs exact lookups, in process (Cache.lookup on trees of the same shape:")
         out.append("    own workflows, 2 recorded runs per flow; exact tree looked up with recorded values,")
         out.append("    template tree with fresh ones; `cold` clears the per-process memos before each lookup)")
-        out.append(f"    {'flows per node':>14} {'ratio':>6} {'cold ratio':>11}")
+        out.append(f"    {'flows per node':>14} {'ratio':>6} {'fastest':>8} {'cold ratio':>11}")
         for flows, ratio in templates["ratios_by_flows"].items():
             cold = templates["ratios_cold_by_flows"].get(flows)
-            out.append(f"    {flows:>14} {ratio:>6.2f} {cold:>11.2f}" if ratio and cold else f"    {flows:>14} -")
+            best = templates.get("ratios_best_by_flows", {}).get(flows) or 0.0
+            out.append(f"    {flows:>14} {ratio:>6.2f} {best:>8.2f} {cold:>11.2f}" if ratio and cold
+                       else f"    {flows:>14} -")
         worst = max([r for r in templates["ratios_by_flows"].values() if r]
                     + [r for r in templates["ratios_cold_by_flows"].values() if r])
         out.append(f"    worst ratio {worst:.2f} (target <= {TARGET_LOOKUP_RATIO}: "
