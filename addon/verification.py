@@ -64,6 +64,10 @@ def add_options(loader) -> None:
     loader.add_option("butter_verify_inputs_min", int, 5,
                       "Verified agreements on distinct values of a template's decision inputs (slots that "
                       "never reach its reply) before new values of them are served.")
+    loader.add_option("butter_verify_rewritable_min", int, 0,
+                      "Values of a rewritable slot (the user's words the model writes into a tool call: a city, "
+                      "a name) seen copied verbatim, with none ever rewritten, before new values are served "
+                      "and re-checked like new decision inputs (0: never; each new value is verified).")
     loader.add_option("butter_verify_sample", int, 0,
                       "Re-ask the provider for 1 in N hits of trusted templates, off the request path, and "
                       "demote a template it disagrees with (0: off).")
@@ -76,7 +80,7 @@ def check_options(updated: set[str]) -> None:
     for name in ("butter_verify_min", "butter_verify_inputs_min"):
         if name in updated and getattr(ctx.options, name) < 1:
             raise exceptions.OptionsError(f"{name} must be at least 1")
-    for name in ("butter_verify_sample", "butter_verify_inputs_sample"):
+    for name in ("butter_verify_sample", "butter_verify_inputs_sample", "butter_verify_rewritable_min"):
         if name in updated and getattr(ctx.options, name) < 0:
             raise exceptions.OptionsError(f"{name} must be 0 (off) or more")
 
@@ -84,7 +88,8 @@ def check_options(updated: set[str]) -> None:
 def rules() -> TrustRules:
     o = ctx.options
     return TrustRules(verify=o.butter_verify, promote_after=o.butter_verify_min,
-                      free_inputs_after=o.butter_verify_inputs_min, min_observations=o.butter_min_observations)
+                      free_inputs_after=o.butter_verify_inputs_min, min_observations=o.butter_min_observations,
+                      free_rewritable_after=o.butter_verify_rewritable_min)
 
 
 def recheck(result, flow: http.HTTPFlow):

@@ -39,7 +39,11 @@ value is verified. A disagreement that lies only in the argument fields that
 held a new rewritable value is the model's spelling of that value, not a
 wrong template: the value is noted as rewritten (that request's answer is
 the provider's, recorded as its own branch) and the template stays. Declare
-the value with Butter-Bindings to have every value served.
+the value with Butter-Bindings to have every value served, or let evidence
+free the slot (`free_rewritable_after`, option butter_verify_rewritable_min:
+that many values copied verbatim and none ever rewritten; new values are
+then re-checked at the decision-input sample rate, and the first rewrite
+found stops the freeing for good).
 
 Client-declared templates (Butter-Bindings) are the client's word: trusted
 at once. Exact recorded replies never have a trust entry and are not judged.
@@ -47,7 +51,7 @@ at once. Exact recorded replies never have a trust entry and are not judged.
 Public API
 ----------
     TABLE, PROBATION, TRUSTED, DEMOTED
-    TrustRules(verify, promote_after, free_inputs_after, min_observations)
+    TrustRules(verify, promote_after, free_inputs_after, min_observations, free_rewritable_after)
         .needed -> agreements that promote (butter_min_observations counts them too)
     trust_key(node_id, reply_id) -> bytes
     learned_entry(slot_names, reply_slots, run_bindings, now, rewritable=()) -> dict
@@ -73,16 +77,20 @@ from typing import Any, Iterable, Mapping
 
 from .agreement import JSON_KEYS, answer_of
 from .canonical import canonical_json
-from .templates import slots_in_calls
+from .templates import fits, slots_in_calls
 
 TABLE = "trust"
 PROBATION, TRUSTED, DEMOTED = "probation", "trusted", "demoted"
 MAX_SEEN = 128  # value tuples remembered per template; older ones fall out (they then verify again)
 # Shapes the model writes as given: a number, an id, an e-mail. Prose (a
 # city, a name) and dates ("12/03/2026" may become "2026-12-03") it may not,
-# except a date already in ISO form, the form tools ask for (`kept_as_given`).
+# except values a tool takes literally (`kept_as_given`).
 KEPT_AS_GIVEN = frozenset({"number", "identifier", "email"})
+# An ISO date (the form tools ask for), or one token joined by the punctuation
+# of names machines read (report.txt, john_doe, docs/q3, host:port): a tool
+# resolves these as written, so a model that rewrote one would break its call.
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_MACHINE_NAME = re.compile(r"\S*\w[._/\\:@#]\w\S*")
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,9 @@ class TrustRules:
     promote_after: int = 2  # agreements on distinct values: probation -> trusted
     free_inputs_after: int = 5  # agreements on distinct decision-input values to serve new ones
     min_observations: int = 1  # butter_min_observations: for a template, verified agreements
+    # Values of a rewritable slot seen copied verbatim (and none rewritten) before new ones
+    # are served, then re-checked like new decision inputs; 0: never (each value verified).
+    free_rewritable_after: int = 0
 
     @property
     def needed(self) -> int:
@@ -148,6 +159,7 @@ class View:
     input_agreements: int
     rewritable: tuple[str, ...] = ()
     verbatim: Mapping[str, frozenset] = None  # rewritable slot -> values seen copied verbatim
+    rewrites: frozenset = frozenset()  # rewritable slots with a value the model wrote its own way
 
 
 def prepare(entry: Mapping[str, Any]) -> View:
@@ -158,7 +170,8 @@ def prepare(entry: Mapping[str, Any]) -> View:
                 frozenset(tuple(v) for v in entry.get("seen", ())),
                 frozenset(tuple(v) for v in entry.get("seen_inputs", ())),
                 entry.get("agreements", 0), entry.get("input_agreements", 0),
-                rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable})
+                rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable},
+                frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values))
 
 
 def rewritable_slots(shapes: Mapping[str, str], reply: Any, given_as_data: set[str] | frozenset = frozenset()) -> set[str]:
@@ -172,9 +185,14 @@ def rewritable_slots(shapes: Mapping[str, str], reply: Any, given_as_data: set[s
 
 
 def kept_as_given(value: str | None) -> bool:
-    """A value the model passes into a call as it is: an ISO date (2027-03-14),
-    which is already the form a tool asks for."""
-    return value is not None and _ISO_DATE.fullmatch(value) is not None
+    """A value of a rewritable slot that the model passes into a call as it is:
+    an ISO date (2027-03-14), a file name, a handle, a path."""
+    if value is None:
+        return False
+    if _ISO_DATE.fullmatch(value):
+        return True
+    # Another date's form (14/03/2027, 09:30) is one the model may well rewrite.
+    return not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None
 
 
 def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float,
@@ -278,13 +296,27 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
         return SERVE_DECLARED
     if not rules.verify:
         return SERVE_UNCHECKED
+    freed_new = False
     if view.rewritable:
         verbatim = view.verbatim
         unseen = [name for name in view.rewritable if bindings.get(name) not in verbatim[name]
                   and not kept_as_given(bindings.get(name))]
+        if unseen and state == TRUSTED and rules.free_rewritable_after:
+            # Freed by evidence: enough values copied verbatim, none ever rewritten.
+            freed = [name for name in unseen if name not in view.rewrites
+                     and len(verbatim[name]) >= rules.free_rewritable_after]
+            freed_new = bool(freed)
+            unseen = [name for name in unseen if name not in freed]
         if unseen:
             return Judgement("verify", f"{', '.join(unseen)} reach the reply only as the model writes them in a tool "
                                        "call, and these values were never seen copied verbatim with it", "rewritable")
+    verdict = _judge_values(view, state, bindings, rules)
+    # A new value of a freed rewritable slot: served like new decision inputs (sampled re-checks).
+    return SERVE_NEW_INPUTS if freed_new and verdict is SERVE_TRUSTED else verdict
+
+
+def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: TrustRules) -> Judgement:
+    """`judge` past the rewritable slots: the run's values, decision inputs, probation."""
     inputs = view.inputs
     if state == TRUSTED and view.inputs_free:
         if not inputs:
@@ -424,9 +456,13 @@ def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) 
     if rewritable:
         verbatim = entry.get("verbatim") or {}
         rewritten = entry.get("rewritten") or {}
-        text += (f"; served only for values the model copied verbatim: "
-                 + ", ".join(f"{n} ({len(verbatim.get(n, []))} seen, {len(rewritten.get(n, []))} rewritten)"
-                             for n in rewritable))
+
+        def slot(n: str) -> str:
+            seen, rewrites = len(verbatim.get(n, [])), len(rewritten.get(n, []))
+            freed = (rules.free_rewritable_after and not rewrites and seen >= rules.free_rewritable_after
+                     and state == TRUSTED)
+            return f"{n} ({seen} seen, {rewrites} rewritten{', freed' if freed else ''})"
+        text += "; served only for values the model copied verbatim: " + ", ".join(map(slot, rewritable))
     if state == DEMOTED and entry.get("why"):
         text += f": {entry['why']}"
     return text

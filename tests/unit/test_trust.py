@@ -386,3 +386,27 @@ def test_which_slots_are_rewritable_prose_only_the_user_wrote_not_data_a_tool_re
                              {"city", "day"}), "state": TRUSTED}
     assert judge(entry, {"city": "Graz", "day": "2027-05-06"}, RULES).action == "serve", "an ISO date is served"
     assert judge(entry, {"city": "Graz", "day": "05/06/2027"}, RULES).action == "verify"
+
+
+def test_file_names_handles_and_paths_are_passed_on_as_given_and_served_for_new_values():
+    entry = {**learned_entry({"file"}, {"file"}, [{"file": "a.txt"}], 1.0, {"file"}), "state": TRUSTED}
+    for literal in ("report.txt", "john_doe", "docs/q3"):
+        assert judge(entry, {"file": literal}, RULES).action == "serve", literal
+    for prose in ("Milan", "New York", "St."):
+        assert judge(entry, {"file": prose}, RULES).action == "verify", prose
+
+
+def test_evidence_frees_a_rewritable_slot_only_when_asked_and_the_first_rewrite_stops_it_for_good():
+    cities = [{"city": c} for c in ("Porto", "Lyon", "Graz")]
+    entry = {**learned_entry({"city"}, {"city"}, cities, 1.0, {"city"}), "state": TRUSTED}
+    assert judge(entry, {"city": "Oslo"}, RULES).action == "verify", "never freed by default"
+    loose = TrustRules(promote_after=2, free_inputs_after=3, free_rewritable_after=3)
+    assert judge(entry, {"city": "Oslo"}, loose) == trust.SERVE_NEW_INPUTS, "three verbatim: freed, re-checked"
+    assert "freed" in trust.describe(entry, loose)
+    # A re-check finds the model writing "Milano": noted, and the slot is never freed again.
+    entry, event = after_verification(entry, {"city": "Milan"}, False, loose, "query: Milano", 2.0, ("city",))
+    assert event == "rewritten" and entry["state"] == TRUSTED
+    for more in ("Turku", "Ghent", "Bergen", "Cork"):
+        entry, _ = after_verification(entry, {"city": more}, True, loose, "", 3.0)
+    assert judge(entry, {"city": "Oslo"}, loose).action == "verify"
+    assert judge(entry, {"city": "Cork"}, loose).action == "serve", "a value seen verbatim still is"
