@@ -21,7 +21,7 @@ from .lmdb_backend import LmdbBackend
 from .model import Conversation, Hit, Message, Miss, NodeRecord, StoredReply
 from .tree import ServePolicy
 
-SLOT = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)\s*\}\}")
+SLOT = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)(?: [+-]\d{1,3}d)?\s*\}\}")  # `{{today +1d}}`: a date offset
 # Misses are counted per namespace, API and model (the proxy adds to them in
 # batches, like hits); a miss may have no node to hang on (a new context).
 MISSES_TABLE = "misses"
