@@ -86,9 +86,10 @@ from rapidfuzz.distance import Indel
 
 from .agreement import JSON_KEYS, VOLATILE_REPLY_KEYS, is_empty, json_container, same_answer
 from .canonical import canonical_json
-from .templates import (COMPACT, MARK, MAX_DAY_OFFSET, any_marker, common_shape, escape_literal, has_markers,
-                        json_marker, json_style, list_marker, match_message, number_marker, number_text, opt_marker,
-                        parse_text, placeholder, render_reply, shift_date, slots_in, template_content, text_marker)
+from .templates import (COMPACT, MARK, MAX_DAY_OFFSET, TEXT_KINDS, any_marker, common_shape, escape_literal,
+                        has_markers, json_marker, json_style, list_marker, match_message, number_marker, number_text,
+                        opt_marker, parse_text, placeholder, render_reply, shift_date, slots_in, template_content,
+                        text_marker)
 
 Message = dict[str, Any]
 
@@ -329,7 +330,7 @@ class _Slots:
 
         def go(v: Any) -> Any:
             if isinstance(v, dict):
-                if v.get(MARK) == "text":
+                if v.get(MARK) in TEXT_KINDS:
                     out = []
                     for part in parse_text(v["t"]):
                         if isinstance(part, str):
@@ -806,7 +807,7 @@ def _date_offsets(texts: list[str], groups: dict[str, tuple[str, ...]],
 
 def _rename(value: Any, names: dict[str, str]) -> Any:
     if isinstance(value, dict):
-        if value.get(MARK) == "text":
+        if value.get(MARK) in TEXT_KINDS:
             out = []
             for part in parse_text(value["t"]):
                 out.append(escape_literal(part) if isinstance(part, str) else placeholder(names[part[0]], *part[1:]))

@@ -239,7 +239,7 @@ def unmark(value: Any) -> Any:
     """A template message with its markers shown as `{{slot}}` text, for reading."""
     if isinstance(value, dict):
         marker = value.get("$butter")
-        if marker == "text":
+        if marker in ("text", "dates"):  # "dates": a reply text with a date offset, `{{today +1d}}`
             return value.get("t", "")
         if marker == "number":
             return "{{" + str(value.get("slot")) + "}}"

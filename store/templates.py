@@ -9,12 +9,15 @@ markers (plain JSON dicts, so templates are stored and hashed like messages):
 
     {"$butter": "text", "t": "Please refund order {{order_id}}."}
         a string with placeholders; `{{{{` stands for a literal `{{`
-    {"$butter": "text", "t": "get_forecast for {{today +1d}}"}
-        in a reply only: `{{name +Nd}}` / `{{name -Nd}}` writes the slot's
-        value, an ISO date (YYYY-MM-DD), moved by N days (N <= 366), so a
-        reply may carry a date the conversation never spells ("tomorrow"
-        after "Today is 2026-12-03."); a message template that holds one
-        matches nothing, and a value that is no ISO date does not render
+    {"$butter": "dates", "t": "Forecast for {{today +1d}}"}
+        a text template with a date offset, in a reply only: `{{name +Nd}}`
+        / `{{name -Nd}}` writes the slot's value, an ISO date (YYYY-MM-DD),
+        moved by N days (N <= 366, on the calendar), so a reply may carry a
+        date the conversation never spells ("tomorrow" after "Today is
+        2026-12-03."). Its own kind (text_marker picks it), so a butter that
+        predates offsets refuses to render it instead of serving the
+        placeholder as text; a message template that holds one matches
+        nothing, and a value that is no ISO date does not render
     {"$butter": "number", "slot": "amount"}
         a JSON number bound whole (inside structured content)
     {"$butter": "json", "value": <template>, "style": [", ", ": ", true]}
@@ -45,7 +48,7 @@ Public API
     fits(shape: str, value: str) -> bool
     number_text(x: int | float) -> str                 a JSON number as a binding value
 
-    text_marker(t: str) -> dict                        marker constructors
+    text_marker(t: str) -> dict                        marker constructors ("dates" when `t` has an offset)
     number_marker(slot: str) -> dict
     json_marker(value, style=COMPACT) -> dict
     escape_literal(s: str) -> str                      text -> template text with no placeholders
@@ -169,8 +172,13 @@ def number_text(x: int | float) -> str:
 
 # -- markers -------------------------------------------------------------------
 
+# Marker kinds that hold a template text: plain, and one with date offsets.
+TEXT_KINDS = ("text", "dates")
+
+
 def text_marker(t: str) -> dict:
-    return {MARK: "text", "t": t}
+    has_offset = any(type(p) is tuple and len(p) > 1 for p in _parsed_text(t))
+    return {MARK: "dates" if has_offset else "text", "t": t}
 
 
 def number_marker(slot: str) -> dict:
@@ -270,7 +278,7 @@ def shift_date(value: str, days: int) -> str | None:
 def slots_in(value: Any) -> set[str]:
     found: set[str] = set()
     for marker in _markers(value):
-        if marker[MARK] == "text":
+        if marker[MARK] in TEXT_KINDS:
             found.update(p[0] for p in parse_text(marker["t"]) if isinstance(p, tuple))
         elif marker[MARK] == "number":
             found.add(marker["slot"])
@@ -393,6 +401,8 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
     if type(t) is dict:
         kind = t.get(MARK)
         if kind is not None:
+            if kind == "dates":
+                raise _fail(where, lambda: "a date offset is written only in replies")
             if kind == "text":
                 if type(c) is not str:
                     raise _fail(where, lambda: f"expected text, got {_short(c)!r}")
@@ -596,7 +606,7 @@ def render_reply(reply: Any, bindings: Mapping[str, str]) -> Any:
     if isinstance(reply, dict):
         if MARK in reply:
             kind = reply[MARK]
-            if kind == "text":
+            if kind in TEXT_KINDS:
                 return render_text(reply["t"], bindings)
             if kind == "number":
                 raw = bindings.get(reply["slot"])

@@ -37,6 +37,7 @@ def forecast(today: str, city: str, day: str, tmax: float = 11.5):
 def date_argument(proposal: Proposal) -> tuple:
     """The slot part of the reply template's `date` argument."""
     value = proposal.reply["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]["value"]["date"]
+    assert value["$butter"] == "dates", value  # a kind of its own: an older butter refuses to render it
     parts = parse_text(value["t"])
     assert len(parts) == 3 and parts[0] == parts[2] == "", value
     return parts[1]
@@ -73,11 +74,12 @@ def test_runs_whose_reply_dates_are_different_offsets_from_today_teach_no_templa
 
 def test_an_offset_is_not_learned_from_a_date_that_is_not_iso():
     # "12/03/2026" may be read month-first or day-first: no days are counted from it.
-    us = run("What's the weather in Porto tomorrow?", [("call", "get_forecast", {"city": "Porto", "date": "2026-12-01"}, {})],
-             system=system("11/30/2026"))
-    us2 = run("What's the weather in Lyon tomorrow?", [("call", "get_forecast", {"city": "Lyon", "date": "2026-12-04"}, {})],
-              system=system("12/03/2026"))
-    assert isinstance(propose(observations([us, us2], 0)), Rejected)
+    def us(today: str, city: str, day: str):
+        return run(f"What's the weather in {city} tomorrow?",
+                   [("call", "get_forecast", {"city": city, "date": day}, {})], system=system(today))
+
+    result = propose(observations([us("11/30/2026", "Porto", "2026-12-01"), us("12/03/2026", "Lyon", "2026-12-04")], 0))
+    assert isinstance(result, Rejected), result
 
 
 def booking(today: str, arrive: str, city: str, day: str):

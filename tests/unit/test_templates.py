@@ -132,6 +132,8 @@ def test_a_date_offset_renders_the_slots_date_moved_across_month_and_year_ends()
     assert parse_text("{{today +1d}} {{today}}") == ["", ("today", 1), " ", ("today",), ""]
     assert placeholder("today", -3) == "{{today -3d}}" and placeholder("today") == "{{today}}"
     assert slots_in(reply) == {"today"}  # the slot reaches the reply
+    # A kind of its own, so a butter that predates offsets refuses it instead of serving "{{today +1d}}".
+    assert text_marker("{{today +1d}}")["$butter"] == "dates" and text_marker("{{today}}")["$butter"] == "text"
 
 
 def test_a_date_offset_refuses_a_value_that_is_no_iso_date_and_offsets_past_a_year():
