@@ -15,11 +15,8 @@ import json
 from butter.store import Cache, Hit
 from butter.store.induction import Proposal, Rejected, propose
 from butter.store.templates import parse_text, render_reply
-from butter.store.trust import TrustRules
 from tests.unit.test_induction import bindings_for as walk
-from tests.unit.test_induction_values import arguments, observations, run
-
-ON_INDUCTIONS_WORD = TrustRules(verify=False)
+from tests.unit.test_induction_values import ON_INDUCTIONS_WORD, arguments, observations, record, run
 
 
 def system(today: str) -> str:
@@ -120,12 +117,6 @@ def test_a_reply_date_the_conversation_spells_is_not_taken_for_an_offset():
     b = choose_slot("2026-12-03", "Lyon", ["2026-12-04", "2026-12-05"], "2026-12-05")
     result = propose(observations([a, b], 1))
     assert isinstance(result, Rejected), result
-
-
-def record(cache: Cache, steps) -> None:
-    for conversation, reply in steps:
-        cache.record("ns", conversation, reply)
-        cache.induce("ns", conversation)
 
 
 def test_a_stored_offset_template_serves_every_step_of_a_run_on_another_day(tmp_path):
