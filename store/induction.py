@@ -26,7 +26,13 @@ that differ:
 The reply is then explained: every difference between the observations'
 replies must be a slot value substituted in place (values may come from any
 templated message: an id returned by a tool and echoed in the answer is a
-slot too). Tool names, roles and finish reasons may never be slots.
+slot too). Tool names, roles and finish reasons may never be slots. One
+derived value is explained too: an ISO date the reply writes that no
+conversation spells, but that in every observation is one ISO date slot
+plus the same number of days (`get_forecast(date=...)` the day after "Today
+is 2026-12-03."), is written `{{today +1d}}` (store/templates.py); a date two
+slots would explain equally, or that a conversation holds anywhere, is not
+(`_date_offsets`).
 The proposal is accepted only if (evidence):
 
 - there are at least `min_observations` observations;
@@ -639,7 +645,7 @@ def _is_number(v: Any) -> bool:
 class _Reply:
     """Builds a reply template whose differences are all slot values.
 
-    `conversations`: each observation's messages as canonical JSON text, where
+    `conversations`: each observation's messages as one JSON text, where
     a date the reply writes must not occur for it to be a date slot moved by
     some days (`_date_offsets`).
     """

@@ -230,7 +230,7 @@ def has_markers(value: Any) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _parsed_text(t: str) -> tuple[str | tuple[str], ...]:
+def _parsed_text(t: str) -> tuple[str | tuple, ...]:
     return tuple(parse_text(t))
 
 
@@ -401,8 +401,6 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
     if type(t) is dict:
         kind = t.get(MARK)
         if kind is not None:
-            if kind == "dates":
-                raise _fail(where, lambda: "a date offset is written only in replies")
             if kind == "text":
                 if type(c) is not str:
                     raise _fail(where, lambda: f"expected text, got {_short(c)!r}")
@@ -423,6 +421,8 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
                 return _match_list(t, c, bindings, shapes, where)
             if kind == "opt":  # present: its value must match
                 return _match(t["value"], c, bindings, shapes, where)
+            if kind == "dates":
+                raise _fail(where, lambda: "a date offset is written only in replies")
             raise _fail(where, lambda: f"unknown template marker {kind!r}")
         if type(c) is not dict or t.keys() != c.keys():
             if type(c) is not dict or not _optional_fit(t, c):
