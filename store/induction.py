@@ -26,7 +26,13 @@ that differ:
 The reply is then explained: every difference between the observations'
 replies must be a slot value substituted in place (values may come from any
 templated message: an id returned by a tool and echoed in the answer is a
-slot too). Tool names, roles and finish reasons may never be slots.
+slot too). Tool names, roles and finish reasons may never be slots. One
+derived value is explained too: an ISO date the reply writes that no
+conversation spells, but that in every observation is one ISO date slot
+plus the same number of days (`get_forecast(date=...)` the day after "Today
+is 2026-12-03."), is written `{{today +1d}}` (store/templates.py); a date two
+slots would explain equally, or that a conversation holds anywhere, is not
+(`_date_offsets`).
 The proposal is accepted only if (evidence):
 
 - there are at least `min_observations` observations;
@@ -76,7 +82,9 @@ Public API
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import date
 import re
 from typing import Any, Callable, Sequence
 
@@ -84,9 +92,10 @@ from rapidfuzz.distance import Indel
 
 from .agreement import JSON_KEYS, VOLATILE_REPLY_KEYS, is_empty, json_container, same_answer
 from .canonical import canonical_json
-from .templates import (COMPACT, MARK, any_marker, common_shape, escape_literal, has_markers, json_marker,
-                        json_style, list_marker, match_message, number_marker, number_text, opt_marker,
-                        parse_text, render_reply, slots_in, template_content, text_marker)
+from .templates import (COMPACT, MARK, MAX_DAY_OFFSET, TEXT_KINDS, any_marker, common_shape, escape_literal,
+                        has_markers, json_marker, json_style, list_marker, match_message, number_marker, number_text,
+                        opt_marker, parse_text, placeholder, render_reply, shift_date, slots_in, template_content,
+                        text_marker)
 
 Message = dict[str, Any]
 
@@ -327,10 +336,13 @@ class _Slots:
 
         def go(v: Any) -> Any:
             if isinstance(v, dict):
-                if v.get(MARK) == "text":
+                if v.get(MARK) in TEXT_KINDS:
                     out = []
                     for part in parse_text(v["t"]):
-                        out.append(escape_literal(part) if isinstance(part, str) else text_of(part[0]))
+                        if isinstance(part, str):
+                            out.append(escape_literal(part))
+                        else:  # a date offset's slot is a date, never split into words
+                            out.append(text_of(part[0]) if len(part) == 1 else placeholder(*part))
                     return {**v, "t": "".join(out)}
                 if v.get(MARK) in ("json", "opt"):
                     return {**v, "value": go(v["value"])}
@@ -584,8 +596,9 @@ def _shape(slots: _Slots, group: str) -> str:
 
 
 def _whole_placeholder(t: str) -> bool:
+    """Is `t` one slot and nothing else (no date offset: that is another value)?"""
     parts = parse_text(t)
-    return len(parts) == 3 and parts[0] == "" and parts[2] == ""
+    return len(parts) == 3 and parts[0] == "" and parts[2] == "" and len(parts[1]) == 1
 
 
 def _word_count(text: str) -> int:
@@ -630,10 +643,16 @@ def _is_number(v: Any) -> bool:
 # -- explaining replies ---------------------------------------------------------------
 
 class _Reply:
-    """Builds a reply template whose differences are all slot values."""
+    """Builds a reply template whose differences are all slot values.
 
-    def __init__(self, slots: _Slots):
+    `conversations`: each observation's messages as one JSON text, where
+    a date the reply writes must not occur for it to be a date slot moved by
+    some days (`_date_offsets`).
+    """
+
+    def __init__(self, slots: _Slots, conversations: Sequence[str] = ()):
         self.slots = slots
+        self.conversations = tuple(conversations)
 
     def align(self, values: list[Any], where: str, key: str | None, in_json: bool) -> Any:
         first = values[0]
@@ -678,6 +697,8 @@ class _Reply:
                 return json_marker(self.align(parsed, where, key, True), json_style(values[0], parsed[0]))
             template = self.slots.explain(values) if in_json else _explain_text(values, self.slots.live())
             if template is None:
+                template = self._explain_with_dates(values)
+            if template is None:
                 raise _Refuse(f"reply {where}: {_brief(first)} vs {_brief(values[1])} differ in a way "
                               "substituting the slots does not explain")
             if in_json and key and _whole_placeholder(template):
@@ -685,24 +706,39 @@ class _Reply:
             return text_marker(template)
         raise _Refuse(f"reply {where}: the values differ in kind")
 
+    def _explain_with_dates(self, values: list[str]) -> str | None:
+        """The text explained once date slots moved by a fixed number of days are values too."""
+        if len(self.conversations) != len(values):
+            return None
+        groups = self.slots.live()
+        offsets = _date_offsets(values, groups, self.conversations)
+        return _explain_text(values, groups, offsets) if offsets else None
+
 
 def _brief(v: Any) -> str:
     text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
     return repr(text if len(text) <= 40 else text[:39] + "…")
 
 
-def _explain_text(texts: list[str], groups: dict[str, tuple[str, ...]]) -> str | None:
-    """texts[0] with slot values as placeholders such that rendering gives every text."""
+def _explain_text(texts: list[str], groups: dict[str, tuple[str, ...]],
+                  moved: dict[tuple[str, int], tuple[str, ...]] | None = None) -> str | None:
+    """texts[0] with slot values as placeholders such that rendering gives every text.
+
+    `moved`: (date slot, days) -> the values it renders (`_date_offsets`),
+    written as `{{slot +Nd}}` where they explain a span.
+    """
     pivot = texts[0]
-    occurrences: list[tuple[int, int, str]] = []
-    for name, values in groups.items():
+    values_of = {(name, 0): values for name, values in groups.items()}
+    values_of.update(moved or {})
+    occurrences: list[tuple[int, int, tuple[str, int]]] = []
+    for key, values in values_of.items():
         value = values[0]
         if not value:
             continue
         left = r"(?<![\w])" if re.match(r"\w", value) else ""
         right = r"(?![\w])" if re.search(r"\w$", value) else ""
         for m in re.finditer(left + re.escape(value) + right, pivot):
-            occurrences.append((m.start(), m.end(), name))
+            occurrences.append((m.start(), m.end(), key))
     occurrences.sort(key=lambda o: (o[0], -(o[1] - o[0]), o[2]))
     steps = [0]
 
@@ -718,8 +754,8 @@ def _explain_text(texts: list[str], groups: dict[str, tuple[str, ...]]) -> str |
             return None
         start = candidates[0][0]
         literal = pivot[pos:start]
-        for s, e, name in (o for o in candidates if o[0] == start):
-            values = groups[name]
+        for s, e, key in (o for o in candidates if o[0] == start):
+            values = values_of[key]
             new_offsets = []
             for t, off, value in zip(texts, offsets, values):
                 if not (t.startswith(literal, off) and t.startswith(value, off + len(literal))):
@@ -728,21 +764,59 @@ def _explain_text(texts: list[str], groups: dict[str, tuple[str, ...]]) -> str |
             else:
                 found = go(e, e, new_offsets)
                 if found is not None:
-                    return [escape_literal(literal), "{{" + name + "}}"] + found
+                    return [escape_literal(literal), placeholder(*key)] + found
         return go(pos, start + 1, offsets)  # leave this occurrence literal
 
     parts = go(0, 0, [0] * len(texts))
     return None if parts is None else "".join(parts)
 
 
+# An ISO date standing alone in a text (not the day of a timestamp, 2026-12-04T10:00).
+_ISO_DAY_TOKEN = re.compile(r"(?<![\w-])\d{4}-\d{2}-\d{2}(?![\w]|-\d)")
+
+
+def _date_offsets(texts: list[str], groups: dict[str, tuple[str, ...]],
+                  conversations: Sequence[str]) -> dict[tuple[str, int], tuple[str, ...]]:
+    """Date slots moved by a fixed number of days that may explain a date in the texts.
+
+    A reply's date that no conversation spells ("tomorrow" after "Today is
+    2026-12-03.") may be a slot holding an ISO date, plus k days, the same k
+    in every observation: k is read off the first text's ISO dates against
+    each date slot's first value, and `_explain_text` then checks every other
+    observation against the moved values (so an offset that differs between
+    the runs explains nothing). Leaning to missing, a candidate is dropped
+    when another one (another slot, another k) gives the very same values
+    (which of them the model computed is unknown), or when an observation's
+    conversation holds its value literally anywhere (the model may have
+    copied it from there, not counted days). Key: (slot, k), k != 0.
+    """
+    dated = {name: values for name, values in groups.items()
+             if all(shift_date(v, 0) is not None for v in values)}
+    found: dict[tuple[str, int], tuple[str, ...]] = {}
+    for m in _ISO_DAY_TOKEN.finditer(texts[0] if dated else ""):
+        if shift_date(m.group(), 0) is None:
+            continue
+        target = date.fromisoformat(m.group())
+        for name, values in dated.items():
+            days = (target - date.fromisoformat(values[0])).days
+            if days == 0 or abs(days) > MAX_DAY_OFFSET:
+                continue
+            moved = tuple(shift_date(v, days) for v in values)
+            if None not in moved:
+                found[(name, days)] = moved
+    same = Counter(found.values())
+    return {key: moved for key, moved in found.items()
+            if same[moved] == 1 and not any(v in c for v, c in zip(moved, conversations))}
+
+
 # -- renaming ----------------------------------------------------------------------------
 
 def _rename(value: Any, names: dict[str, str]) -> Any:
     if isinstance(value, dict):
-        if value.get(MARK) == "text":
+        if value.get(MARK) in TEXT_KINDS:
             out = []
             for part in parse_text(value["t"]):
-                out.append(escape_literal(part) if isinstance(part, str) else "{{" + names[part[0]] + "}}")
+                out.append(escape_literal(part) if isinstance(part, str) else placeholder(names[part[0]], *part[1:]))
             return {**value, "t": "".join(out)}
         if value.get(MARK) == "number":
             return {**value, "slot": names[value["slot"]]}
@@ -815,7 +889,7 @@ def _propose_with(obs: list[Observation], min_observations: int, builder: "_Buil
     slots = builder.slots
     templated = [builder.align([o.messages[i] for o in obs], f"message {i}", None, False)
                  for i in range(start, length)]
-    reply = _Reply(slots).align([o.reply for o in obs], "", None, False)
+    reply = _Reply(slots, _conversations(obs)).align([o.reply for o in obs], "", None, False)
     # A group split while the reply was explained is split everywhere.
     templated = [slots.expand(t) for t in templated]
     reply = slots.expand(reply)
@@ -863,6 +937,11 @@ def _propose_with(obs: list[Observation], min_observations: int, builder: "_Buil
             raise _Refuse(f"slot {{{{{name}}}}} ({', '.join(map(repr, values[:3]))}) is free text that never "
                           "reaches the reply: it stays literal")
     return Proposal(start, tuple(nodes), reply, shapes, keys, tuple(all_bindings))
+
+
+def _conversations(observations: Sequence[Observation]) -> list[str]:
+    """Each observation's messages as one text, to search for a value it spells."""
+    return [json.dumps(list(o.messages), ensure_ascii=False) for o in observations]
 
 
 def _reproduce(nodes: Sequence[tuple[str, dict]], reply: dict, messages: Sequence[Message],
@@ -920,7 +999,7 @@ def propose_prefix(accepted: Proposal, prefix: Sequence[Observation]) -> Proposa
             slots.prose[name] = False
             if accepted.slots.get(name) == "number":
                 slots.numbers.add(name)
-        reply = _Reply(slots).align([o.reply for o in prefix], "", None, False)
+        reply = _Reply(slots, _conversations(prefix)).align([o.reply for o in prefix], "", None, False)
         for o, expected in zip(prefix, bindings):
             if _reproduce(nodes, reply, o.messages[accepted.start:], o.reply) != expected:
                 raise _Refuse("an earlier observation binds other values than its run")

@@ -21,7 +21,7 @@ from .lmdb_backend import LmdbBackend
 from .model import Conversation, Hit, Message, Miss, NodeRecord, StoredReply
 from .tree import ServePolicy
 
-SLOT = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)\s*\}\}")
+SLOT = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)(?: [+-]\d{1,3}d)?\s*\}\}")  # `{{today +1d}}`: a date offset
 # Misses are counted per namespace, API and model (the proxy adds to them in
 # batches, like hits); a miss may have no node to hang on (a new context).
 MISSES_TABLE = "misses"
@@ -239,7 +239,7 @@ def unmark(value: Any) -> Any:
     """A template message with its markers shown as `{{slot}}` text, for reading."""
     if isinstance(value, dict):
         marker = value.get("$butter")
-        if marker == "text":
+        if marker in ("text", "dates"):  # "dates": a reply text with a date offset, `{{today +1d}}`
             return value.get("t", "")
         if marker == "number":
             return "{{" + str(value.get("slot")) + "}}"

@@ -9,6 +9,15 @@ markers (plain JSON dicts, so templates are stored and hashed like messages):
 
     {"$butter": "text", "t": "Please refund order {{order_id}}."}
         a string with placeholders; `{{{{` stands for a literal `{{`
+    {"$butter": "dates", "t": "Forecast for {{today +1d}}"}
+        a text template with a date offset, in a reply only: `{{name +Nd}}`
+        / `{{name -Nd}}` writes the slot's value, an ISO date (YYYY-MM-DD),
+        moved by N days (N <= 366, on the calendar), so a reply may carry a
+        date the conversation never spells ("tomorrow" after "Today is
+        2026-12-03."). Its own kind (text_marker picks it), so a butter that
+        predates offsets refuses to render it instead of serving the
+        placeholder as text; a message template that holds one matches
+        nothing, and a value that is no ISO date does not render
     {"$butter": "number", "slot": "amount"}
         a JSON number bound whole (inside structured content)
     {"$butter": "json", "value": <template>, "style": [", ", ": ", true]}
@@ -39,11 +48,14 @@ Public API
     fits(shape: str, value: str) -> bool
     number_text(x: int | float) -> str                 a JSON number as a binding value
 
-    text_marker(t: str) -> dict                        marker constructors
+    text_marker(t: str) -> dict                        marker constructors ("dates" when `t` has an offset)
     number_marker(slot: str) -> dict
     json_marker(value, style=COMPACT) -> dict
     escape_literal(s: str) -> str                      text -> template text with no placeholders
-    parse_text(t: str) -> list[str | tuple[str]]       literals and (name,) slots of a template text
+    parse_text(t: str) -> list[str | tuple]            literals and slots of a template text:
+        (name,), or (name, days) for a date offset
+    placeholder(name, days=0) -> str                   `{{name}}`, or `{{name +1d}}` with an offset
+    shift_date(value, days) -> str | None              an ISO date moved by `days`; None if no ISO date
     template_content(message, slots) -> dict           what a template node stores
     is_marker(value) -> bool;  has_markers(value) -> bool;  slots_in(value) -> set[str]
     slots_in_calls(reply) -> set[str]      slots written inside a tool call's arguments
@@ -84,6 +96,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -92,7 +105,9 @@ from .canonical import canonical_json
 MARK = "$butter"
 NAME = r"[A-Za-z_][A-Za-z0-9_.-]*"
 NAME_RE = re.compile(rf"^{NAME}$")
-_PLACEHOLDER = re.compile(r"\{\{(" + NAME + r")\}\}")
+_PLACEHOLDER = re.compile(r"\{\{(" + NAME + r")(?: ([+-]\d{1,3})d)?\}\}")
+MAX_DAY_OFFSET = 366  # a date offset further than a year is no "tomorrow": never written or rendered
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 # How a JSON string is written back: (item separator, key separator, ensure_ascii).
 COMPACT: tuple[str, str, bool] = (",", ":", False)
 STYLES: tuple[tuple[str, str, bool], ...] = (
@@ -157,8 +172,13 @@ def number_text(x: int | float) -> str:
 
 # -- markers -------------------------------------------------------------------
 
+# Marker kinds that hold a template text: plain, and one with date offsets.
+TEXT_KINDS = ("text", "dates")
+
+
 def text_marker(t: str) -> dict:
-    return {MARK: "text", "t": t}
+    has_offset = any(type(p) is tuple and len(p) > 1 for p in _parsed_text(t))
+    return {MARK: "dates" if has_offset else "text", "t": t}
 
 
 def number_marker(slot: str) -> dict:
@@ -210,13 +230,14 @@ def has_markers(value: Any) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _parsed_text(t: str) -> tuple[str | tuple[str], ...]:
+def _parsed_text(t: str) -> tuple[str | tuple, ...]:
     return tuple(parse_text(t))
 
 
-def parse_text(t: str) -> list[str | tuple[str]]:
-    """Literal strings and `(name,)` slots, in order; literals may be empty."""
-    out: list[str | tuple[str]] = []
+def parse_text(t: str) -> list[str | tuple]:
+    """Literal strings and slots, in order; literals may be empty. A slot is
+    `(name,)`, or `(name, days)` for a date offset (`{{name +1d}}`)."""
+    out: list[str | tuple] = []
     literal: list[str] = []
     i = 0
     while i < len(t):
@@ -228,7 +249,7 @@ def parse_text(t: str) -> list[str | tuple[str]]:
         if m:
             out.append("".join(literal))
             literal = []
-            out.append((m.group(1),))
+            out.append((m.group(1),) if m.group(2) is None else (m.group(1), int(m.group(2))))
             i = m.end()
             continue
         literal.append(t[i])
@@ -237,10 +258,27 @@ def parse_text(t: str) -> list[str | tuple[str]]:
     return out
 
 
+def placeholder(name: str, days: int = 0) -> str:
+    """The template text of a slot: `{{name}}`, or `{{name +3d}}` / `{{name -1d}}` for a date offset."""
+    return "{{" + name + "}}" if not days else "{{" + f"{name} {days:+d}d" + "}}"
+
+
+def shift_date(value: str, days: int) -> str | None:
+    """An ISO date (YYYY-MM-DD) moved by `days`, as an ISO date; None for any
+    other value or an offset past MAX_DAY_OFFSET (month and year ends as the
+    calendar has them)."""
+    if abs(days) > MAX_DAY_OFFSET or not isinstance(value, str) or not _ISO_DAY.fullmatch(value):
+        return None
+    try:
+        return (date.fromisoformat(value) + timedelta(days=days)).isoformat()
+    except (ValueError, OverflowError):
+        return None
+
+
 def slots_in(value: Any) -> set[str]:
     found: set[str] = set()
     for marker in _markers(value):
-        if marker[MARK] == "text":
+        if marker[MARK] in TEXT_KINDS:
             found.update(p[0] for p in parse_text(marker["t"]) if isinstance(p, tuple))
         elif marker[MARK] == "number":
             found.add(marker["slot"])
@@ -383,6 +421,8 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
                 return _match_list(t, c, bindings, shapes, where)
             if kind == "opt":  # present: its value must match
                 return _match(t["value"], c, bindings, shapes, where)
+            if kind == "dates":
+                raise _fail(where, lambda: "a date offset is written only in replies")
             raise _fail(where, lambda: f"unknown template marker {kind!r}")
         if type(c) is not dict or t.keys() != c.keys():
             if type(c) is not dict or not _optional_fit(t, c):
@@ -463,7 +503,7 @@ def _match_text(t: str, c: str, bindings: dict, shapes: Mapping[str, str], where
         if parts[0] != c:
             raise _fail(where, lambda: "literal text differs")
         return bindings
-    if len(parts) == 3 and where is None:
+    if len(parts) == 3 and where is None and len(parts[1]) == 1:
         # One slot has one possible split: no search needed (the commonest case).
         head, (name,), tail = parts
         if len(c) > len(head) + len(tail) and c.startswith(head) and c.endswith(tail):
@@ -494,6 +534,9 @@ def _match_text(t: str, c: str, bindings: dict, shapes: Mapping[str, str], where
                 return None
             return go(i + 1, pos, bound)
         name = part[0]
+        if len(part) > 1:
+            failures.append(lambda: f"a date offset ({{{{{name} {part[1]:+d}d}}}}) is written only in replies")
+            return None
         nxt = parts[i + 1]  # a literal always follows a slot (maybe empty)
         last = i + 1 == len(parts) - 1
         if name in bound:
@@ -546,10 +589,15 @@ def render_text(t: str, bindings: Mapping[str, str]) -> str:
     for part in parse_text(t):
         if isinstance(part, str):
             out.append(part)
-        elif part[0] in bindings:
+        elif part[0] not in bindings:
+            raise RenderError(f"no value for {{{{{part[0]}}}}}")
+        elif len(part) == 1:
             out.append(bindings[part[0]])
         else:
-            raise RenderError(f"no value for {{{{{part[0]}}}}}")
+            shifted = shift_date(bindings[part[0]], part[1])
+            if shifted is None:
+                raise RenderError(f"{{{{{part[0]}}}}} = {bindings[part[0]]!r} is no ISO date to move by {part[1]} days")
+            out.append(shifted)
     return "".join(out)
 
 
@@ -558,7 +606,7 @@ def render_reply(reply: Any, bindings: Mapping[str, str]) -> Any:
     if isinstance(reply, dict):
         if MARK in reply:
             kind = reply[MARK]
-            if kind == "text":
+            if kind in TEXT_KINDS:
                 return render_text(reply["t"], bindings)
             if kind == "number":
                 raw = bindings.get(reply["slot"])

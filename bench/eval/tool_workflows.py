@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import random
 import string
-from typing import Callable
+from datetime import date, timedelta
+from typing import Callable, Union
 
 from .script import Reply, Run, Step, Turn
 from .workloads import Flow, Workload
@@ -64,7 +65,8 @@ TOOLS = (
          cabin="string", payment_id="string"),
     tool("send_email", "Send an email", to="string", subject="string"),
     tool("geocode", "Find coordinates of a place", name="string"),
-    tool("get_forecast", "Daily forecast at coordinates", latitude="number", longitude="number", days="integer"),
+    tool("get_forecast", "Daily forecast at coordinates", latitude="number", longitude="number", start_date="string",
+         end_date="string"),
     tool("get_air_quality", "Current air quality at coordinates", latitude="number", longitude="number"),
 )
 
@@ -199,7 +201,12 @@ def flight_booking(r: random.Random) -> list[Turn]:
 
 # -- flow 3: geocoding with a varying list, coordinates into the next two calls ------------------------
 
-def weather(r: random.Random) -> list[Turn]:
+def weather(r: random.Random) -> tuple[str, list[Turn]]:
+    """The run's own day is in the system prompt (as agents put it there); the
+    forecast is asked for tomorrow, a date the model counts (across month and
+    year ends) and that no message spells."""
+    today = date(2026, 1, 1) + timedelta(days=r.randint(0, 729))
+    tomorrow = (today + timedelta(days=1)).isoformat()
     name, lat, lon, country, code, region = r.choice(CITIES)
     results = []
     for i in range(r.randint(1, 3)):
@@ -212,8 +219,7 @@ def weather(r: random.Random) -> list[Turn]:
             place["population"] = r.randint(20000, 900000)
         results.append(place)
     geo = {"results": results, "generationtime_ms": round(r.uniform(0.2, 3.0), 6)}
-    day = r.randint(1, 27)
-    days = [f"2026-12-{day:02d}", f"2026-12-{day + 1:02d}"]
+    days = [tomorrow]
     tmax = [round(r.uniform(-5, 18), 1) for _ in days]
     tmin = [round(t - r.uniform(2, 9), 1) for t in tmax]
     rain = [round(r.uniform(0, 12), 1) for _ in days]
@@ -221,17 +227,18 @@ def weather(r: random.Random) -> list[Turn]:
                 "daily_units": {"temperature_2m_max": "°C", "temperature_2m_min": "°C", "precipitation_sum": "mm"},
                 "daily": {"time": days, "temperature_2m_max": tmax, "temperature_2m_min": tmin, "precipitation_sum": rain}}
     aqi = r.randint(8, 60)
-    air = {"latitude": lat, "longitude": lon, "current": {"time": f"{days[0]}T{r.randint(10, 23)}:00",
+    air = {"latitude": lat, "longitude": lon, "current": {"time": f"{today.isoformat()}T{r.randint(10, 23)}:00",
                                                            "european_aqi": aqi, "pm2_5": round(r.uniform(1, 20), 1)}}
-    return [Turn(f"What will the weather be like in {name} tomorrow?", TOOLS, (
+    return f"{SYSTEM} Today is {today.isoformat()}.", [Turn(f"What will the weather be like in {name} tomorrow?", TOOLS, (
         call("geocode", {"name": name}, geo),
-        call("get_forecast", {"latitude": lat, "longitude": lon, "days": 2}, forecast),
+        call("get_forecast", {"latitude": lat, "longitude": lon, "start_date": tomorrow, "end_date": tomorrow}, forecast),
         call("get_air_quality", {"latitude": lat, "longitude": lon}, air),
-        say(f"Tomorrow in {name}: {tmin[1]} to {tmax[1]} °C with {rain[1]} mm of rain; the air quality index is {aqi}."),
+        say(f"Tomorrow in {name}: {tmin[0]} to {tmax[0]} °C with {rain[0]} mm of rain; the air quality index is {aqi}."),
     ))]
 
 
-FLOWS: dict[str, Callable[[random.Random], list[Turn]]] = {
+# A flow makes one run's turns, or (its own system prompt, turns) when the prompt carries a run's value.
+FLOWS: dict[str, Callable[[random.Random], Union[list[Turn], tuple[str, list[Turn]]]]] = {
     "order-status (bare id)": order_status, "flight-booking (varying list)": flight_booking,
     "weather (coordinates)": weather,
 }
@@ -248,7 +255,9 @@ def build(recorded: int = 3, held_out: int = 4, probation: int = 6, seed: str = 
         r = random.Random(f"{seed}:{name}")
 
         def run(tag: str) -> Run:
-            return Run(f"tools/{name}/{tag}", name, SYSTEM, make(r))
+            made = make(r)
+            system, turns = made if isinstance(made, tuple) else (SYSTEM, made)
+            return Run(f"tools/{name}/{tag}", name, system, turns)
 
         rec: list[Run] = []
         while len(rec) < recorded:

@@ -31,9 +31,9 @@ TOOLS = [{"type": "function", "function": {"name": name, "description": name, "p
 Step = tuple
 
 
-def run(user: str, script: list[Step]) -> list[tuple[Conversation, dict]]:
+def run(user: str, script: list[Step], system: str = SYSTEM) -> list[tuple[Conversation, dict]]:
     """Every request of one run as the adapter keys it, with the model's reply."""
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     out = []
     for n, step in enumerate(script):
         body = json.dumps({"model": "gpt-4o-mini", "messages": messages, "tools": TOOLS}).encode()

@@ -8,7 +8,8 @@ import pytest
 from butter.store import Cache, Conversation, Hit, Miss
 from butter.store.templates import (COMPACT, RenderError, any_marker, bind_message, bind_reply, common_shape,
                              explain_mismatch, json_marker, list_marker, match_message, number_marker, opt_marker,
-                             parse_text, render_reply, shape_of, slots_in, template_content, text_marker)
+                             parse_text, placeholder, render_reply, render_text, shape_of, slots_in,
+                             template_content, text_marker)
 
 TRICKY = 'Zoë "Z" O\'Brien \\ 東京 \u2028 {{not_a_slot}}'
 
@@ -119,6 +120,36 @@ def test_rendering_without_a_value_or_with_a_non_number_refuses():
         render_reply(text_marker("Hello {{name}}"), {})
     with pytest.raises(RenderError):
         render_reply({"amount": number_marker("amount")}, {"amount": "lots"})
+
+
+def test_a_date_offset_renders_the_slots_date_moved_across_month_and_year_ends():
+    reply = {"arguments": json_marker({"date": text_marker("{{today +1d}}")}, COMPACT),
+             "content": text_marker("From {{today -1d}} to {{today +31d}}, not {{{{today +1d}}.")}
+    out = render_reply(reply, {"today": "2026-12-31"})
+    assert json.loads(out["arguments"]) == {"date": "2027-01-01"}
+    assert out["content"] == "From 2026-12-30 to 2027-01-31, not {{today +1d}}."
+    assert render_text("{{d +1d}}", {"d": "2028-02-28"}) == "2028-02-29"  # a leap day
+    assert parse_text("{{today +1d}} {{today}}") == ["", ("today", 1), " ", ("today",), ""]
+    assert placeholder("today", -3) == "{{today -3d}}" and placeholder("today") == "{{today}}"
+    assert slots_in(reply) == {"today"}  # the slot reaches the reply
+    # A kind of its own, so a butter that predates offsets refuses it instead of serving "{{today +1d}}".
+    assert text_marker("{{today +1d}}")["$butter"] == "dates" and text_marker("{{today}}")["$butter"] == "text"
+
+
+def test_a_date_offset_refuses_a_value_that_is_no_iso_date_and_offsets_past_a_year():
+    for value in ("12/03/2026", "2026-12-03T10:00:00Z", "2026-02-30", "tomorrow"):
+        with pytest.raises(RenderError):
+            render_text("{{today +1d}}", {"today": value})
+    with pytest.raises(RenderError):
+        render_text("{{today +400d}}", {"today": "2026-12-03"})
+    assert render_text("{{today -366d}}", {"today": "2026-12-03"}) == "2025-12-02"
+
+
+def test_a_message_template_with_a_date_offset_matches_nothing():
+    t = template_content(user(text_marker("Book the tour on {{today +1d}}.")), {"today": "date"})
+    assert match_message(t, user("Book the tour on 2026-12-04."), {}) is None
+    assert match_message(t, user("Book the tour on 2026-12-04."), {"today": "2026-12-03"}) is None
+    assert "only in replies" in explain_mismatch(t, user("Book the tour on 2026-12-04."), {})
 
 
 def test_declared_bindings_replace_whole_occurrences_longest_first():
