@@ -538,3 +538,43 @@ async def test_a_served_chain_butter_cannot_rebuild_is_forwarded_unchanged_with_
     assert flow.response is None and json.loads(flow.request.content) == follow
     assert addon.flows[flow.id].status == "miss"
     assert any("forwarded unchanged" in r.getMessage() and rid in r.getMessage() for r in caplog.records)
+
+
+async def test_a_sampled_recheck_of_a_served_turn_continuing_a_served_id_goes_up_stateless(butter):
+    from butter.addon import verification
+    from tests.fakes.openai_chat import ORDERS
+
+    addon, _ = butter
+
+    def customer(order_id: str) -> tuple[dict, dict]:
+        order = ORDERS[order_id]
+        declared = {"order_id": order_id, "customer": order["customer"], "amount": str(order["amount"])}
+        first = {**BASE, "input": [{"role": "user", "content": f"Please refund order {order_id}."}]}
+        return declared, first
+
+    def bound(body: dict, declared: dict) -> http.HTTPFlow:
+        flow = responses_flow(body)
+        flow.request.headers["butter-bindings"] = json.dumps(declared)
+        return flow
+
+    def answer(flow: http.HTTPFlow, order_id: str) -> dict:
+        reply = json.loads(flow.response.content)
+        return {**BASE, "input": [{"type": "function_call_output", "call_id": reply["output"][1]["call_id"],
+                                   "output": json.dumps(ORDERS[order_id])}],
+                "previous_response_id": reply["id"]}
+
+    declared, first = customer("1234")
+    recording = FakeResponsesModel()
+    turn1 = await exchange(addon, bound(first, declared), recording)
+    await exchange(addon, bound(answer(turn1, "1234"), declared), recording)
+    declared, first = customer("9876")
+    served = await exchange(addon, bound(first, declared), None)
+    assert served.response.headers["butter-cache"] == "hit"
+    # What `Verifier.after_serve` hands to replay.client: a copy of a served flow, marked.
+    copy = bound(answer(served, "9876"), declared)
+    copy.metadata[verification.RECHECK] = True
+    provider = FakeResponsesModel()  # the served id is not one it issued
+    rechecked = await exchange(addon, copy, provider)
+    assert rechecked.response.status_code == 200, rechecked.response.content
+    assert "previous_response_id" not in json.loads(copy.request.content)
+    assert rechecked.response.headers["butter-cache"] == verification.STATUS
