@@ -473,13 +473,13 @@ class Butter:
             body = state.fmt.upstream_body(state.parsed, flow.request.get_content(strict=False) or b"",
                                            self._state_table(state))
         except NotUnderstood as e:
-            log.warning("butter: %s request forwarded unchanged, the provider may not know the response it "
-                        "continues: %s", state.fmt.name, e)
+            log.warning("butter: %s request forwarded unchanged though the provider may not hold the response "
+                        "it continues (it may refuse it): %s", state.fmt.name, e)
             return
         if body is not None:
             flow.request.content = body  # re-encoded as the client encoded it; content-length follows
-            log.info("butter: %s request continues a response butter served: forwarded statelessly, with the "
-                     "whole conversation", state.fmt.name)
+            log.info("butter: %s request continues a response the provider may not hold (one butter served): "
+                     "forwarded stateless, with the whole conversation", state.fmt.name)
 
     def _serve(self, flow: http.HTTPFlow, state: FlowState, hit: Hit) -> None:
         assert state.parsed is not None

@@ -14,8 +14,9 @@ The canonical reply is the provider's `Response` object **with its ids**
 (`resp_…`, `msg_…`, `fc_…`, `call_…`, `rs_…`). Unlike Chat, ids cannot be
 fresh on replay: a stateful client's next turn names the response it
 continues and the calls it answers, and only ids butter has seen can be
-expanded again (and, on a later miss, only the recorded ids are ones the
-provider may know). Request fields the provider merely echoes back
+expanded again. A served id is one the provider may not hold, so a turn
+continuing one that goes upstream is resent stateless (`upstream_body`).
+Request fields the provider merely echoes back
 (`metadata`, `user`, `store`, `previous_response_id`, …) are not stored; they
 are filled in from the request being answered.
 """
