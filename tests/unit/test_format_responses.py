@@ -578,3 +578,17 @@ async def test_a_sampled_recheck_of_a_served_turn_continuing_a_served_id_goes_up
     assert rechecked.response.status_code == 200, rechecked.response.content
     assert "previous_response_id" not in json.loads(copy.request.content)
     assert rechecked.response.headers["butter-cache"] == verification.STATUS
+
+
+async def test_record_mode_sends_a_turn_continuing_a_served_id_stateless_too(butter):
+    addon, _ = butter
+    await exchange(addon, responses_flow(BASE), FakeResponsesModel())
+    served = await exchange(addon, responses_flow(BASE), None)
+    reply = json.loads(served.response.content)
+    follow = responses_flow({**BASE, "previous_response_id": reply["id"],
+                             "input": [{"type": "function_call_output", "call_id": reply["output"][1]["call_id"],
+                                        "output": '{"order_id": "1234", "amount": 42.5, "customer": "Ana Ruiz"}'}]})
+    follow.request.headers["butter-mode"] = "record"
+    recorded = await exchange(addon, follow, FakeResponsesModel())
+    assert recorded.response.status_code == 200 and recorded.response.headers["butter-cache"] == "record"
+    assert "previous_response_id" not in json.loads(recorded.request.content)
