@@ -456,9 +456,30 @@ class Butter:
 
     def _forward_and_record(self, flow: http.HTTPFlow, state: FlowState, refresh: bool, status: str) -> None:
         state.record, state.refresh, state.status = True, refresh, status
+        if state.fmt.keeps_state:
+            self._resend_state(flow, state)
         # Recording needs bytes it can read: ask the provider not to compress
         # (gzip also holds back streamed tokens behind its buffer).
         flow.request.headers["accept-encoding"] = "identity"
+
+    def _resend_state(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Forward a continuation of a response the provider may not hold as a whole conversation.
+
+        Every request butter sends upstream (miss, verification, re-check,
+        record mode) passes here. Only the body changes (docs/responses.md).
+        """
+        assert state.parsed is not None
+        try:
+            body = state.fmt.upstream_body(state.parsed, flow.request.get_content(strict=False) or b"",
+                                           self._state_table(state))
+        except NotUnderstood as e:
+            log.warning("butter: %s request forwarded unchanged though the provider may not hold the response "
+                        "it continues (it may refuse it): %s", state.fmt.name, e)
+            return
+        if body is not None:
+            flow.request.content = body  # re-encoded as the client encoded it; content-length follows
+            log.info("butter: %s request continues a response the provider may not hold (one butter served): "
+                     "forwarded stateless, with the whole conversation", state.fmt.name)
 
     def _serve(self, flow: http.HTTPFlow, state: FlowState, hit: Hit) -> None:
         assert state.parsed is not None
@@ -642,7 +663,7 @@ class Butter:
         node = exchange.store_reply(self.cache, state.fmt, state.namespace, state.parsed, reply,
                                     streamed=state.streamed, refresh=state.refresh,
                                     state=self._state_table(state) if state.fmt.keeps_state else None,
-                                    bindings=state.bindings)
+                                    bindings=state.bindings, issued=True)
         if self.report is not None:
             self.report.record()
         log.info("butter: recorded %s %s reply at node %s", state.fmt.name,

@@ -187,12 +187,14 @@ def record_flow(cache: Cache, flow: http.HTTPFlow, *, fixed_namespace: str = "",
 
 def store_reply(cache: Cache, fmt: WireFormat, namespace: str, parsed: ParsedRequest, reply: dict, *,
                 streamed: bool, refresh: bool, state: StateTable | None = None,
-                bindings: dict[str, str] | None = None) -> bytes:
+                bindings: dict[str, str] | None = None, issued: bool = False) -> bytes:
     """Record one answered exchange; returns the reply's node id.
 
     The live addon (on its writer thread) and import-flows both end here, so
     whatever recording learns to do (bindings, induction) applies to both.
     With client-declared `bindings` the path and reply are stored as templates.
+    `issued`: the provider answered this very request just now (the live
+    proxy), so its server-side state may be relied on (`WireFormat.remember`).
     """
     if bindings:
         node = cache.record_bound(namespace, parsed.conversation, reply, bindings,
@@ -200,7 +202,7 @@ def store_reply(cache: Cache, fmt: WireFormat, namespace: str, parsed: ParsedReq
     else:
         node = cache.record(namespace, parsed.conversation, reply, streamed=streamed, refresh=refresh)
     if state is not None:
-        fmt.remember(parsed, reply, state)
+        fmt.remember(parsed, reply, state, issued=issued)
     return node
 
 

@@ -124,7 +124,16 @@ class WireFormat:
     def expand(self, parsed: ParsedRequest, state: StateTable) -> ParsedRequest:
         return parsed
 
-    def remember(self, parsed: ParsedRequest, reply: dict, state: StateTable) -> None:
+    def remember(self, parsed: ParsedRequest, reply: dict, state: StateTable, issued: bool = False) -> None:
+        """`issued`: the reply came from the provider on this upstream (not from the tree)."""
+        return None
+
+    def upstream_body(self, parsed: ParsedRequest, body: bytes, state: StateTable) -> bytes | None:
+        """The body to forward instead of the client's (None: forward it unchanged).
+
+        For a request leaning on state the provider may not hold (a response
+        butter served); may raise NotUnderstood: then it goes as it is.
+        """
         return None
 
     def bound_reply(self, reply: dict, bindings: dict[str, str]) -> dict:

@@ -14,8 +14,9 @@ The canonical reply is the provider's `Response` object **with its ids**
 (`resp_…`, `msg_…`, `fc_…`, `call_…`, `rs_…`). Unlike Chat, ids cannot be
 fresh on replay: a stateful client's next turn names the response it
 continues and the calls it answers, and only ids butter has seen can be
-expanded again (and, on a later miss, only the recorded ids are ones the
-provider may know). Request fields the provider merely echoes back
+expanded again. A served id is one the provider may not hold, so a turn
+continuing one that goes upstream is resent stateless (`upstream_body`).
+Request fields the provider merely echoes back
 (`metadata`, `user`, `store`, `previous_response_id`, …) are not stored; they
 are filled in from the request being answered.
 """
@@ -114,14 +115,7 @@ class OpenAIResponses(WireFormat):
         previous = note["previous"]
         if previous is None:
             return parsed
-        chain: list[dict] = []
-        cursor: str | None = previous
-        while cursor is not None:
-            entry = state.get(cursor)
-            if not isinstance(entry, dict) or len(chain) >= MAX_CHAIN:
-                raise NotUnderstood(f"previous_response_id {cursor!r} is not one butter has recorded")
-            chain.append(entry)
-            cursor = entry.get("previous")
+        chain = _chain(previous, state)
         history: list[dict] = []
         base = Aliases()
         for entry in reversed(chain):
@@ -141,12 +135,18 @@ class OpenAIResponses(WireFormat):
         options = dict(parsed.render_options, state=_state_note(previous, len(history), aliases))
         return ParsedRequest(Conversation(context, tuple(messages)), parsed.stream, options)
 
-    def remember(self, parsed: ParsedRequest, reply: dict, state: StateTable) -> None:
+    def remember(self, parsed: ParsedRequest, reply: dict, state: StateTable, issued: bool = False) -> None:
         """Keep what a later `previous_response_id` naming this reply needs.
 
         Each entry holds only what its request added (new input items and the
         reply's output) and names the response it continues, so a long chain
-        costs its length, not its square.
+        costs its length, not its square. Beside the canonical items it keeps
+        them as they went over the wire (`wire`), for `upstream_body`.
+
+        `issued`: the provider itself just answered this request on this
+        upstream. The entry then says whether the provider can continue the
+        id (it stored the response); an id butter serves never can be
+        relied on, and is marked so.
         """
         response_id = reply.get("id")
         if not isinstance(response_id, str):
@@ -163,17 +163,60 @@ class OpenAIResponses(WireFormat):
             # An exact hit continues the conversation already stored. A
             # templated hit serves the recorded id with other values: the id
             # then names two conversations and must not be expanded.
+            changes = {}
             if known.get("digest") != whole and not known.get("ambiguous"):
-                state.put(response_id, {**known, "ambiguous": True})
+                changes["ambiguous"] = True
+            if known.get("issued") and not issued:
+                # Served by butter now: the client holding it may be another
+                # run, days after the provider's session (or its retention) ended.
+                changes["issued"] = False
+            if changes:
+                state.put(response_id, {**known, **changes})
             return
-        state.put(response_id, {
+        entry = {
             "previous": note["previous"],
             "messages": conversation[start:] + output,
             "calls": dict(aliases.new_calls()),
             "items": dict(aliases.new_items()),
             "next_call": aliases.next_call,
             "digest": whole,
-        })
+            # Stored by the provider: `store` left out means true.
+            "issued": issued and parsed.render_options.get("echo", {}).get("store") is not False,
+        }
+        if not _holds_media(entry["messages"]):
+            # Inline images and files are never stored (only their hash is
+            # keyed), so a chain holding one cannot be resent whole.
+            entry["wire"] = list(parsed.render_options["raw_input"]) + list(reply.get("output") or [])
+        state.put(response_id, entry)
+
+    def upstream_body(self, parsed: ParsedRequest, body: bytes, state: StateTable) -> bytes | None:
+        """The body to send the provider instead of the client's; None: send it as it is.
+
+        A request continuing a response the provider cannot be relied on to
+        know (one butter served, or one it never saw the provider store)
+        would get the provider's 400 "Previous response ... not found". It
+        goes up stateless instead: no `previous_response_id`, and `input` =
+        the whole conversation as it went over the wire, then the new items;
+        every other field as the client sent it. Items the provider would
+        look up by an id it may never have issued are made self-contained
+        (`_resendable`). Raises NotUnderstood when the chain cannot be rebuilt.
+        """
+        previous = parsed.render_options["state"]["previous"]
+        if previous is None:
+            return None
+        chain = _chain(previous, state)
+        if chain[0].get("issued"):
+            return None
+        history: list[dict] = []
+        for entry in reversed(chain):
+            if not isinstance(entry.get("wire"), list):
+                raise NotUnderstood(f"butter holds no resendable copy of the conversation before {previous!r} "
+                                    "(recorded by an older butter, or it holds inline media)")
+            history.extend(entry["wire"])
+        request = json_object_body(body)
+        request.pop("previous_response_id", None)
+        request["input"] = _resendable(history + parsed.render_options["raw_input"])
+        return compact_json(request)
 
     def bound_reply(self, reply: dict, bindings: dict[str, str]) -> dict:
         """A templated hit gets ids of its own, derived from the recorded ids
@@ -225,6 +268,67 @@ FORMAT = OpenAIResponses()
 
 def _digest(messages: list[dict]) -> str:
     return digest(b"responses-state", canonical_json(messages)).hex()
+
+
+def _chain(previous: str, state: StateTable) -> list[dict]:
+    """The side-table entries from `previous` back to the conversation's start, newest first."""
+    chain: list[dict] = []
+    cursor: str | None = previous
+    while cursor is not None:
+        entry = state.get(cursor)
+        if not isinstance(entry, dict) or len(chain) >= MAX_CHAIN:
+            raise NotUnderstood(f"previous_response_id {cursor!r} is not one butter has recorded")
+        chain.append(entry)
+        cursor = entry.get("previous")
+    return chain
+
+
+def _holds_media(messages: list[dict]) -> bool:
+    """Does a canonical item hold inline bytes butter keyed by hash only?"""
+    for message in messages:
+        for key in ("content", "output"):
+            parts = message.get(key)
+            if isinstance(parts, list) and any(
+                    isinstance(p, dict) and ("image_url_sha256" in p or "file_data_sha256" in p) for p in parts):
+                return True
+    return False
+
+
+def _resendable(items: list[dict]) -> list[dict]:
+    """Items as a stateless request must carry them, with no id the provider must look up.
+
+    An item's `id` is optional on input for messages and tool calls, and an
+    id butter served is one the provider never issued: it goes. A reasoning
+    item is sent only with its `encrypted_content` (the provider decrypts it);
+    without one the provider would look its id up ("Item with id 'rs_…' not
+    found"), so it is left out, as a client that keeps no reasoning does. An
+    `item_reference` becomes the item it names. Other built-in items are sent
+    as recorded. Raises NotUnderstood for a reference to an item not in `items`.
+    """
+    out: list[dict] = []
+    by_id: dict[str, dict | None] = {}
+    for item in items:
+        raw_id = item.get("id")
+        if item.get("type") == "item_reference":
+            if raw_id not in by_id:
+                raise NotUnderstood("item_reference to an item butter has not seen")
+            resent = by_id[raw_id]
+        elif item.get("type") == "reasoning":
+            resent = item if item.get("encrypted_content") else None
+        elif item.get("type", "message") in _ID_OPTIONAL:
+            resent = {k: v for k, v in item.items() if k != "id"}
+        else:
+            resent = item
+        if isinstance(raw_id, str) and item.get("type") != "item_reference":
+            by_id[raw_id] = resent
+        if resent is not None:
+            out.append(resent)
+    return out
+
+
+# Item types whose `id` a request may leave out (openai-python's input item params).
+_ID_OPTIONAL = frozenset({"message", "function_call", "function_call_output", "custom_tool_call",
+                          "custom_tool_call_output"})
 
 
 def _derived_id(value: Any, salt: bytes) -> Any:

@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from tests.fakes import openai_responses
+from tests.fakes.openai_chat import ORDERS
 from tests.fakes.openai_responses import INSTRUCTIONS, TOOLS, FakeResponsesModel, run_agent
 from tests.fakes.provider import StreamReply
 
@@ -92,6 +93,57 @@ def test_a_run_that_leaves_the_tree_continues_at_the_provider_with_the_replayed_
     assert run["ids"][0] == recorded.id
     assert outcome(run) == EXPECTED_1234
     assert len(provider.calls) == 3
+
+
+@pytest.mark.parametrize("mode", openai_responses.MODES)
+def test_a_stateful_turn_after_a_hit_reaches_a_provider_that_never_issued_the_served_id(
+        shared_proxy, through, provider, model, api_key, mode):
+    # The first turn was recorded in another provider session (expired, another run's): the provider
+    # answering now never issued the id butter serves. The miss after it goes up stateless, whole.
+    through(shared_proxy)
+    sdk = client(api_key)
+    recorded = sdk.responses.create(model="gpt-4.1-mini", instructions=INSTRUCTIONS, tools=TOOLS,
+                                    input=[{"role": "user", "content": "Please refund order 1234."}])
+    provider.handler = forgetful = FakeResponsesModel()
+    run = run_agent(sdk, "1234", mode=mode, stateful=True)
+    assert run["cache"] == ["hit", "miss", "miss"]
+    assert run["ids"][0] == recorded.id and recorded.id not in forgetful.stored
+    assert outcome(run) == EXPECTED_1234
+    second, third = provider.calls[-2].json, provider.calls[-1].json
+    assert "previous_response_id" not in second
+    assert second["input"][0] == {"role": "user", "content": "Please refund order 1234."}
+    assert (second["instructions"], second["tools"], second.get("stream")) == (
+        INSTRUCTIONS, TOOLS, True if mode != "plain" else None)
+    # The provider issued (and stored) the second turn's id: the third turn names it as the client sent it.
+    assert third["previous_response_id"] == run["ids"][1]
+    assert len(provider.calls) == 3
+
+
+def test_a_stateful_verification_after_a_template_hit_reaches_the_provider_statelessly(
+        shared_proxy, through, provider, api_key):
+    # A template learned from two stateful runs; while it is verified on a new customer's name (a
+    # decision input), the first turn is served with ids derived from the run's values and the
+    # second goes to the provider as a verification, naming one of those ids.
+    from tests.e2e.test_templates_e2e import VERIFIERS, promote, settle
+
+    through(shared_proxy)
+    provider.handler = FakeResponsesModel()
+    sdk = client(api_key)
+    for order_id in ("1234", "9876"):
+        run_agent(sdk, order_id, stateful=True)
+    settle(shared_proxy, provider, api_key)
+    promote(shared_proxy, lambda o: run_agent(sdk, o, stateful=True)["cache"], VERIFIERS[:2])
+    calls = len(provider.calls)
+    run = run_agent(sdk, VERIFIERS[2], stateful=True)
+    assert run["cache"] == ["hit", "verify", "hit"]
+    amount = ORDERS[VERIFIERS[2]]["amount"]
+    assert run["calls"] == [("get_order", {"order_id": VERIFIERS[2]}),
+                            ("refund", {"order_id": VERIFIERS[2], "amount": amount})]
+    assert run["answer"] == f"Refunded {amount} for order {VERIFIERS[2]} ({ORDERS[VERIFIERS[2]]['customer']})."
+    [verified] = provider.calls[calls:]
+    assert "previous_response_id" not in verified.json
+    assert [i.get("type", "message") for i in verified.json["input"]] == ["message", "function_call",
+                                                                          "function_call_output"]
 
 
 def test_an_unknown_previous_response_id_passes_through_to_the_provider(shared_proxy, through, provider, model,

@@ -4,9 +4,14 @@ agent loops that drive it through the real `openai` SDK.
 The model answers as the real API does: fresh ids on every response, plain
 JSON or SSE with named events and `sequence_number`, and server-side state
 (`previous_response_id` works only for responses it stored, `store` defaults
-to true). Like the real API it checks what it is sent back: a tool output
-must answer a call in the conversation, and a reasoning item's
-`encrypted_content` must be a blob it issued, byte for byte. Decisions:
+to true; an unknown `previous_response_id` is the API's 400
+`previous_response_not_found`). Like the real API it checks what it is sent
+back: a tool output must answer a call in the conversation, a reasoning
+item's `encrypted_content` must be a blob it issued, byte for byte, and a
+reasoning item without one, in a stored request, is looked up by id (404
+for an id it never issued). Leniency: with `store: false` the real API
+refuses every reasoning item without its blob; this fake lets them by, so
+stateless runs without encrypted reasoning still run. Decisions:
 
     no tool output yet      -> reasoning + call get_order(order_id)
     one tool output         -> reasoning + call refund(order_id, amount)
@@ -39,6 +44,7 @@ class FakeResponsesModel:
     def __init__(self) -> None:
         self.stored: dict[str, list[dict]] = {}  # response id -> whole conversation incl. its output
         self.issued_blobs: set[str] = set()
+        self.issued_reasoning: set[str] = set()  # ids of the reasoning items it made
         self.lock = threading.Lock()
 
     def __call__(self, call: Call) -> JSONReply | StreamReply:
@@ -50,6 +56,9 @@ class FakeResponsesModel:
                 return _error(400, f"Previous response with id '{previous}' not found.", "previous_response_not_found",
                               "previous_response_id")
             conversation = list(self.stored.get(previous, [])) + items
+            unknown = self._unknown_item(items) if body.get("store", True) else None
+            if unknown:
+                return _error(404, f"Item with id '{unknown}' not found.", None, "input")
             problem = self._check(conversation)
             if problem:
                 return _error(400, problem, "invalid_request", "input")
@@ -59,6 +68,14 @@ class FakeResponsesModel:
         if body.get("stream"):
             return StreamReply(stream_events(response))
         return JSONReply(response)
+
+    def _unknown_item(self, items: list[dict]) -> str | None:
+        """A reasoning item sent back without its blob names an item the provider must hold."""
+        for item in items:
+            if item.get("type") == "reasoning" and not item.get("encrypted_content") \
+                    and item.get("id") not in self.issued_reasoning:
+                return str(item.get("id"))
+        return None
 
     def _check(self, conversation: list[dict]) -> str | None:
         calls = {i.get("call_id") for i in conversation if i.get("type") == "function_call"}
@@ -78,6 +95,7 @@ class FakeResponsesModel:
         order_id = re.search(r"\d+", text).group(0)
         reasoning: dict[str, Any] = {"id": "rs_" + secrets.token_hex(12), "type": "reasoning",
                                      "summary": [{"type": "summary_text", "text": f"Step {len(outputs) + 1} for order {order_id}."}]}
+        self.issued_reasoning.add(reasoning["id"])
         if "reasoning.encrypted_content" in (body.get("include") or []):
             # Opaque, with bytes a careless proxy would mangle: padding,
             # slashes, a unicode escape and a literal backslash.

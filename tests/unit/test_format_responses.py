@@ -410,3 +410,185 @@ def test_a_templated_hit_gets_ids_of_its_own_that_are_stable_per_value():
     assert not set(ids(first)) & set(ids(reply)) and not set(ids(first)) & set(ids(other))
     assert [i.split("_")[0] for i in ids(first)] == [i.split("_")[0] for i in ids(reply)]
     assert first["output"][0]["encrypted_content"] == BLOB
+
+
+# -- continuing a served response at the provider (upstream_body) ---------------------------------
+
+def served_first_turn(issued: bool = False, first: dict | None = None) -> tuple[DictTable, dict, dict]:
+    """The first turn's reply remembered as butter served it (or as the provider just answered it)."""
+    table = DictTable()
+    first = first or {**BASE, "instructions": "Be brief."}
+    reply = response([reasoning_item(), {**reasoning_item(), "encrypted_content": None},
+                      call_item("get_order", {"order_id": "1234"})])
+    FORMAT.remember(parse(first), FORMAT.reply_from_body(json.dumps(reply).encode(), False), table, issued=issued)
+    return table, first, reply
+
+
+def follow_up(first: dict, reply: dict, **extra) -> dict:
+    return {**first, "previous_response_id": reply["id"], "stream": True, **extra,
+            "input": [{"type": "function_call_output", "call_id": reply["output"][2]["call_id"], "output": "{}"}]}
+
+
+def upstream(body: dict, table: DictTable) -> dict | None:
+    parsed = FORMAT.expand(parse(body), table)
+    sent = FORMAT.upstream_body(parsed, json.dumps(body).encode(), table)
+    return None if sent is None else json.loads(sent)
+
+
+def test_a_turn_continuing_a_served_response_goes_up_stateless_with_the_whole_conversation():
+    table, first, reply = served_first_turn()
+    body = follow_up(first, reply, metadata={"run": "7"})
+    sent = upstream(body, table)
+    assert "previous_response_id" not in sent
+    # Every other field as the client sent it.
+    assert {k: v for k, v in sent.items() if k != "input"} == {
+        k: v for k, v in body.items() if k not in ("input", "previous_response_id")}
+    blob_reasoning, _, call = reply["output"]
+    assert sent["input"] == [
+        USER,
+        blob_reasoning,  # the provider decrypts it; its id is required
+        # the reasoning item without a blob is left out: the provider would look its id up
+        {k: v for k, v in call.items() if k != "id"},  # call_id kept, the served item id gone
+        body["input"][0],
+    ]
+
+
+def test_a_turn_continuing_a_response_the_provider_issued_and_stored_goes_as_sent():
+    table, first, reply = served_first_turn(issued=True)
+    assert upstream(follow_up(first, reply), table) is None
+    # ... but not once butter has served that id (an exact hit), nor when the provider did not store it.
+    FORMAT.remember(parse(first), FORMAT.reply_from_body(json.dumps(reply).encode(), False), table)
+    assert "previous_response_id" not in upstream(follow_up(first, reply), table)
+    unstored, first, reply = served_first_turn(issued=True, first={**BASE, "store": False})
+    assert "previous_response_id" not in upstream(follow_up(first, reply), unstored)
+
+
+def test_a_request_without_previous_response_id_is_never_rewritten():
+    table = DictTable()
+    assert FORMAT.upstream_body(parse(BASE), json.dumps(BASE).encode(), table) is None
+
+
+def test_a_long_served_chain_is_rebuilt_link_by_link_and_item_references_become_their_items():
+    said = text_item("Which order?")
+    table, first, reply = served_first_turn(first={**BASE, "input": [USER, said, {"type": "item_reference",
+                                                                                   "id": said["id"]}]})
+    second = follow_up(first, reply)
+    answer = response([text_item("Refunded.")])
+    FORMAT.remember(FORMAT.expand(parse(second), table), answer, table)
+    third = {**first, "previous_response_id": answer["id"], "input": [{"role": "user", "content": "Thanks!"}]}
+    sent = upstream(third, table)
+    resent = lambda item: {k: v for k, v in item.items() if k != "id"}
+    assert sent["input"] == [USER, resent(said), resent(said), reply["output"][0], resent(reply["output"][2]),
+                             second["input"][0], resent(answer["output"][0]), third["input"][0]]
+
+
+def test_a_chain_holding_inline_media_is_not_resent_but_forwarded_as_it_is():
+    image = {"role": "user", "content": [{"type": "input_image",
+                                          "image_url": "data:image/png;base64," + base64.b64encode(b"png").decode()}]}
+    table, first, reply = served_first_turn(first={**BASE, "input": [image]})
+    assert b"cG5n" not in json.dumps(table.rows).encode(), "inline bytes were stored"
+    with pytest.raises(NotUnderstood, match="no resendable copy"):
+        upstream(follow_up(first, reply), table)
+
+
+async def test_a_miss_after_a_served_response_reaches_a_provider_that_never_issued_it_statelessly(butter):
+    addon, _ = butter
+    ask = {**BASE, "instructions": "Be brief."}
+    recorded = await exchange(addon, responses_flow(ask), FakeResponsesModel())
+    # Another provider session (expired, or another run's): it never issued the served id.
+    provider = FakeResponsesModel()
+    served = await exchange(addon, responses_flow(ask), None)
+    assert served.response.headers["butter-cache"] == "hit"
+    rid = json.loads(served.response.content)["id"]
+    assert rid == json.loads(recorded.response.content)["id"] and rid not in provider.stored
+    call_id = json.loads(served.response.content)["output"][1]["call_id"]
+    follow = {**ask, "previous_response_id": rid,
+              "input": [{"type": "function_call_output", "call_id": call_id,
+                         "output": '{"order_id": "1234", "amount": 42.5, "customer": "Ana Ruiz"}'}]}
+    second = await exchange(addon, responses_flow(follow), provider)
+    assert second.response.status_code == 200, second.response.content
+    assert second.response.headers["butter-cache"] == "miss"
+    sent = json.loads(second.request.content)
+    assert "previous_response_id" not in sent and sent["input"][-1] == follow["input"][0]
+    # The provider's own new id: the next turn naming it goes as the client sent it.
+    new_id = json.loads(second.response.content)["id"]
+    assert new_id in provider.stored
+    for pending in list(addon.pending):
+        pending.result()
+    third = {**ask, "previous_response_id": new_id,
+             "input": [{"type": "function_call_output", "call_id": json.loads(second.response.content)["output"][1]
+                        ["call_id"], "output": '{"refunded": true}'}]}
+    last = await exchange(addon, responses_flow(third), provider)
+    assert last.response.status_code == 200
+    assert json.loads(last.request.content)["previous_response_id"] == new_id
+    assert json.loads(last.response.content)["output"][1]["content"][0]["text"].startswith("Refunded 42.5")
+
+
+async def test_a_served_chain_butter_cannot_rebuild_is_forwarded_unchanged_with_a_warning(butter, caplog):
+    addon, _ = butter
+    image = {"type": "input_image", "image_url": "data:image/png;base64," + base64.b64encode(b"png").decode()}
+    ask = {**BASE, "input": [{"role": "user", "content": [{"type": "input_text", "text": USER["content"]}, image]}]}
+    await exchange(addon, responses_flow(ask), FakeResponsesModel())
+    served = await exchange(addon, responses_flow(ask), None)
+    rid = json.loads(served.response.content)["id"]
+    follow = {**ask, "previous_response_id": rid, "input": "Thanks!"}
+    flow = responses_flow(follow)
+    with caplog.at_level("WARNING", logger="butter"):
+        await exchange(addon, flow, None)
+    assert flow.response is None and json.loads(flow.request.content) == follow
+    assert addon.flows[flow.id].status == "miss"
+    assert any("forwarded unchanged" in r.getMessage() and rid in r.getMessage() for r in caplog.records)
+
+
+async def test_a_sampled_recheck_of_a_served_turn_continuing_a_served_id_goes_up_stateless(butter):
+    from butter.addon import verification
+    from tests.fakes.openai_chat import ORDERS
+
+    addon, _ = butter
+
+    def customer(order_id: str) -> tuple[dict, dict]:
+        order = ORDERS[order_id]
+        declared = {"order_id": order_id, "customer": order["customer"], "amount": str(order["amount"])}
+        first = {**BASE, "input": [{"role": "user", "content": f"Please refund order {order_id}."}]}
+        return declared, first
+
+    def bound(body: dict, declared: dict) -> http.HTTPFlow:
+        flow = responses_flow(body)
+        flow.request.headers["butter-bindings"] = json.dumps(declared)
+        return flow
+
+    def answer(flow: http.HTTPFlow, order_id: str) -> dict:
+        reply = json.loads(flow.response.content)
+        return {**BASE, "input": [{"type": "function_call_output", "call_id": reply["output"][1]["call_id"],
+                                   "output": json.dumps(ORDERS[order_id])}],
+                "previous_response_id": reply["id"]}
+
+    declared, first = customer("1234")
+    recording = FakeResponsesModel()
+    turn1 = await exchange(addon, bound(first, declared), recording)
+    await exchange(addon, bound(answer(turn1, "1234"), declared), recording)
+    declared, first = customer("9876")
+    served = await exchange(addon, bound(first, declared), None)
+    assert served.response.headers["butter-cache"] == "hit"
+    # What `Verifier.after_serve` hands to replay.client: a copy of a served flow, marked.
+    copy = bound(answer(served, "9876"), declared)
+    copy.metadata[verification.RECHECK] = True
+    provider = FakeResponsesModel()  # the served id is not one it issued
+    rechecked = await exchange(addon, copy, provider)
+    assert rechecked.response.status_code == 200, rechecked.response.content
+    assert "previous_response_id" not in json.loads(copy.request.content)
+    assert rechecked.response.headers["butter-cache"] == verification.STATUS
+
+
+async def test_record_mode_sends_a_turn_continuing_a_served_id_stateless_too(butter):
+    addon, _ = butter
+    await exchange(addon, responses_flow(BASE), FakeResponsesModel())
+    served = await exchange(addon, responses_flow(BASE), None)
+    reply = json.loads(served.response.content)
+    follow = responses_flow({**BASE, "previous_response_id": reply["id"],
+                             "input": [{"type": "function_call_output", "call_id": reply["output"][1]["call_id"],
+                                        "output": '{"order_id": "1234", "amount": 42.5, "customer": "Ana Ruiz"}'}]})
+    follow.request.headers["butter-mode"] = "record"
+    recorded = await exchange(addon, follow, FakeResponsesModel())
+    assert recorded.response.status_code == 200 and recorded.response.headers["butter-cache"] == "record"
+    assert "previous_response_id" not in json.loads(recorded.request.content)
