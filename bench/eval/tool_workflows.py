@@ -65,8 +65,9 @@ TOOLS = (
          cabin="string", payment_id="string"),
     tool("send_email", "Send an email", to="string", subject="string"),
     tool("geocode", "Find coordinates of a place", name="string"),
-    tool("get_forecast", "Daily forecast at coordinates", latitude="number", longitude="number", start_date="string",
-         end_date="string"),
+    tool("get_forecast", "Daily forecast at coordinates", latitude="number", longitude="number", days="integer"),
+    tool("get_daily_forecast", "Daily forecast at coordinates between two dates", latitude="number",
+         longitude="number", start_date="string", end_date="string"),
     tool("get_air_quality", "Current air quality at coordinates", latitude="number", longitude="number"),
 )
 
@@ -201,13 +202,9 @@ def flight_booking(r: random.Random) -> list[Turn]:
 
 # -- flow 3: geocoding with a varying list, coordinates into the next two calls ------------------------
 
-def weather(r: random.Random) -> tuple[str, list[Turn]]:
-    """The run's own day is in the system prompt (as agents put it there); the
-    forecast is asked for tomorrow, a date the model counts (across month and
-    year ends) and that no message spells."""
-    today = date(2026, 1, 1) + timedelta(days=r.randint(0, 729))
-    tomorrow = (today + timedelta(days=1)).isoformat()
-    name, lat, lon, country, code, region = r.choice(CITIES)
+def _places(r: random.Random, name: str, lat: float, lon: float, country: str, code: str,
+            region: str | None) -> tuple[list[dict], dict]:
+    """A geocoding answer: 1-3 places of that name, the first the right one, optional fields."""
     results = []
     for i in range(r.randint(1, 3)):
         place = {"id": r.randint(1000000, 9999999), "name": name, "latitude": lat if i == 0 else round(lat + r.uniform(-9, 9), 5),
@@ -218,29 +215,65 @@ def weather(r: random.Random) -> tuple[str, list[Turn]]:
         if r.random() < 0.6:
             place["population"] = r.randint(20000, 900000)
         results.append(place)
-    geo = {"results": results, "generationtime_ms": round(r.uniform(0.2, 3.0), 6)}
-    days = [tomorrow]
+    return results, {"results": results, "generationtime_ms": round(r.uniform(0.2, 3.0), 6)}
+
+
+def _daily(r: random.Random, lat: float, lon: float, timezone: str, days: list[str]) -> tuple[dict, list, list, list]:
+    """A daily forecast for `days`: (answer, minima, maxima, rain)."""
     tmax = [round(r.uniform(-5, 18), 1) for _ in days]
     tmin = [round(t - r.uniform(2, 9), 1) for t in tmax]
     rain = [round(r.uniform(0, 12), 1) for _ in days]
-    forecast = {"latitude": lat, "longitude": lon, "timezone": results[0]["timezone"], "elevation": r.randint(2, 400),
+    forecast = {"latitude": lat, "longitude": lon, "timezone": timezone, "elevation": r.randint(2, 400),
                 "daily_units": {"temperature_2m_max": "°C", "temperature_2m_min": "°C", "precipitation_sum": "mm"},
                 "daily": {"time": days, "temperature_2m_max": tmax, "temperature_2m_min": tmin, "precipitation_sum": rain}}
+    return forecast, tmin, tmax, rain
+
+
+def _air(r: random.Random, lat: float, lon: float, day: str) -> tuple[dict, int]:
     aqi = r.randint(8, 60)
-    air = {"latitude": lat, "longitude": lon, "current": {"time": f"{today.isoformat()}T{r.randint(10, 23)}:00",
-                                                           "european_aqi": aqi, "pm2_5": round(r.uniform(1, 20), 1)}}
+    return {"latitude": lat, "longitude": lon, "current": {"time": f"{day}T{r.randint(10, 23)}:00",
+                                                           "european_aqi": aqi, "pm2_5": round(r.uniform(1, 20), 1)}}, aqi
+
+
+def weather(r: random.Random) -> list[Turn]:
+    name, lat, lon, country, code, region = r.choice(CITIES)
+    results, geo = _places(r, name, lat, lon, country, code, region)
+    day = r.randint(1, 27)
+    days = [f"2026-12-{day:02d}", f"2026-12-{day + 1:02d}"]
+    forecast, tmin, tmax, rain = _daily(r, lat, lon, results[0]["timezone"], days)
+    air, aqi = _air(r, lat, lon, days[0])
+    return [Turn(f"What will the weather be like in {name} tomorrow?", TOOLS, (
+        call("geocode", {"name": name}, geo),
+        call("get_forecast", {"latitude": lat, "longitude": lon, "days": 2}, forecast),
+        call("get_air_quality", {"latitude": lat, "longitude": lon}, air),
+        say(f"Tomorrow in {name}: {tmin[1]} to {tmax[1]} °C with {rain[1]} mm of rain; the air quality index is {aqi}."),
+    ))]
+
+
+# -- flow 4: the same on the run's own day: tomorrow's date is today's plus one ------------------------
+
+def forecast_tomorrow(r: random.Random) -> tuple[str, list[Turn]]:
+    """The run's own day is in the system prompt (as agents put it there); the
+    forecast is asked for tomorrow, a date the model counts (across month and
+    year ends) and that no message spells."""
+    today = date(2026, 1, 1) + timedelta(days=r.randint(0, 729))
+    tomorrow = (today + timedelta(days=1)).isoformat()
+    name, lat, lon, country, code, region = r.choice(CITIES)
+    results, geo = _places(r, name, lat, lon, country, code, region)
+    forecast, tmin, tmax, rain = _daily(r, lat, lon, results[0]["timezone"], [tomorrow])
+    air, aqi = _air(r, lat, lon, today.isoformat())
     return f"{SYSTEM} Today is {today.isoformat()}.", [Turn(f"What will the weather be like in {name} tomorrow?", TOOLS, (
         call("geocode", {"name": name}, geo),
-        call("get_forecast", {"latitude": lat, "longitude": lon, "start_date": tomorrow, "end_date": tomorrow}, forecast),
+        call("get_daily_forecast", {"latitude": lat, "longitude": lon, "start_date": tomorrow, "end_date": tomorrow},
+             forecast),
         call("get_air_quality", {"latitude": lat, "longitude": lon}, air),
         say(f"Tomorrow in {name}: {tmin[0]} to {tmax[0]} °C with {rain[0]} mm of rain; the air quality index is {aqi}."),
     ))]
 
-
 # A flow makes one run's turns, or (its own system prompt, turns) when the prompt carries a run's value.
 FLOWS: dict[str, Callable[[random.Random], Union[list[Turn], tuple[str, list[Turn]]]]] = {
     "order-status (bare id)": order_status, "flight-booking (varying list)": flight_booking,
-    "weather (coordinates)": weather,
+    "weather (coordinates)": weather, "forecast (tomorrow's date)": forecast_tomorrow,
 }
 
 

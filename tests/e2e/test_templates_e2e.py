@@ -461,9 +461,10 @@ def test_responses_two_recorded_customers_serve_a_third_with_ids_of_its_own(
     sdk = openai.OpenAI(api_key=api_key, max_retries=0, timeout=20)
     recorded = [run_agent(sdk, order_id, stateful=stateful, encrypted_reasoning=False) for order_id in ("1234", "9876")]
     settle(shared_proxy, provider, api_key)
-    # Verified by stateless runs (the same tree): a stateful run that mixes hits and provider calls
-    # names a response id the provider never issued (docs/responses.md).
-    promote_past_a_decision_input(shared_proxy, lambda o: run_agent(sdk, o, encrypted_reasoning=False)["cache"])
+    # Verified in the same mode: a stateful run that mixes hits and provider calls continues a
+    # served response by resending the whole conversation (docs/responses.md).
+    promote_past_a_decision_input(
+        shared_proxy, lambda o: run_agent(sdk, o, stateful=stateful, encrypted_reasoning=False)["cache"])
     calls = len(provider.calls)
     served = run_agent(sdk, "5555", mode="helper", stateful=stateful, encrypted_reasoning=False)
     assert served["cache"] == ["hit", "hit", "hit"] and len(provider.calls) == calls
