@@ -102,7 +102,7 @@ class Butter:
         self.misses: Counter[bytes] = Counter()  # per namespace/api/model, for `butter stats`
         self.last_flush = time.monotonic()
         self.last_reader_check = time.monotonic()
-        self.disabled = ""  # why butter is off (a damaged database), shown in butter-cache
+        self.disabled = ""  # why butter is off (a damaged database, no shared store yet), shown in butter-cache
         self.joiner: SharedStoreJoiner[Cache] | None = None  # retries a shared store unreachable at start
         self._once = limits.OnceLog(log)  # bounded: keys name a kind of problem, never its text
         self._stuck_drain: Future | None = None  # a wait for the writer that timed out, until it completes
@@ -537,7 +537,8 @@ class Butter:
             action = feedback.route(flow.request.method, flow.request.path, flow.request.raw_content or b"")
             if isinstance(action, feedback.Health):
                 answer = feedback.health(self.cache.backend.path if self.cache else None, ctx.options.butter_mode,
-                                         ctx.options.butter_namespace, ctx.options.butter_min_observations)
+                                         ctx.options.butter_namespace, ctx.options.butter_min_observations,
+                                         self.disabled)
             elif isinstance(action, feedback.Vote):
                 answer = await self._vote(action)
             else:

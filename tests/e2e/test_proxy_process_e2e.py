@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from butter.cli.proxy_process import ProxyOptions, ProxyProcess, ProxyStartError, ensure_trust
+from butter.cli.proxy_process import ProxyOptions, ProxyProcess, ProxyStartError, ensure_trust, free_port
 
 CURL = shutil.which("curl")
 
@@ -33,6 +33,23 @@ def test_started_proxy_answers_curl_over_https_with_the_env_it_returns_and_stops
         assert proxy.stop() is not None
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5).close()
+
+
+@pytest.mark.skipif(CURL is None, reason="needs curl")
+def test_a_proxy_whose_shared_store_is_not_up_yet_starts_and_says_butter_is_disabled(tmp_path: Path):
+    trust = ensure_trust(tmp_path / "conf")
+    nothing_listens = f"redis://127.0.0.1:{free_port()}/0?prefix=late&local={tmp_path / 'replica'}"
+    proxy = ProxyProcess(ProxyOptions(db=nothing_listens), trust, log=tmp_path / "mitmdump.log")
+    try:
+        env = {**os.environ, **proxy.client_env()}
+        done = subprocess.run([CURL, "-sS", "--fail", "https://butter.local/health"], env=env,
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr + proxy.log_text()
+        health = json.loads(done.stdout)
+        assert health["butter"] == "disabled" and "shared store unreachable" in health["reason"]
+    finally:
+        assert proxy.stop() is not None
+    assert "Traceback" not in proxy.log_text()
 
 
 def test_a_port_already_in_use_is_refused_before_mitmdump_starts(tmp_path: Path):

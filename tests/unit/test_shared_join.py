@@ -19,6 +19,7 @@ from tests.e2e.harness import ROOT, free_port
 from tests.fakes.redis_server import RedisServer
 from tests.unit.test_addon import llm_flow, send
 from tests.unit.test_addon_faults import exchange_once
+from tests.unit.test_feedback import local_flow
 
 PASSWORD = "s3cret-redis-pass"
 
@@ -79,6 +80,9 @@ async def test_the_proxy_starts_disabled_while_redis_is_unreachable_then_joins_a
             passed = await exchange_once(addon, llm_flow())
             assert passed.response.headers["butter-cache"] == "bypass (butter disabled: shared store unreachable)"
             assert "accept-encoding" not in passed.request.headers  # untouched
+            health = await exchange_once(addon, local_flow("GET", "/health"), reply=None)
+            assert health.response.status_code == 200  # up, so `butter proxy` starts
+            assert health.response.json()["butter"] == "disabled"
             await asyncio.sleep(0.5)  # several attempts fail, silently
             server.start()
             assert await eventually(lambda: not addon.disabled), caplog.text
