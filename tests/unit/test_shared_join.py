@@ -47,6 +47,21 @@ def quick_retries(monkeypatch):
     monkeypatch.setattr(shared_join, "JOIN_RETRY_SECONDS", 0.1)
 
 
+@pytest.fixture
+def late_redis(tmp_path):
+    """A password-protected redis-server whose port is known now and which the test starts later."""
+    server = RedisServer(tmp_path / "redis", password=PASSWORD, port=free_port(), start=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def addon():
+    addon = cache_addon.Butter()
+    yield addon
+    addon.done()
+
+
 # -- the store: unreachable is not refused --------------------------------------------
 
 def test_a_never_synced_replica_with_nothing_listening_is_unreachable(tmp_path):
@@ -55,89 +70,66 @@ def test_a_never_synced_replica_with_nothing_listening_is_unreachable(tmp_path):
     assert isinstance(raised.value, SharedStoreError)
 
 
-def test_a_redis_that_refuses_the_password_is_a_configuration_error_not_unreachable(tmp_path):
-    server = RedisServer(tmp_path / "redis", password=PASSWORD)
-    try:
-        with pytest.raises(SharedStoreError, match="refused this replica") as raised:
-            Cache(url_at(server.port, tmp_path / "replica", "wrong-password"))
-        assert not isinstance(raised.value, SharedStoreUnreachable)
-        assert "wrong-password" not in str(raised.value)
-    finally:
-        server.stop()
+def test_a_redis_that_refuses_the_password_is_a_configuration_error_not_unreachable(tmp_path, late_redis):
+    late_redis.start()
+    with pytest.raises(SharedStoreError, match="refused this replica") as raised:
+        Cache(url_at(late_redis.port, tmp_path / "replica", "wrong-password"))
+    assert not isinstance(raised.value, SharedStoreUnreachable)
+    assert "wrong-password" not in str(raised.value)
 
 
 # -- the addon ---------------------------------------------------------------------------
 
 async def test_the_proxy_starts_disabled_while_redis_is_unreachable_then_joins_and_serves(
-        tmp_path, caplog, quick_retries):
-    port = free_port()
-    server = RedisServer(tmp_path / "redis", password=PASSWORD, port=port, start=False)
-    addon = cache_addon.Butter()
-    try:
-        with caplog.at_level(logging.INFO, logger="butter"), taddons.context(addon) as tctx:
-            tctx.configure(addon, butter_db=url_at(port, tmp_path / "replica", PASSWORD))
-            assert addon.cache is None
-            passed = await exchange_once(addon, llm_flow())
-            assert passed.response.headers["butter-cache"] == "bypass (butter disabled: shared store unreachable)"
-            assert "accept-encoding" not in passed.request.headers  # untouched
-            health = await exchange_once(addon, local_flow("GET", "/health"), reply=None)
-            assert health.response.status_code == 200  # up, so `butter proxy` starts
-            assert health.response.json()["butter"] == "disabled"
-            await asyncio.sleep(0.5)  # several attempts fail, silently
-            server.start()
-            assert await eventually(lambda: not addon.disabled), caplog.text
-            first = await send(addon, llm_flow())
-            second = await send(addon, llm_flow(), reply=None)
-        addon.done()
-        assert first.response.headers["butter-cache"] == "miss"
-        assert second.response.headers["butter-cache"] == "hit"
-        [warning] = [r.getMessage() for r in caplog.records if "DISABLED" in r.getMessage()]
-        assert "cannot reach the shared store redis://127.0.0.1" in warning
-        [joined] = [r.getMessage() for r in caplog.records if "joined the shared store" in r.getMessage()]
-        assert f"127.0.0.1:{port}" in joined
-        assert PASSWORD not in caplog.text
-        assert not join_threads()
-    finally:
-        addon.done()
-        server.stop()
+        tmp_path, caplog, quick_retries, late_redis, addon):
+    with caplog.at_level(logging.INFO, logger="butter"), taddons.context(addon) as tctx:
+        tctx.configure(addon, butter_db=url_at(late_redis.port, tmp_path / "replica", PASSWORD))
+        assert addon.cache is None
+        passed = await exchange_once(addon, llm_flow())
+        assert passed.response.headers["butter-cache"] == "bypass (butter disabled: shared store unreachable)"
+        assert "accept-encoding" not in passed.request.headers  # untouched
+        health = await exchange_once(addon, local_flow("GET", "/health"), reply=None)
+        assert health.response.status_code == 200  # up, so `butter proxy` starts
+        assert health.response.json()["butter"] == "disabled"
+        await asyncio.sleep(0.5)  # several attempts fail, silently
+        late_redis.start()
+        assert await eventually(lambda: not addon.disabled), caplog.text
+        first = await send(addon, llm_flow())
+        second = await send(addon, llm_flow(), reply=None)
+    addon.done()
+    assert first.response.headers["butter-cache"] == "miss"
+    assert second.response.headers["butter-cache"] == "hit"
+    [warning] = [r.getMessage() for r in caplog.records if "DISABLED" in r.getMessage()]
+    assert "cannot reach the shared store redis://127.0.0.1" in warning
+    [joined] = [r.getMessage() for r in caplog.records if "joined the shared store" in r.getMessage()]
+    assert f"127.0.0.1:{late_redis.port}" in joined
+    assert PASSWORD not in caplog.text
+    assert not join_threads()
 
 
 async def test_a_store_that_refuses_the_replica_once_up_keeps_traffic_passing_and_says_why(
-        tmp_path, caplog, quick_retries):
-    port = free_port()
-    server = RedisServer(tmp_path / "redis", password=PASSWORD, port=port, start=False)
-    addon = cache_addon.Butter()
-    try:
-        with caplog.at_level(logging.INFO, logger="butter"), taddons.context(addon) as tctx:
-            tctx.configure(addon, butter_db=url_at(port, tmp_path / "replica", "wrong-password"))
-            server.start()
-            assert await eventually(lambda: addon.joiner is None), caplog.text
-            passed = await exchange_once(addon, llm_flow())
-        assert addon.cache is None
-        assert passed.response.headers["butter-cache"] == "bypass (butter disabled: shared store refused)"
-        [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert "refused this replica" in error.getMessage() and "wrong-password" not in caplog.text
-        assert not join_threads()
-    finally:
-        addon.done()
-        server.stop()
+        tmp_path, caplog, quick_retries, late_redis, addon):
+    with caplog.at_level(logging.INFO, logger="butter"), taddons.context(addon) as tctx:
+        tctx.configure(addon, butter_db=url_at(late_redis.port, tmp_path / "replica", "wrong-password"))
+        late_redis.start()
+        assert await eventually(lambda: addon.joiner is None), caplog.text
+        passed = await exchange_once(addon, llm_flow())
+    assert addon.cache is None
+    assert passed.response.headers["butter-cache"] == "bypass (butter disabled: shared store refused)"
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "refused this replica" in error.getMessage() and "wrong-password" not in caplog.text
+    assert not join_threads()
 
 
-async def test_a_refusal_at_start_still_stops_the_proxy(tmp_path):
-    server = RedisServer(tmp_path / "redis", password=PASSWORD)
-    addon = cache_addon.Butter()
-    try:
-        with taddons.context(addon) as tctx:
-            with pytest.raises(exceptions.OptionsError, match="refused this replica"):
-                tctx.configure(addon, butter_db=url_at(server.port, tmp_path / "replica", "wrong-password"))
-        assert addon.joiner is None
-    finally:
-        addon.done()
-        server.stop()
+async def test_a_refusal_at_start_still_stops_the_proxy(tmp_path, late_redis, addon):
+    late_redis.start()
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="refused this replica"):
+            tctx.configure(addon, butter_db=url_at(late_redis.port, tmp_path / "replica", "wrong-password"))
+    assert addon.joiner is None
 
 
-async def test_closing_while_redis_is_still_unreachable_stops_the_attempts(tmp_path, quick_retries):
-    addon = cache_addon.Butter()
+async def test_closing_while_redis_is_still_unreachable_stops_the_attempts(tmp_path, quick_retries, addon):
     with taddons.context(addon) as tctx:
         tctx.configure(addon, butter_db=url_at(free_port(), tmp_path / "replica"))
         assert join_threads()
