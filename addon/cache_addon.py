@@ -32,6 +32,7 @@ from butter.addon import limits  # body ceilings, work off the loop, bounded log
 from butter.addon.induction_queue import InductionQueue
 from butter.addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
 from butter.addon.run_report import RunReport  # butter_run_report: this process's counts, for `butter run`
+from butter.addon.shared_join import SharedStoreJoiner  # a Redis not up yet at start
 from butter.store import Cache, Hit, ServePolicy, admin, default_db_path
 from butter.store.cache import NamespacedTable
 from butter.store.db_check import DatabaseDamaged
@@ -39,6 +40,7 @@ from butter.store.lmdb_backend import probe_in_subprocess
 from butter.store.inspect import INDUCTION_SKIPS_TABLE, MISSES_TABLE, miss_key
 from butter.store.last_miss import LAST_MISS_TABLE, last_miss_key, last_miss_row  # for `butter explain --last-miss`
 from butter.store.model import Miss
+from butter.store.shared_backend import SharedStoreUnreachable
 from butter.store.templates import RenderError, render_reply
 from butter.store.tree import plan_record, root_id
 
@@ -100,7 +102,8 @@ class Butter:
         self.misses: Counter[bytes] = Counter()  # per namespace/api/model, for `butter stats`
         self.last_flush = time.monotonic()
         self.last_reader_check = time.monotonic()
-        self.disabled = ""  # why butter is off (a damaged database), shown in butter-cache
+        self.disabled = ""  # why butter is off (a damaged database, no shared store yet), shown in butter-cache
+        self.joiner: SharedStoreJoiner[Cache] | None = None  # retries a shared store unreachable at start
         self._once = limits.OnceLog(log)  # bounded: keys name a kind of problem, never its text
         self._stuck_drain: Future | None = None  # a wait for the writer that timed out, until it completes
         # mitmdump sets the root logger to DEBUG and filters in its handlers,
@@ -210,13 +213,44 @@ class Butter:
             self.disabled = "bypass (butter disabled: damaged database)"
             log.warning("butter: DISABLED, every request passes through untouched: %s", e)
             return
+        except SharedStoreUnreachable as e:
+            # A never-synced replica and no Redis yet (docker-compose starts both at once): traffic
+            # flows untouched while a thread keeps trying; only this is retried, not a refusal.
+            self.disabled = "bypass (butter disabled: shared store unreachable)"
+            self.joiner = SharedStoreJoiner(lambda: Cache(path, policy), self._joined, self._join_refused,
+                                            ctx.master.event_loop)
+            log.warning("butter: DISABLED until the shared store answers, every request passes through untouched: "
+                        "%s (trying again every %g s)", e, self.joiner.interval)
+            return
         except Exception as e:  # a bad path must not take the proxy down silently
             raise exceptions.OptionsError(f"butter_db {path!r} cannot be opened: {e}") from e
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="butter-writer")
-        self.inducer = InductionQueue()
+        self._start_writing()
         log.info("butter: tree at %s, mode %s", self.cache.backend.path, ctx.options.butter_mode)
 
+    def _start_writing(self) -> None:
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="butter-writer")
+        self.inducer = InductionQueue()
+
+    def _joined(self, cache: Cache) -> None:
+        """On the event loop: the shared store answered; butter serves and records from the next request."""
+        self.joiner = None
+        self.cache = cache
+        cache.set_trust(verification.rules())
+        self._start_writing()
+        self.disabled = ""  # last: a request sees butter on only once all of it is
+        log.info("butter: joined the shared store %s; serving and recording now (tree at %s, mode %s)",
+                 getattr(cache.backend, "display", ""), cache.backend.path, ctx.options.butter_mode)
+
+    def _join_refused(self, error: Exception) -> None:
+        """On the event loop: Redis answered, and refused this replica: a mistake that waiting will not fix."""
+        self.joiner = None
+        self.disabled = "bypass (butter disabled: shared store refused)"
+        log.error("butter: DISABLED, every request passes through untouched: the shared store cannot be used: %s", error)
+
     def _close(self) -> None:
+        if self.joiner is not None:
+            self.joiner.stop()
+            self.joiner = None
         if self.writer is not None:
             self.writer.shutdown(wait=True)  # nothing recorded is lost
             self.writer = None
@@ -524,7 +558,8 @@ class Butter:
             action = feedback.route(flow.request.method, flow.request.path, flow.request.raw_content or b"")
             if isinstance(action, feedback.Health):
                 answer = feedback.health(self.cache.backend.path if self.cache else None, ctx.options.butter_mode,
-                                         ctx.options.butter_namespace, ctx.options.butter_min_observations)
+                                         ctx.options.butter_namespace, ctx.options.butter_min_observations,
+                                         self.disabled)
             elif isinstance(action, feedback.Vote):
                 answer = await self._vote(action)
             else:

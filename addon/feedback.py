@@ -119,10 +119,17 @@ def vote_failed(error: FeedbackError) -> Answer:
     return problem(404 if isinstance(error, UnknownTarget) else 409, str(error))
 
 
-def health(db: str | None, mode: str, namespace: str, min_observations: int) -> Answer:
+def health(db: str | None, mode: str, namespace: str, min_observations: int, disabled: str = "") -> Answer:
     """Is butter up, and how is it set. The database by its folder's name only:
     any client of the proxy can ask, and an absolute path tells it about the
-    machine (user names, project layout) that it has no need to know."""
+    machine (user names, project layout) that it has no need to know.
+
+    `disabled` (why traffic passes through untouched: a damaged database, a
+    shared store not reachable yet) is still a 200: the proxy is up and
+    serving its clients, and `butter proxy` waits on this answer to start."""
+    if disabled:
+        return Answer(200, {"butter": "disabled", "reason": disabled, "mode": mode,
+                            "endpoints": list(ENDPOINTS)})
     if db is None:
         return problem(503, "butter has no open tree")
     return Answer(200, {"butter": "ok", "db": os.path.basename(db.rstrip(os.sep)) or None, "mode": mode, "namespace": namespace or None,

@@ -44,7 +44,16 @@ RETRY_SECONDS = 1.0
 
 
 class SharedStoreError(RuntimeError):
-    """The shared store cannot be used as asked (unreachable on first use, another tree's replica)."""
+    """The shared store cannot be used as asked (another tree's replica, another secret, refused access)."""
+
+
+class SharedStoreUnreachable(SharedStoreError):
+    """A replica that never synced and a Redis that does not answer (yet): worth trying again later.
+
+    Only the network is at fault (refused, timed out, a name not resolving
+    yet, Redis still loading its data); a refusal by Redis itself (a wrong
+    password, no permission) is a plain SharedStoreError, a mistake to fix.
+    """
 
 
 def newer(a: str, b: str) -> bool:
@@ -87,7 +96,9 @@ class SharedBackend(LmdbBackend):
         except self._redis_errors as e:
             if not cursor.get("epoch"):
                 super().close()
-                raise SharedStoreError(f"cannot reach the shared store {self.display}: {e}") from e
+                if _transient(e):
+                    raise SharedStoreUnreachable(f"cannot reach the shared store {self.display}: {e}") from e
+                raise SharedStoreError(f"the shared store {self.display} refused this replica: {e}") from e
             # Synced before: serve from the replica and catch up when Redis returns.
             self._mark_down(e)
         self.journal = self._enqueue
@@ -271,6 +282,15 @@ class SharedBackend(LmdbBackend):
             except Exception:
                 pass
         super().close()
+
+
+def _transient(error: BaseException) -> bool:
+    """Would the same request succeed once the server is up? (not a wrong password or a missing permission)"""
+    import redis
+
+    if isinstance(error, redis.AuthenticationError):  # a ConnectionError to redis-py, a mistake to us
+        return False
+    return isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError))
 
 
 def _text(value: Any) -> str:

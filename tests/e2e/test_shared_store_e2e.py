@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from tests.fakes.openai_chat import ORDERS, run_agent
+from tests.e2e.harness import free_port
 from tests.fakes.redis_server import RedisServer
 
 
@@ -96,5 +97,32 @@ def test_redis_killed_and_restarted_mid_traffic_loses_nothing_and_no_client_sees
             assert run["cache"] == ["hit", "hit", "hit"], f"order {order}: {run['cache']}\n{b.log_text()[-3000:]}"
         assert "unreachable" in a.log_text()
         assert "s3cret" not in a.log_text()
+    finally:
+        server.stop()
+
+
+def test_a_proxy_started_before_its_redis_passes_traffic_through_then_joins_and_serves(
+        start_proxy, through, provider, api_key, tmp_path):
+    # docker-compose starts the proxy and Redis together: the proxy must come up first and wait.
+    server = RedisServer(tmp_path / "redis", port=free_port(), start=False)
+    try:
+        proxy = start_proxy(db=f"{server.url}?prefix=late&local={tmp_path / 'replica'}")
+        through(proxy)
+        before = run_agent(client(api_key), "1234")
+        assert before["cache"] == ["bypass (butter disabled: shared store unreachable)"] * 3
+        assert before["answer"] and len(provider.calls) == 3
+        assert proxy.proc.poll() is None and "DISABLED until the shared store answers" in proxy.log_text()
+        server.start()
+        deadline = time.monotonic() + 30
+        while "joined the shared store" not in proxy.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "joined the shared store" in proxy.log_text(), proxy.log_text()[-3000:]
+        recorded = run_agent(client(api_key), "1234")
+        served = run_agent(client(api_key), "1234")
+        assert recorded["cache"] == ["miss", "miss", "miss"] and len(provider.calls) == 6
+        assert served["cache"] == ["hit", "hit", "hit"] and len(provider.calls) == 6
+        assert served["answer"] == recorded["answer"] == before["answer"]
+        proxy.stop()
+        assert proxy.proc.returncode == 0 and "Traceback" not in proxy.log_text()
     finally:
         server.stop()

@@ -26,11 +26,13 @@ def server_binary() -> str:
 class RedisServer:
     """Durable (append-only file, fsync always) so a restart keeps what it acknowledged."""
 
-    def __init__(self, folder: Path, password: str | None = None):
+    def __init__(self, folder: Path, password: str | None = None, *, port: int | None = None, start: bool = True):
+        # start=False: a port chosen now, a server started later (a proxy that started before its Redis).
         self.folder, self.password = folder, password
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
-        self.start()
+        if start:
+            self.start()
 
     @property
     def url(self) -> str:
