@@ -88,7 +88,7 @@ class Cache:
             def servable(hit: Hit) -> bool:
                 # Several templates may match (a narrow one learned first, a
                 # broader one later): the walk looks on past one that may not serve.
-                verdicts[id(hit)] = verdict = self._verdict(snap, hit)
+                verdicts[id(hit)] = verdict = self._verdict(snap, hit, generation)
                 return verdict.action == "serve"
 
             result = lookup(conversation, namespace, reader, self.policy, match_template=match_message,
@@ -97,13 +97,14 @@ class Cache:
                 return self._judged(snap, result, len(conversation.messages), verdicts.get(id(result)))
             return result
 
-    def _verdict(self, snap, hit: Hit) -> Judgement:
+    def _verdict(self, snap, hit: Hit, generation: int | None = None) -> Judgement:
         """How this hit's template reply is judged (store/trust.py).
 
         The trust entries read at this template generation (every trust write
         bumps it) are kept prepared for `judge`: one dict lookup per hit.
         """
-        generation = snap.template_generation()
+        if generation is None:
+            generation = snap.template_generation()
         views = self._trust_views
         if views[0] != generation:
             views = self._trust_views = (generation, {})
@@ -282,8 +283,8 @@ class _DecodedTemplates:
     def template_children(self, node_id: bytes) -> list[NodeRecord]:
         return self._entry(node_id)[0].templates
 
-    def template_candidates(self, node_id: bytes, message) -> list[NodeRecord]:
-        return self._entry(node_id)[0].candidates(message)
+    def template_candidates(self, node_id: bytes, message, text: bytes | None = None) -> list[NodeRecord]:
+        return self._entry(node_id)[0].candidates(message, text)
 
     def may_have_exact_child(self, node_id: bytes) -> bool:
         if node_id not in self.decoded:

@@ -23,6 +23,11 @@ the rarest probe among its siblings is chosen. The test is only ever
 necessary, never sufficient: the index may propose a template that then
 fails to match, never hide one that would match. Candidates keep the
 children's order, so the walk tries them in the same order as without it.
+
+Agents resend the same conversation prefix turn after turn, so the walk asks
+the same node about the same message again and again: given the message's
+memo text (store/tree.py, the message's exact serialisation), a set answers
+a message it has seen from memory (at most `MEMO_SIZE` per set).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from .model import Message, NodeRecord
 from .templates import MARK, parse_text
 
 KEY_CHARS = 24
+MEMO_SIZE = 256
 MIN_INDEXED = 2  # with one template, matching it costs about what a probe does
 
 Path = tuple[str | int, ...]
@@ -95,10 +101,11 @@ def _at(message: Any, path: Path) -> Any:
 class TemplateSet:
     """One node's template children (in stored order) and their probe index."""
 
-    __slots__ = ("templates", "_always", "_groups")
+    __slots__ = ("templates", "_always", "_groups", "_seen")
 
     def __init__(self, templates: Sequence[NodeRecord]):
         self.templates: list[NodeRecord] = list(templates)
+        self._seen: dict[bytes, list[NodeRecord]] = {}
         self._always: list[int] = []
         # group -> key -> indices of the templates whose probe it is
         self._groups: dict[Group, dict[str, list[int]]] = {}
@@ -118,10 +125,18 @@ class TemplateSet:
             group, key = min(fs, key=lambda f: (sharing[f], -len(f[1])))
             self._groups.setdefault(group, {}).setdefault(key, []).append(i)
 
-    def candidates(self, message: Message) -> list[NodeRecord]:
-        """The templates `message` passes the probe of, in stored order."""
+    def candidates(self, message: Message, text: bytes | None = None) -> list[NodeRecord]:
+        """The templates `message` passes the probe of, in stored order;
+        `text`, the message's memo text, lets a message seen before be answered from memory."""
         if not self._groups:
             return self.templates
+        if text is not None:
+            found = self._seen.get(text)
+            if found is None:
+                found = self._seen[text] = self.candidates(message)
+                if len(self._seen) > MEMO_SIZE:
+                    self._seen.clear()
+            return found
         found = list(self._always)
         for (path, kind, n), buckets in self._groups.items():
             value = _at(message, path)

@@ -149,7 +149,7 @@ class TreeReader(Protocol):
     def has_node(self, node_id: bytes) -> bool: ...
     def replies(self, node_id: bytes) -> list[StoredReply]: ...
     def template_children(self, node_id: bytes) -> list[NodeRecord]: ...
-    # Optional: `template_candidates(node_id, message)`, the template children
+    # Optional: `template_candidates(node_id, message, text)`, the template children
     # in the same order minus some that cannot match `message` (an index);
     # without it every template child is tried. Optional too:
     # `may_have_exact_child(node_id)`, asked only of a node the walk reached
@@ -249,7 +249,7 @@ def lookup(
             if reader.has_node(exact):
                 yield exact, bindings, False
         if match_template is not None:
-            templates = candidates(node, message) if candidates is not None else reader.template_children(node)
+            templates = candidates(node, message, text) if candidates is not None else reader.template_children(node)
             for template in templates:
                 extended = _matched(match_template, template, message, text, bindings)
                 if extended is not None:

@@ -157,6 +157,18 @@ def test_the_index_never_hides_a_template_that_matches_and_keeps_the_stored_orde
     assert proposed < total * 0.6  # and the index does leave most templates out
 
 
+def test_a_message_seen_before_gets_the_same_candidates_from_memory_and_each_message_its_own():
+    rng = random.Random(20261203)
+    siblings = [random_template_message(rng) for _ in range(10)]
+    index = TemplateSet([node_record(template_content(m, s)) for m, s in siblings])
+    messages = concrete_messages(rng, siblings, 60)
+    expected = [[r.node_id for r in index.candidates(m)] for m in messages]
+    for _ in range(2):  # the second pass is answered from memory
+        for message, want in zip(messages, expected):
+            text = tree._memo_text(message)
+            assert [r.node_id for r in index.candidates(message, text)] == want
+
+
 def test_probes_come_from_literals_and_text_marker_ends_only():
     shipped = template_content({"role": "tool", "content": json_marker({"status": "shipped", "id": text_marker("{{a}}")})},
                                {"a": "text"})
