@@ -179,8 +179,8 @@ class SharedBackend(LmdbBackend):
         reply, pointer = pipe.execute()
         pointer = parse_pointer(pointer)
         if pointer and pointer["epoch"] == cursor.get("epoch") and newer(pointer["id"], last):
-            self._load_snapshot(r, pointer)
-            return READ_BATCH  # then the log from the snapshot on
+            self._load_snapshot(pointer)
+            return READ_BATCH + self._read_once(r, block=None)  # and the log from the snapshot on
         if not reply:
             return 0
         entries = []
@@ -194,8 +194,9 @@ class SharedBackend(LmdbBackend):
             self.apply_ops(entries, newer)
         return len(entries)
 
-    def _load_snapshot(self, r: Any, pointer: dict) -> None:
-        """Replace this replica's tree with the shared store's snapshot, keeping its own unsent writes."""
+    def _load_snapshot(self, pointer: dict) -> None:
+        """Replace this replica's tree with the shared store's snapshot, keeping its own writes."""
+        r = self._writer  # not the quick client of a lookup: a snapshot may take seconds to read
         started = time.monotonic()
         for _ in range(3):
             chunks = fetch_chunks(r, pointer)
