@@ -44,6 +44,8 @@ READ_BATCH = 500
 BLOCK_MS = 250
 CATCH_UP_TIMEOUT = 0.25  # seconds a lookup may spend asking Redis for news before it misses
 RETRY_SECONDS = 1.0
+COMPACT_CHECK_SECONDS = 30.0  # with compact_after=N: how often a replica looks at the log's length
+COMPACT_LOCK_SECONDS = 600  # one replica of the fleet compacts at a time; a dead one's turn expires
 
 
 class SharedStoreError(RuntimeError):
@@ -73,6 +75,8 @@ class SharedBackend(LmdbBackend):
         import redis  # only needed for a shared store
 
         self.location: SharedLocation = parse(location)
+        self._url = location  # for an automatic compaction's scratch replica; never logged (it may hold the password)
+        self._next_compact_check = 0.0
         # Held from a local write's commit until its operations are queued, and
         # across sending a batch: a snapshot loaded meanwhile (`_load_snapshot`)
         # sees every local write either queued or in the log.
@@ -250,12 +254,39 @@ class SharedBackend(LmdbBackend):
                     self._join(self.shared_cursor())
                     self._mark_up()
                 self._read_once(self._reader, block=BLOCK_MS)
+                self._maybe_compact()
             except self._redis_errors as e:
                 self._mark_down(e)
                 self._stop.wait(RETRY_SECONDS)
             except Exception as e:  # a bad entry must not stop the replica for good
                 log.error("butter: the shared store reader failed: %r", e)
                 self._stop.wait(RETRY_SECONDS)
+
+    def _maybe_compact(self) -> None:
+        """`compact_after=N`: once the log holds N entries, one replica of the fleet compacts it (off this thread)."""
+        limit = self.location.compact_after
+        if not limit or time.monotonic() < self._next_compact_check:
+            return
+        self._next_compact_check = time.monotonic() + COMPACT_CHECK_SECONDS
+        if self._writer.xlen(self._stream) < limit:
+            return
+        if self._writer.set(self.location.key("compacting"), self.origin, nx=True, ex=COMPACT_LOCK_SECONDS):
+            threading.Thread(target=self._compact_now, name="butter-shared-compact", daemon=True).start()
+
+    def _compact_now(self) -> None:
+        from .shared_snapshot import compact
+
+        try:
+            done = compact(self._url)
+            log.info("butter: compacted the shared store %s: snapshot at %s (%d rows), %d log entries trimmed",
+                     self.display, done["snapshot_id"], done["rows"], done["trimmed"])
+        except Exception as e:  # another compaction won, Redis went away: the next check tries again
+            log.warning("butter: compacting the shared store %s failed: %s", self.display, e)
+        finally:
+            try:
+                self._writer.delete(self.location.key("compacting"))
+            except self._redis_errors:
+                pass  # it expires
 
     # -- sending this replica's writes ---------------------------------------------
     def _enqueue(self, ops: list[list]) -> None:

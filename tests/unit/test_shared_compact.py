@@ -216,3 +216,27 @@ def test_the_cli_compacts_a_shared_store_with_json_and_human_output_and_never_sh
         assert plain.returncode == 1 and "compact works on a shared store" in plain.stderr
     finally:
         server.stop()
+
+
+def test_compact_after_has_one_replica_compact_the_log_once_it_is_that_long(shared_store_url, monkeypatch):
+    from butter.store import shared_backend
+
+    monkeypatch.setattr(shared_backend, "COMPACT_CHECK_SECONDS", 0.05)
+    url = shared_store_url("a") + "&compact_after=5"
+    a = Cache(url)
+    try:
+        ns = a.namespace(None)
+        record_some(a, ns, 0, 3)
+        r = client(url)
+        snapshot = parse(url).key("snapshot")
+        assert not eventually(lambda: r.exists(snapshot), timeout=0.5), "3 entries are fewer than 5"
+        record_some(a, ns, 3, 3)
+        assert eventually(lambda: r.exists(snapshot) and r.xlen(log_key(url)) < 5, timeout=10)
+        assert eventually(lambda: not r.exists(parse(url).key("compacting")), timeout=10), "the turn is released"
+        c = Cache(shared_store_url("c"))
+        try:
+            assert eventually(lambda: converged(a, c), timeout=10)
+        finally:
+            c.close()
+    finally:
+        a.close()
