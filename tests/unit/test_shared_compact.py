@@ -71,7 +71,11 @@ def test_compaction_trims_the_log_and_a_new_replica_built_from_the_snapshot_has_
     assert first > done["snapshot_id"]
 
 
-def test_a_replica_closed_before_the_compaction_rebuilds_from_the_snapshot_and_converges(replicas, shared_store_url):
+def test_a_replica_closed_before_the_compaction_rebuilds_from_the_snapshot_and_converges(
+        replicas, shared_store_url, monkeypatch):
+    from butter.store import shared_snapshot
+
+    monkeypatch.setattr(shared_snapshot, "CHUNK_BYTES", 2048)  # a snapshot of several chunks
     a = replicas("a")
     ns = a.namespace(None)
     record_some(a, ns, 0, 3)
@@ -81,7 +85,7 @@ def test_a_replica_closed_before_the_compaction_rebuilds_from_the_snapshot_and_c
     record_some(a, ns, 3, 4)
     admin.forget(a.backend, plan_record(conv("order 0"), ns)[1])
     assert eventually(lambda: a.backend.queued() == 0)
-    compact(shared_store_url("compactor"))
+    assert compact(shared_store_url("compactor"))["chunks"] > 2
     record_some(a, ns, 50, 2)  # after the snapshot: in the log b follows next
     b = replicas("b")  # its cursor is now before the first entry of the log
     assert eventually(lambda: converged(a, b), timeout=10), "b did not converge after the compaction"
