@@ -32,7 +32,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import lmdb
 
@@ -372,6 +372,64 @@ class LmdbBackend:
             if templates:
                 _bump_template_generation(txn, self.meta)
             return applied
+
+        return self._write(write, op=_NOT_SHARED)
+
+    @contextmanager
+    def replicated_state(self, local_aux: tuple[str, ...] = ()) -> Iterator[tuple[dict, Iterator[tuple[str, bytes, bytes]]]]:
+        """One read transaction: the shared cursor and every row the shared log replicates.
+
+        Rows are (table, key, value as stored); the replica's own meta and the
+        side tables in `local_aux` (rings of its own traffic) are left out.
+        Read in one transaction, the rows are exactly the state as of the
+        cursor's log id (store/shared_snapshot.py).
+        """
+        with self._read() as txn:
+            raw = txn.get(b"shared-cursor", db=self.meta)
+            yield ({} if raw is None else _loads(raw)), self._replicated_rows(txn, local_aux)
+
+    def _replicated_rows(self, txn: lmdb.Transaction, local_aux: tuple[str, ...]) -> Iterator[tuple[str, bytes, bytes]]:
+        for db, table in self._db_names().items():
+            for key, value in txn.cursor(db=db):
+                if self._replicated(table, bytes(key), local_aux):
+                    yield table, bytes(key), bytes(value)
+
+    @staticmethod
+    def _replicated(table: str, key: bytes, local_aux: tuple[str, ...]) -> bool:
+        if table == "meta":
+            return key not in _REPLICA_OWN_META
+        return table != "aux" or not any(key.startswith(_aux_key(t, b"")) for t in local_aux)
+
+    def replace_replicated(self, rows: Callable[[], Iterable[tuple[str, bytes, bytes]]], cursor: dict,
+                           local_aux: tuple[str, ...] = (), then: list[list] = ()) -> int:
+        """Load a shared store's snapshot: every replicated row replaced, in one write transaction.
+
+        The replica's own meta and `local_aux` side tables stay; `then` are
+        operations to apply on top (this replica's writes not yet in the log);
+        the cursor is stored with them. Returns how many rows were loaded.
+        """
+        def write(txn: lmdb.Transaction) -> int:
+            names = {table: db for db, table in self._db_names().items()}
+            for table, db in names.items():
+                if table not in ("meta", "aux"):
+                    txn.drop(db, delete=False)  # every row replicated: emptied at once
+                    continue
+                cur = txn.cursor(db=db)
+                more = cur.first()
+                while more and cur.key():  # an empty key: past the last row
+                    if self._replicated(table, bytes(cur.key()), local_aux):
+                        more = cur.delete()
+                    else:
+                        more = cur.next()
+            loaded = 0
+            for table, key, value in rows():
+                txn.put(key, value, db=names[table])
+                loaded += 1
+            for op in then:
+                self._apply_op(txn, op)
+            txn.put(b"shared-cursor", _dumps(cursor), db=self.meta)
+            _bump_template_generation(txn, self.meta)
+            return loaded
 
         return self._write(write, op=_NOT_SHARED)
 

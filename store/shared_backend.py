@@ -17,8 +17,10 @@ Staleness is bounded: a background reader applies new entries as they
 arrive (blocking read, typically well under 10 ms on a LAN), and a lookup
 that would miss first catches up once (`catch_up`), so a workflow recorded
 through one proxy is served by every other on the next request after the
-write reached Redis. The stream is never trimmed (a replica that starts
-empty rebuilds from it); see docs/shared-store.md.
+write reached Redis. `butter compact` snapshots the tree into Redis and trims
+the stream behind it (store/shared_snapshot.py): a replica that is new, or
+whose cursor is before the snapshot, loads the snapshot and follows the
+stream from there. See docs/shared-store.md.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ import time
 from collections import deque
 from typing import Any
 
-from .lmdb_backend import LmdbBackend
+from .lmdb_backend import _NOT_SHARED, LmdbBackend
 from .shared_location import SharedLocation, parse
+from .shared_snapshot import LOCAL_AUX, decode_chunk, fetch_chunks, parse_pointer
 
 log = logging.getLogger("butter")
 
@@ -41,6 +44,8 @@ READ_BATCH = 500
 BLOCK_MS = 250
 CATCH_UP_TIMEOUT = 0.25  # seconds a lookup may spend asking Redis for news before it misses
 RETRY_SECONDS = 1.0
+COMPACT_CHECK_SECONDS = 30.0  # with compact_after=N: how often a replica looks at the log's length
+COMPACT_LOCK_SECONDS = 600  # one replica of the fleet compacts at a time; a dead one's turn expires
 
 
 class SharedStoreError(RuntimeError):
@@ -70,6 +75,13 @@ class SharedBackend(LmdbBackend):
         import redis  # only needed for a shared store
 
         self.location: SharedLocation = parse(location)
+        self._url = location  # for an automatic compaction's scratch replica; never logged (it may hold the password)
+        self._next_compact_check = 0.0
+        # Held from a local write's commit until its operations are queued, and
+        # across sending a batch: a snapshot loaded meanwhile (`_load_snapshot`)
+        # sees every local write either queued or in the log.
+        self._local_write_lock = threading.Lock()
+        self._publish_lock = threading.Lock()
         super().__init__(self.location.local)
         self.display = self.location.display
         self._redis_errors = (redis.RedisError, OSError)
@@ -80,6 +92,7 @@ class SharedBackend(LmdbBackend):
         self._reader = redis.Redis.from_url(url, socket_timeout=BLOCK_MS / 1000 + 5.0, **common)
         self._quick = redis.Redis.from_url(url, socket_timeout=CATCH_UP_TIMEOUT, **common)
         self._stream = self.location.key("log")
+        self._snapshot_key = self.location.key("snapshot")
         self._queue: deque[str] = deque()
         self._queue_lock = threading.Condition()
         self._apply_lock = threading.Lock()
@@ -147,7 +160,8 @@ class SharedBackend(LmdbBackend):
         if secret == self.secret:
             return True
         try:
-            if self._writer.xlen(self._stream) or not LmdbBackend.adopt_secret(self, secret):
+            if (self._writer.xlen(self._stream) or self._writer.exists(self._snapshot_key)
+                    or not LmdbBackend.adopt_secret(self, secret)):
                 return False
             self._writer.set(self.location.key("secret"), secret.hex())
             return True
@@ -158,18 +172,63 @@ class SharedBackend(LmdbBackend):
     def _read_once(self, r: Any, block: int | None) -> int:
         """One XREAD from the cursor; returns how many entries it read (applied or own)."""
         with self._apply_lock:
-            last = self.shared_cursor().get("id", "0-0")
-        reply = r.xread({self._stream: last}, count=READ_BATCH, block=block)
+            cursor = self.shared_cursor()
+        last, own_until = cursor.get("id", "0-0"), cursor.get("own_until", "0-0")
+        # The snapshot pointer is read after the entries: a trim comes after its
+        # pointer, so entries read before a trim are whole, and a pointer past
+        # the cursor says entries this replica needs may be gone.
+        pipe = r.pipeline(transaction=False)
+        pipe.xread({self._stream: last}, count=READ_BATCH, block=block)
+        pipe.get(self._snapshot_key)
+        reply, pointer = pipe.execute()
+        pointer = parse_pointer(pointer)
+        if pointer and pointer["epoch"] == cursor.get("epoch") and newer(pointer["id"], last):
+            self._load_snapshot(pointer)
+            return READ_BATCH + self._read_once(r, block=None)  # and the log from the snapshot on
         if not reply:
             return 0
         entries = []
         for entry_id, fields in reply[0][1]:
             entry_id = _text(entry_id)
-            own = _text(fields.get(b"o", b"")) == self.origin
+            # Own entries are in the replica already, except those published
+            # before it loaded a snapshot that does not hold them.
+            own = _text(fields.get(b"o", b"")) == self.origin and newer(entry_id, own_until)
             entries.append((entry_id, [] if own else json.loads(fields[b"ops"])))
         with self._apply_lock:
             self.apply_ops(entries, newer)
         return len(entries)
+
+    def _load_snapshot(self, pointer: dict) -> None:
+        """Replace this replica's tree with the shared store's snapshot, keeping its own writes."""
+        r = self._writer  # not the quick client of a lookup: a snapshot may take seconds to read
+        started = time.monotonic()
+        for _ in range(3):
+            chunks = fetch_chunks(r, pointer)
+            if chunks is not None:
+                break
+            pointer = parse_pointer(r.get(self._snapshot_key))  # replaced while read: the newer one
+            if pointer is None:
+                break
+        if chunks is None or pointer is None:
+            raise SharedStoreError(f"the snapshot of {self.display} could not be read whole")
+        with self._apply_lock, self._local_write_lock, self._publish_lock:
+            cursor = self.shared_cursor()
+            if cursor.get("epoch") != pointer["epoch"] or not newer(pointer["id"], cursor.get("id", "0-0")):
+                return  # another process sharing this replica loaded it first
+            # Own writes already in the log after the snapshot are applied again
+            # when read (`own_until`); those still queued are applied now.
+            newest = r.xrevrange(self._stream, count=1)
+            own_until = _text(newest[0][0]) if newest else pointer["id"]
+            first = cursor.get("id", "0-0") == "0-0"
+            cursor = {**cursor, "id": pointer["id"], "own_until": own_until}
+            with self._queue_lock:
+                unsent = [op for payload in self._queue for op in json.loads(payload)]
+            loaded = self.replace_replicated(lambda: (row for blob in chunks for row in decode_chunk(blob)),
+                                             cursor, LOCAL_AUX, unsent)
+        why = "" if first else "it was compacted past this replica's place in its log; "
+        (log.info if first else log.warning)(
+            "butter: the shared store %s: %sloaded its snapshot at %s (%d rows, %.1f s)%s", self.display, why,
+            pointer["id"], loaded, time.monotonic() - started, f", kept {len(unsent)} unsent write(s)" if unsent else "")
 
     def catch_up(self) -> bool:
         """Before a miss: has another proxy just written what this request needs?
@@ -195,12 +254,39 @@ class SharedBackend(LmdbBackend):
                     self._join(self.shared_cursor())
                     self._mark_up()
                 self._read_once(self._reader, block=BLOCK_MS)
+                self._maybe_compact()
             except self._redis_errors as e:
                 self._mark_down(e)
                 self._stop.wait(RETRY_SECONDS)
             except Exception as e:  # a bad entry must not stop the replica for good
                 log.error("butter: the shared store reader failed: %r", e)
                 self._stop.wait(RETRY_SECONDS)
+
+    def _maybe_compact(self) -> None:
+        """`compact_after=N`: once the log holds N entries, one replica of the fleet compacts it (off this thread)."""
+        limit = self.location.compact_after
+        if not limit or time.monotonic() < self._next_compact_check:
+            return
+        self._next_compact_check = time.monotonic() + COMPACT_CHECK_SECONDS
+        if self._writer.xlen(self._stream) < limit:
+            return
+        if self._writer.set(self.location.key("compacting"), self.origin, nx=True, ex=COMPACT_LOCK_SECONDS):
+            threading.Thread(target=self._compact_now, name="butter-shared-compact", daemon=True).start()
+
+    def _compact_now(self) -> None:
+        from .shared_snapshot import compact
+
+        try:
+            done = compact(self._url)
+            log.info("butter: compacted the shared store %s: snapshot at %s (%d rows), %d log entries trimmed",
+                     self.display, done["snapshot_id"], done["rows"], done["trimmed"])
+        except Exception as e:  # another compaction won, Redis went away: the next check tries again
+            log.warning("butter: compacting the shared store %s failed: %s", self.display, e)
+        finally:
+            try:
+                self._writer.delete(self.location.key("compacting"))
+            except self._redis_errors:
+                pass  # it expires
 
     # -- sending this replica's writes ---------------------------------------------
     def _enqueue(self, ops: list[list]) -> None:
@@ -232,18 +318,25 @@ class SharedBackend(LmdbBackend):
                 batch = list(self._queue)[:100]
             if not batch:
                 return True
-            try:
-                pipe = self._writer.pipeline(transaction=False)
-                for payload in batch:
-                    pipe.xadd(self._stream, {"o": self.origin, "ops": payload})
-                pipe.execute()
-            except self._redis_errors as e:
-                self._mark_down(e)
-                return False
-            with self._queue_lock:
-                for _ in batch:
-                    if self._queue:
-                        self._queue.popleft()
+            with self._publish_lock:
+                try:
+                    pipe = self._writer.pipeline(transaction=False)
+                    for payload in batch:
+                        pipe.xadd(self._stream, {"o": self.origin, "ops": payload})
+                    pipe.execute()
+                except self._redis_errors as e:
+                    self._mark_down(e)
+                    return False
+                with self._queue_lock:
+                    for _ in batch:
+                        if self._queue:
+                            self._queue.popleft()
+
+    def _write(self, fn: Any, op: list | None = None) -> Any:
+        if op is _NOT_SHARED:  # replica bookkeeping, applied entries, a loaded snapshot
+            return super()._write(fn, op)
+        with self._local_write_lock:  # committed and queued as one step (see `_load_snapshot`)
+            return super()._write(fn, op)
 
     def queued(self) -> int:
         return len(self._queue)

@@ -1,13 +1,15 @@
 """Where a shared store lives: a `redis://` or `rediss://` URL, parsed once.
 
-    redis://[:password@]host:port/DB?prefix=team&local=.butter/shared-team
+    redis://[:password@]host:port/DB?prefix=team&local=.butter/shared-team&compact_after=100000
 
 `prefix` names the tree inside the server (several teams may share one
 Redis); `local` is the directory of this machine's LMDB replica (default
 `.butter/shared/<host>-<port>-<db>-<prefix>` under the working directory, like
 `.butter/db`). The password may come from the URL or from
 `$BUTTER_REDIS_PASSWORD`; it is never logged nor stored: `display` leaves it
-out, and the replica keeps nothing of the URL.
+out, and the replica keeps nothing of the URL. `compact_after` (default 0:
+never) has a replica compact the log once it holds that many entries
+(store/shared_snapshot.py).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class SharedLocation:
     local: str
     username: str | None
     password: str | None
+    compact_after: int = 0
 
     @property
     def display(self) -> str:
@@ -66,4 +69,8 @@ def parse(location: str) -> SharedLocation:
     local = query.get("local") or str(Path(".butter") / "shared" / f"{parts.hostname}-{port}-{db_text}-{prefix}")
     password = unquote(parts.password) if parts.password else os.environ.get(PASSWORD_ENV) or None
     username = unquote(parts.username) if parts.username else None
-    return SharedLocation(parts.scheme.lower(), parts.hostname, port, int(db_text), prefix, local, username, password)
+    compact_after = query.get("compact_after", "0")
+    if not compact_after.isdigit():
+        raise ValueError(f"compact_after= is a number of log entries, not {compact_after!r}")
+    return SharedLocation(parts.scheme.lower(), parts.hostname, port, int(db_text), prefix, local, username, password,
+                          int(compact_after))
