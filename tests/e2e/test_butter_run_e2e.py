@@ -184,9 +184,12 @@ def test_upstream_insecure_reaches_a_self_signed_upstream_that_otherwise_fails_w
 
 
 def test_butter_proxy_prints_lines_that_work_when_pasted_and_stops_on_ctrl_c(project: Path, tmp_path: Path):
+    # SIGINT as a terminal's Ctrl-C delivers it, even when the suite itself runs in the
+    # background of a non-interactive shell (which starts every child with SIGINT ignored).
     proc = subprocess.Popen([sys.executable, "-m", "butter.cli.main", "proxy", "--port", "0", "--mode", "replay",
                              "--reverse", "openai"], cwd=project, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         for line in proc.stdout:
