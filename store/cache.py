@@ -21,7 +21,7 @@ from .agreement import same_answer
 from .templates import explain_mismatch, free_text_in_words, is_declared, match_message, render_reply
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
-from .trust import TABLE as TRUST_TABLE, Judgement, TrustRules, judge, prepare
+from .trust import TABLE as TRUST_TABLE, Judgement, TrustRules, judge, prepare, with_rewritable
 
 DEFAULT_DB_ENV = "BUTTER_DB"
 _UNREAD = object()  # a trust entry not read yet at this generation (None: read, and there is none)
@@ -112,7 +112,7 @@ class Cache:
         view = views[1].get(key, _UNREAD)
         if view is _UNREAD:
             raw = snap.get_aux_raw(TRUST_TABLE, key)
-            view = None if raw is None else prepare(json.loads(raw))
+            view = None if raw is None else prepare(with_rewritable(json.loads(raw), hit.reply, hit.bindings))
             if len(views[1]) < 4096:
                 views[1][key] = view
         return judge(view, hit.bindings, self.trust)

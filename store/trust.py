@@ -61,6 +61,7 @@ Public API
     merge_learned(existing, fresh, node_created) -> dict    a template learned again
     Judgement(action, why, kind)   action: "serve" | "verify" | "refuse"
     prepare(entry) -> View                          an entry ready for the hit path
+    with_rewritable(entry, reply, bindings) -> entry   an entry from before rewritable slots, judged strictly
     judge(view_or_entry, bindings, rules) -> Judgement
     after_verification(entry, bindings, agreed, rules, why, now, rewritten=()) -> (entry, event)
     rewrite_explains(expected, actual, bindings, names) -> bool   the disagreement is only a rewritten value
@@ -77,7 +78,7 @@ from typing import Any, Iterable, Mapping
 
 from .agreement import JSON_KEYS, answer_of
 from .canonical import canonical_json
-from .templates import fits, slots_in_calls
+from .templates import fits, shape_of, slots_in_calls
 
 TABLE = "trust"
 PROBATION, TRUSTED, DEMOTED = "probation", "trusted", "demoted"
@@ -195,6 +196,25 @@ def kept_as_given(value: str | None) -> bool:
     return not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None
 
 
+def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str, str]) -> Mapping[str, Any]:
+    """An entry written before butter knew rewritable slots, judged as if it did.
+
+    Its template nodes are not at hand on the hit path, so every prose slot in
+    a tool call's arguments counts (a value a tool returned too): stricter than
+    a template learned now, never looser. The values its recorded and verified
+    runs had are the ones seen copied verbatim.
+    """
+    if entry.get("source") != "learned" or "rewritable" in entry:
+        return entry
+    slots = list(entry.get("slots") or ())
+    names = rewritable_slots({n: shape_of(v) for n, v in bindings.items()}, reply) & set(slots)
+    if not names:
+        return {**entry, "rewritable": []}
+    verbatim = {n: sorted({row[slots.index(n)] for row in entry.get("seen", ()) if len(row) == len(slots)} - {None})
+                for n in names}
+    return {**entry, "rewritable": sorted(names), "verbatim": verbatim}
+
+
 def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float,
                   rewritable: set[str] | tuple = ()) -> dict:
     """A template reply induction just learned: on probation, its runs' values seen."""
@@ -203,8 +223,8 @@ def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_b
     entry = {"state": PROBATION, "source": "learned", "since": now, "slots": slots, "inputs": inputs,
              "inputs_free": not inputs, "agreements": 0, "input_agreements": 0, "seen": [], "seen_inputs": [],
              "why": ""}
-    if rewritable:
-        entry.update(rewritable=sorted(rewritable), verbatim={name: [] for name in sorted(rewritable)}, rewritten={})
+    # Always present (empty when none): an entry without the key is from before the rule (`with_rewritable`).
+    entry.update(rewritable=sorted(rewritable), verbatim={name: [] for name in sorted(rewritable)}, rewritten={})
     for bindings in run_bindings:
         _remember(entry, bindings)
     return entry

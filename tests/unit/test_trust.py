@@ -410,3 +410,18 @@ def test_evidence_frees_a_rewritable_slot_only_when_asked_and_the_first_rewrite_
         entry, _ = after_verification(entry, {"city": more}, True, loose, "", 3.0)
     assert judge(entry, {"city": "Oslo"}, loose).action == "verify"
     assert judge(entry, {"city": "Cork"}, loose).action == "serve", "a value seen verbatim still is"
+
+
+def test_a_template_trusted_before_rewritable_slots_existed_is_judged_by_the_rule_now(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_and_promote(cache, rewrite)
+    pending = cache.lookup("ns", ask("What is the weather in Oslo?"))
+    key = trust.trust_key(pending.verify.node_id, pending.verify.reply_id)
+    # As an older butter wrote it: trusted, no word of rewritable slots.
+    cache.backend.update_aux(trust.TABLE, key, lambda e: {k: v for k, v in e.items()
+                                                         if k not in ("rewritable", "verbatim", "rewritten")},
+                             bump_templates=True)
+    assert "rewritable" not in trust_ledger.read(cache.backend, pending.verify.node_id, pending.verify.reply_id)
+    still = cache.lookup("ns", ask("What is the weather in Oslo?"))
+    assert isinstance(still, Miss) and still.verify.trust == "rewritable", "a new city is verified, as now"
+    assert isinstance(cache.lookup("ns", ask("What is the weather in Rome?")), Hit), "a verified city is served"
