@@ -96,18 +96,14 @@ def openai_handler(call: Call) -> JSONReply | StreamReply:
     return StreamReply(openai_fake.stream_chunks(full, include_usage=False)) if body.get("stream") else JSONReply(full)
 
 
-def anthropic_handler(call: Call) -> JSONReply | StreamReply:
-    body = call.json
-    refused = anthropic_fake.check(body)
-    if refused is not None:
-        return refused
+def anthropic_blocks(body: dict) -> list[dict]:
     messages = body["messages"]
-    results = anthropic_fake.tool_result_contents(messages)
-    text, tool = decide(messages[0]["content"], results)
-    blocks = [{"type": "text", "text": text}] if tool is None else [
+    text, tool = decide(messages[0]["content"], anthropic_fake.tool_result_contents(messages))
+    return [{"type": "text", "text": text}] if tool is None else [
         {"type": "text", "text": "Checking."}, {"type": "tool_use", "name": tool[0], "input": tool[1]}]
-    full = anthropic_fake.message(blocks, body["model"])
-    return StreamReply(anthropic_fake.stream_events(full)) if body.get("stream") else JSONReply(full)
+
+
+anthropic_handler = anthropic_fake.handler_for(anthropic_blocks)
 
 
 # -- agents, declaring what they know in the header ---------------------------------------------

@@ -80,21 +80,14 @@ def openai_handler(call: Call) -> JSONReply | StreamReply:
     return JSONReply(full)
 
 
-def anthropic_handler(call: Call) -> JSONReply | StreamReply:
-    body = call.json
-    refused = anthropic_fake.check(body)
-    if refused is not None:
-        return refused
+def anthropic_blocks(body: dict) -> list[dict]:
     messages = body["messages"]
-    instruction = messages[0]["content"]
-    results = anthropic_fake.tool_result_contents(messages)
-    text, tool = decide(instruction, results)
-    blocks = [{"type": "text", "text": text}] if tool is None else [
+    text, tool = decide(messages[0]["content"], anthropic_fake.tool_result_contents(messages))
+    return [{"type": "text", "text": text}] if tool is None else [
         {"type": "text", "text": f"Let me use {tool[0]}."}, {"type": "tool_use", "name": tool[0], "input": tool[1]}]
-    full = anthropic_fake.message(blocks, body["model"])
-    if body.get("stream"):
-        return StreamReply(anthropic_fake.stream_events(full))
-    return JSONReply(full)
+
+
+anthropic_handler = anthropic_fake.handler_for(anthropic_blocks)
 
 
 def tool_result(name: str, args: dict, orders: dict) -> dict:

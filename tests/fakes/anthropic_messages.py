@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import secrets
-from typing import Any
+from typing import Any, Callable
 
 from .provider import Call, JSONReply, StreamReply
 
@@ -149,15 +149,20 @@ def stream_events(full: dict) -> list[bytes]:
     return out
 
 
-def handler(call: Call) -> JSONReply | StreamReply:
-    body = call.json
-    refused = check(body)
-    if refused is not None:
-        return refused
-    full = message(decide(body), body["model"])
-    if body.get("stream"):
-        return StreamReply(stream_events(full))
-    return JSONReply(full)
+def handler_for(write: Callable[[dict], list[dict]]) -> Callable[[Call], JSONReply | StreamReply]:
+    """A provider handler for a model whose content blocks `write(body)` decides:
+    the request checked as the real API does, the answer plain or streamed."""
+    def handle(call: Call) -> JSONReply | StreamReply:
+        body = call.json
+        refused = check(body)
+        if refused is not None:
+            return refused
+        full = message(write(body), body["model"])
+        return StreamReply(stream_events(full)) if body.get("stream") else JSONReply(full)
+    return handle
+
+
+handler = handler_for(decide)
 
 
 # -- the agent side: what an unmodified agent does with the SDK ----------------
