@@ -65,6 +65,8 @@ Public API
     judge(view_or_entry, bindings, rules) -> Judgement
     after_verification(entry, bindings, agreed, rules, why, now, rewritten=()) -> (entry, event)
     rewrite_explains(expected, actual, bindings, names) -> bool   the disagreement is only a rewritten value
+    rewritten_slots(entry, expected, actual, bindings) -> names    which new values a disagreement is the spelling of
+    rewritable_in_reply(reply, bindings) -> set[str]               rewritable_slots from a hit alone
     kept_as_given(value) -> bool          a rewritable slot's value the model passes on as it is (an ISO date)
     disagreement(expected, actual, bindings, new_names) -> str   a short why, for people
     describe(entry, rules) -> str                                one line for the CLI
@@ -185,6 +187,27 @@ def rewritable_slots(shapes: Mapping[str, str], reply: Any, given_as_data: set[s
             if shapes.get(name, "text") not in KEPT_AS_GIVEN and name not in given_as_data}
 
 
+def _unverified(names: Iterable[str], verbatim: Mapping[str, Any], bindings: Mapping[str, str]) -> list[str]:
+    """The rewritable slots whose value here was never seen copied verbatim (nor is one kept as given)."""
+    return [name for name in names if bindings.get(name) not in verbatim.get(name, ())
+            and not kept_as_given(bindings.get(name))]
+
+
+def rewritten_slots(entry: Mapping[str, Any], expected: Any, actual: Any, bindings: Mapping[str, str]) -> tuple[str, ...]:
+    """For a verification that disagreed: the rewritable slots whose new values
+    explain it (the model's own spelling), or () when the template is wrong.
+    Only a value never seen copied verbatim can be the model's own spelling; an
+    ISO date is served as given, so its disagreement is the template's."""
+    new = _unverified(entry.get("rewritable", ()), entry.get("verbatim") or {}, bindings)
+    return tuple(new) if new and rewrite_explains(expected, actual, bindings, new) else ()
+
+
+def rewritable_in_reply(reply: Any, bindings: Mapping[str, str]) -> set[str]:
+    """`rewritable_slots` when only a hit is at hand (its reply and values, not its
+    template nodes): shapes from the values, and no slot counts as given as data."""
+    return rewritable_slots({n: shape_of(v) for n, v in bindings.items()}, reply)
+
+
 def kept_as_given(value: str | None) -> bool:
     """A value of a rewritable slot that the model passes into a call as it is:
     an ISO date (2027-03-14), a file name, a handle, a path."""
@@ -207,7 +230,7 @@ def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str,
     if entry.get("source") != "learned" or "rewritable" in entry:
         return entry
     slots = list(entry.get("slots") or ())
-    names = rewritable_slots({n: shape_of(v) for n, v in bindings.items()}, reply) & set(slots)
+    names = rewritable_in_reply(reply, bindings) & set(slots)
     if not names:
         return {**entry, "rewritable": []}
     verbatim = {n: sorted({row[slots.index(n)] for row in entry.get("seen", ()) if len(row) == len(slots)} - {None})
@@ -252,12 +275,12 @@ def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0)
         merged[key] = list(existing.get(key, []))
         known = {tuple(v) for v in merged[key]}
         merged[key] += [v for v in fresh.get(key, []) if tuple(v) not in known]
-    if "rewritable" in fresh or "rewritable" in existing:
-        merged["rewritable"] = sorted(set(existing.get("rewritable", ())) | set(fresh.get("rewritable", ())))
-        merged["verbatim"] = {name: list(dict.fromkeys([*existing.get("verbatim", {}).get(name, ()),
-                                                        *fresh.get("verbatim", {}).get(name, ())]))
-                              for name in merged["rewritable"]}
-        merged.setdefault("rewritten", {})
+    # (`fresh` always says which slots are rewritable: `learned_entry`)
+    merged["rewritable"] = sorted(set(existing.get("rewritable", ())) | set(fresh.get("rewritable", ())))
+    merged["verbatim"] = {name: list(dict.fromkeys([*existing.get("verbatim", {}).get(name, ()),
+                                                    *fresh.get("verbatim", {}).get(name, ())]))
+                          for name in merged["rewritable"]}
+    merged.setdefault("rewritten", {})
     _trim(merged)
     return merged
 
@@ -319,8 +342,7 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
     freed_new = False
     if view.rewritable:
         verbatim = view.verbatim
-        unseen = [name for name in view.rewritable if bindings.get(name) not in verbatim[name]
-                  and not kept_as_given(bindings.get(name))]
+        unseen = _unverified(view.rewritable, verbatim, bindings)
         if unseen and state == TRUSTED and rules.free_rewritable_after:
             # Freed by evidence: enough values copied verbatim, none ever rewritten.
             freed = [name for name in unseen if name not in view.rewrites

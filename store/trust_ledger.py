@@ -23,7 +23,7 @@ from . import trust
 from .agreement import same_answer
 from .lmdb_backend import LmdbBackend
 from .model import Hit
-from .templates import RenderError, render_reply, shape_of, slots_in, slots_in_data
+from .templates import RenderError, render_reply, slots_in, slots_in_data
 
 ID = 16
 
@@ -71,18 +71,9 @@ def conclude(backend: LmdbBackend, hit: Hit, actual: dict, rules: trust.TrustRul
     events: list[str] = []
 
     def change(existing: dict | None) -> dict:
-        entry = existing or trust.learned_entry(
-            set(hit.bindings), slots_in(hit.reply), (), now,
-            trust.rewritable_slots({n: shape_of(v) for n, v in hit.bindings.items()}, hit.reply))
-        rewritten: tuple[str, ...] = ()
-        if not agreed:
-            # Only a value never seen copied verbatim can be the model's own spelling.
-            verbatim = entry.get("verbatim") or {}
-            # (an ISO date is served as given: its disagreement is the template's, and demotes)
-            new = [n for n in entry.get("rewritable", ()) if hit.bindings.get(n) not in verbatim.get(n, ())
-                   and not trust.kept_as_given(hit.bindings.get(n))]
-            if new and trust.rewrite_explains(expected, actual, hit.bindings, new):
-                rewritten = tuple(new)
+        entry = existing or trust.learned_entry(set(hit.bindings), slots_in(hit.reply), (), now,
+                                                trust.rewritable_in_reply(hit.reply, hit.bindings))
+        rewritten = () if agreed else trust.rewritten_slots(entry, expected, actual, hit.bindings)
         updated, event = trust.after_verification(entry, hit.bindings, agreed, rules, why, now, rewritten)
         events[:] = [event]
         return updated
