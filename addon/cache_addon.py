@@ -29,6 +29,7 @@ from butter.addon import feedback  # the butter.local endpoint
 from butter.addon import verification  # shadow verification of learned templates, butter-verify header
 from butter.addon import recent, webview  # the web view at http://butter.local/ and its request list
 from butter.addon import limits  # body ceilings, work off the loop, bounded log-once
+from butter.addon import hit_memo  # a request's very bytes served before, the tree unchanged
 from butter.addon.induction_queue import InductionQueue
 from butter.addon.formats import NotUnderstood, ParsedRequest, WireFormat, WireResponse
 from butter.addon.run_report import RunReport  # butter_run_report: this process's counts, for `butter run`
@@ -86,6 +87,17 @@ class FlowState:
     induction_min: int = 2
     verify: Hit | None = None  # the template hit this forwarded request verifies (addon/verification.py)
     record_node: bytes | None = None  # where a miss will be recorded, when worked out off the loop
+    plain: bool = False  # came with no butter-* header: the proxy's own settings decide everything
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    """The options each new flow starts from (until its own butter-* headers say otherwise)."""
+
+    mode: str = "auto"
+    namespace: str = ""
+    induction: bool = True
+    induction_min: int = 2
 
 
 class Butter:
@@ -118,6 +130,8 @@ class Butter:
         self.recent = recent.RecentRequests()
         self.web_token = webview.Settings("proxy").token  # one per proxy run, embedded in its page
         self.report: RunReport | None = None
+        self.memo = hit_memo.HitMemo()
+        self.flow_options = FlowOptions()
         self._ticker: asyncio.Task | None = None
 
     # -- lifecycle (kept synchronous: async versions break hot reload) ------
@@ -152,6 +166,7 @@ class Butter:
                           "as JSON to this file every few seconds and at exit (`butter run` reads it).")
 
     def configure(self, updated: set[str]) -> None:
+        self.memo.clear()  # hits remembered under the old options
         if "termlog_verbosity" in updated:
             self.hit_lines = ctx.options.termlog_verbosity == "debug"
         if "butter_min_observations" in updated and ctx.options.butter_min_observations < 1:
@@ -170,6 +185,9 @@ class Butter:
         # unreachable provider fails before butter ever sees the request.
         if "connection_strategy" in ctx.options.keys() and ctx.options.connection_strategy != "lazy":
             ctx.options.connection_strategy = "lazy"
+        # Read once here, not per request: each read of ctx.options deep-copies the value.
+        self.flow_options = FlowOptions(ctx.options.butter_mode, ctx.options.butter_namespace,
+                                        ctx.options.butter_induction, ctx.options.butter_induction_min)
 
     def running(self) -> None:
         # Counters reach the database (and `butter stats`) on a timer too, not only with the next request.
@@ -234,6 +252,7 @@ class Butter:
     def _joined(self, cache: Cache) -> None:
         """On the event loop: the shared store answered; butter serves and records from the next request."""
         self.joiner = None
+        self.memo.clear()
         self.cache = cache
         cache.set_trust(verification.rules())
         self._start_writing()
@@ -248,6 +267,7 @@ class Butter:
         log.error("butter: DISABLED, every request passes through untouched: the shared store cannot be used: %s", error)
 
     def _close(self) -> None:
+        self.memo.clear()
         if self.joiner is not None:
             self.joiner.stop()
             self.joiner = None
@@ -266,7 +286,8 @@ class Butter:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if feedback.is_reserved(flow.request.host):
             return  # butter.local: answered in `request`, never forwarded
-        if _has_butter_header(flow.request.headers):
+        plain = not _has_butter_header(flow.request.headers)
+        if not plain:
             try:
                 wanted = controls.take(flow.request.headers)  # removed before anything goes upstream
             except controls.ControlError as e:
@@ -290,11 +311,12 @@ class Butter:
             return
         if fmt is None or self.cache is None:
             return
-        mode = wanted.mode or ctx.options.butter_mode
-        state = FlowState(fmt, mode=mode, fixed_namespace=wanted.namespace or ctx.options.butter_namespace,
+        options = self.flow_options
+        mode = wanted.mode or options.mode
+        state = FlowState(fmt, mode=mode, fixed_namespace=wanted.namespace or options.namespace,
                           bindings=declared.values or {},  # never NO_BINDINGS' shared dict
-                          induction=declared.induction and ctx.options.butter_induction,
-                          induction_min=ctx.options.butter_induction_min)
+                          induction=declared.induction and options.induction,
+                          induction_min=options.induction_min, plain=plain)
         self.flows[flow.id] = state
         if mode == "off":
             state.status = "bypass (mode off)"
@@ -325,35 +347,25 @@ class Butter:
         # Decoding, parsing and hashing a big body would hold every other
         # client: do it (and the lookup) on a thread.
         offload = limits.is_large(raw, coding)
-        try:
-            if offload:
-                credential, state.parsed, size = await asyncio.to_thread(_read_request, state.fmt, request, raw, coding)
-            else:
-                credential, state.parsed, size = _read_request(state.fmt, request, raw, coding)
-        except limits.LoneSurrogate:
-            # The message text itself is never logged.
-            self._log_once("surrogate", "butter: a %s request holds a lone UTF-16 surrogate, which cannot be stored; "
-                           "passing it (and any like it) through", state.fmt.name)
-            state.status = "bypass (not understood)"
-            if self.report is not None:
-                self.report.passed(state.fmt.name, None)
-            return
-        except (limits.BodyTooLarge, limits.BadEncoding) as e:
-            self._log_once(f"body:{type(e).__name__}", "butter: a %s request body was not read (%s); passing it "
-                           "(and any like it) through unchanged", state.fmt.name, e)
-            state.status = "bypass (body too large)" if isinstance(e, limits.BodyTooLarge) else "bypass (not understood)"
-            return
-        except NotUnderstood as e:
-            self._log_once(f"parse:{state.fmt.name}", "butter: %s request not understood (%s); passing it (and any "
-                           "like it) through", state.fmt.name, e)
-            state.status = "bypass (not understood)"
-            return
+        # The same bytes as a request served before, with the tree unchanged: its hit again (addon/hit_memo.py).
+        memo_key = (hit_memo.HitMemo.key(state.fmt.name, request, raw)
+                    if state.plain and state.mode != "record" and not state.fmt.keeps_state and not offload else None)
+        remembered = (self.memo.get(memo_key, self.cache.backend.generation(), self.cache.backend.lookups_unchanged)
+                      if memo_key is not None else None)
+        if remembered is not None:
+            state.parsed, state.namespace, size = remembered.parsed, remembered.namespace, remembered.size
+            _move_query_key_to_header(request)
+        else:
+            read = await self._read(state, request, raw, coding, offload)
+            if read is None:
+                return
+            credential, size = read
+            _move_query_key_to_header(request)
+            state.namespace = self.cache.namespace(credential, state.fixed_namespace)
         if size > limits.LEARN_BODY_BYTES:
             # Learning reads every value of the conversation in long calls that
             # hold the GIL (the event loop with it): recorded and served, not learned from.
             state.induction = False
-        _move_query_key_to_header(request)
-        state.namespace = self.cache.namespace(credential, state.fixed_namespace)
         mode = state.mode
         if state.fmt.keeps_state and not await self._expand(flow, state):
             return
@@ -367,12 +379,24 @@ class Butter:
         # Read before the lookup: a write that was queued when the lookup
         # began may commit (and leave `pending`) while it runs.
         writes_queued = bool(self.pending)
-        result = await self._look_up(state, declared, offload)
-        if not isinstance(result, Hit) and (writes_queued or self.pending) and await self._wait_for_writes():
-            # A reply recorded a moment ago may still be in the writer's queue:
-            # wait (briefly) for it rather than miss what this process already knows.
+        if remembered is not None:
+            result: Hit | Miss = remembered.fresh_hit()
+        else:
+            commit = self.cache.backend.generation()  # before the lookup: a write during it makes this stale
             result = await self._look_up(state, declared, offload)
+            if not isinstance(result, Hit) and (writes_queued or self.pending) and await self._wait_for_writes():
+                # A reply recorded a moment ago may still be in the writer's queue:
+                # wait (briefly) for it rather than miss what this process already knows.
+                result = await self._look_up(state, declared, offload)
+            if memo_key is not None and isinstance(result, Hit):
+                self.memo.put(memo_key, commit, state.parsed, state.namespace, size, result)
         result = verification.recheck(result, flow)
+        if remembered is not None and not isinstance(result, Hit):
+            # Asked of the provider after all (a sampled re-check): recorded from
+            # a parse of its own, never from the one the memo shares.
+            if await self._read(state, request, raw, coding, offload) is None:
+                return
+            conversation = state.parsed.conversation
         model = conversation.context.get("model")
         if isinstance(result, Hit):
             try:
@@ -416,6 +440,35 @@ class Butter:
             return
         log.info("butter: miss %s %s (%d messages): %s", state.fmt.name, model, len(conversation.messages), where)
         self._forward_and_record(flow, state, refresh=False, status="miss")
+
+    async def _read(self, state: FlowState, request: http.Request, raw: bytes, coding: str,
+                    offload: bool) -> tuple[str | None, int] | None:
+        """Parse the request into `state.parsed`: (its credential, its body's size),
+        or None when it passes through unread (the reason is set and logged)."""
+        try:
+            if offload:
+                credential, state.parsed, size = await asyncio.to_thread(_read_request, state.fmt, request, raw, coding)
+            else:
+                credential, state.parsed, size = _read_request(state.fmt, request, raw, coding)
+        except limits.LoneSurrogate:
+            # The message text itself is never logged.
+            self._log_once("surrogate", "butter: a %s request holds a lone UTF-16 surrogate, which cannot be stored; "
+                           "passing it (and any like it) through", state.fmt.name)
+            state.status = "bypass (not understood)"
+            if self.report is not None:
+                self.report.passed(state.fmt.name, None)
+            return None
+        except (limits.BodyTooLarge, limits.BadEncoding) as e:
+            self._log_once(f"body:{type(e).__name__}", "butter: a %s request body was not read (%s); passing it "
+                           "(and any like it) through unchanged", state.fmt.name, e)
+            state.status = "bypass (body too large)" if isinstance(e, limits.BodyTooLarge) else "bypass (not understood)"
+            return None
+        except NotUnderstood as e:
+            self._log_once(f"parse:{state.fmt.name}", "butter: %s request not understood (%s); passing it (and any "
+                           "like it) through", state.fmt.name, e)
+            state.status = "bypass (not understood)"
+            return None
+        return credential, size
 
     async def _expand(self, flow: http.HTTPFlow, state: FlowState) -> bool:
         """Fill in server-side state (a Responses `previous_response_id`).

@@ -7,8 +7,15 @@ So before opening, read the two meta pages (plain file reads) and check what
 LMDB itself would rely on:
 
 - both meta pages carry LMDB's magic and data version (a garbled header);
-- the newer meta's last page, and the root pages of both its B-trees, lie
-  inside the file (a truncated file, a garbled meta).
+- the root pages of both its B-trees lie inside the file (a truncated
+  file, a garbled meta).
+
+The newer meta's last page is not proof either way. LMDB counts every page
+a transaction allocated, and a page allocated and freed again within one
+transaction is never written: a whole file can end before that last page
+(seen after a few sessions that add counters and trim a ring). A file that
+ends early is therefore read in full by a child process, given by the
+caller, before it is called damaged.
 
 That catches truncation and header damage in microseconds. Damage deeper
 in the file (a garbled branch page) is only found by reading every page;
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Callable
 
 MAGIC = 0xBEEFC0DE
 DATA_VERSION = 1
@@ -44,10 +52,17 @@ class DatabaseDamaged(RuntimeError):
         self.path, self.problem = path, problem
 
 
-def check_data_file(folder: str) -> None:
+class _EndsEarly(str):
+    """A file shorter than the newest meta's page count: cut, or only never-written pages missing."""
+
+
+def check_data_file(folder: str, read_every_page: Callable[[str], str | None]) -> None:
     """Raise DatabaseDamaged if `folder`/data.mdb exists and is not whole.
 
     A missing or empty file is fine: LMDB creates and initialises it.
+    `read_every_page(folder)` reads the whole database where a crash cannot
+    hurt (a child process) and says what failed, or None; it settles a file
+    that ends before its last counted page.
     """
     data = os.path.join(folder, "data.mdb")
     try:
@@ -57,6 +72,9 @@ def check_data_file(folder: str) -> None:
     if size == 0:
         return
     problem = _problem(data, size)
+    if isinstance(problem, _EndsEarly):
+        failure = read_every_page(folder)
+        problem = f"{problem}, and {failure}" if failure else None
     if problem:
         raise DatabaseDamaged(data, problem)
 
@@ -80,12 +98,14 @@ def _problem(data: str, size: int) -> str | None:
             return f"meta page 1: {second}"
     newest = max((first, second), key=lambda m: m["txnid"])
     pages = size // psize
-    if newest["last_page"] >= pages:
-        return (f"truncated: the file has {pages} pages of {psize} bytes but its last transaction "
-                f"wrote up to page {newest['last_page']}")
     for name, root in (("free-page", newest["free_root"]), ("main", newest["main_root"])):
         if root != NO_PAGE and not 2 <= root <= newest["last_page"]:
             return f"the {name} tree's root page {root} is outside the file"
+        if root != NO_PAGE and root >= pages:
+            return f"truncated: the file has {pages} pages of {psize} bytes but the {name} tree's root is page {root}"
+    if newest["last_page"] >= pages:
+        return _EndsEarly(f"truncated: the file has {pages} pages of {psize} bytes but its newest transaction "
+                          f"counts {newest['last_page'] + 1}")
     return None
 
 

@@ -22,6 +22,7 @@ whole is refused before it is mapped (store/db_check.py): LMDB would SIGBUS.
 """
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
@@ -77,6 +78,35 @@ def _dumps(value: Any) -> bytes:
 
 def _loads(raw: bytes | memoryview) -> Any:
     return json.loads(bytes(raw))
+
+
+class _NeutralCommits:
+    """Ids of this process's recent commits that no lookup reads, bounded.
+
+    Written by the writer thread, read on the event loop: a set's add and
+    membership test are each atomic, and a missing id only means "changed".
+    """
+
+    KEEP = 1024
+    SPAN = 64  # a longer run of commits is not searched: treated as a change
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+        self._order: collections.deque[int] = collections.deque()
+
+    def note(self, commit: int) -> None:
+        self._ids.add(commit)
+        self._order.append(commit)
+        while len(self._order) > self.KEEP:
+            self._ids.discard(self._order.popleft())
+
+    def cover(self, since: int, now: int) -> bool:
+        if now == since:
+            return True
+        if not 0 < now - since <= self.SPAN:
+            return False
+        ids = self._ids
+        return all(commit in ids for commit in range(since + 1, now + 1))
 
 
 class _Gate:
@@ -151,7 +181,7 @@ def _acquire_env(path: str, map_size: int | None = None) -> tuple[lmdb.Environme
             _open_envs[path] = (env, refs + 1, gate)
             return env, gate
         private_dir(path)  # every prompt and the namespace secret: owner only (store/private_files.py)
-        check_data_file(path)  # DatabaseDamaged: mapping a damaged file could SIGBUS
+        check_data_file(path, _read_in_child)  # DatabaseDamaged: mapping a damaged file could SIGBUS
         if map_size is None:
             map_size = int(os.environ.get(MAP_SIZE_ENV) or INITIAL_MAP_SIZE)
         env = lmdb.open(path, map_size=map_size, max_dbs=8, subdir=True, max_readers=256, mode=FILE_MODE)
@@ -186,7 +216,18 @@ def probe_in_subprocess(path: str, timeout: float = 60.0) -> str | None:
     """
     if not os.path.exists(os.path.join(path, "data.mdb")):
         return None
-    check_data_file(path)  # the header first: cheap, and it names what is wrong
+    read: list[str | None] = []
+
+    def read_once(folder: str) -> str | None:
+        read.append(_read_in_child(folder, timeout))
+        return read[-1]
+
+    check_data_file(path, read_once)  # the header first: cheap, and it names what is wrong
+    return read[0] if read else _read_in_child(path, timeout)
+
+
+def _read_in_child(path: str, timeout: float = 60.0) -> str | None:
+    """`_read_every_page` in a child process: what went wrong, or None."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
             "from store.lmdb_backend import _read_every_page; _read_every_page(sys.argv[2])")
@@ -224,6 +265,7 @@ class LmdbBackend:
         # A shared store (store/shared_backend.py) sets this to hear of every
         # committed write as replayable operations (see `_write` and `apply_ops`).
         self.journal: Callable[[list[list]], None] | None = None
+        self._neutral_commits = _NeutralCommits()
         for attempt in range(8):
             try:
                 (self.nodes, self.children, self.replies_db, self.stats_db, self.meta,
@@ -303,20 +345,23 @@ class LmdbBackend:
                     return
             self._adopt_size()  # another process grew the map
 
-    def _write(self, fn: Callable[[lmdb.Transaction], T], op: list | None = None) -> T:
+    def _write(self, fn: Callable[[lmdb.Transaction], T], op: list | None = None, neutral: bool = False) -> T:
         """Run `fn` in one write transaction, growing the map when it is full.
 
         With a journal, the committed write is reported as operations another
         replica can replay: `op` when the caller names a logical one (counters
         that must add up across replicas), else every put and delete `fn` made.
+        `neutral`: the write changes nothing a lookup reads (see lookups_unchanged).
         """
         for _ in range(32):
             effects: list[list] = []
             try:
                 with self._gate.shared(), self.env.begin(write=True) as txn:
+                    commit = txn.id()  # the id this transaction commits as
                     if self.journal is None:
-                        return fn(txn)
-                    result = fn(txn if op is not None else _JournaledTxn(txn, self._db_names(), effects))
+                        result = fn(txn)
+                    else:
+                        result = fn(txn if op is not None else _JournaledTxn(txn, self._db_names(), effects))
                 break
             except lmdb.MapResizedError:
                 self._adopt_size()
@@ -324,7 +369,9 @@ class LmdbBackend:
                 self._grow()
         else:
             raise RuntimeError(f"could not complete a write to {self.path}")
-        if op is _NOT_SHARED:
+        if neutral:
+            self._neutral_commits.note(commit)
+        if self.journal is None or op is _NOT_SHARED:
             return result
         ops = [op] if op is not None else ([["raw", effects]] if effects else [])
         if ops:
@@ -662,7 +709,7 @@ class LmdbBackend:
         """Fold in-memory hit counters into the stats table in one transaction."""
         if hits:
             op = ["hits", {k.hex(): n for k, n in hits.items()}] if self.journal is not None else None
-            self._write(lambda txn: self._add_hits_in(txn, hits), op=op)
+            self._write(lambda txn: self._add_hits_in(txn, hits), op=op, neutral=True)
 
     def _add_hits_in(self, txn: lmdb.Transaction, hits: dict[bytes, int]) -> None:
         now = time.time()
@@ -794,7 +841,7 @@ class LmdbBackend:
         if counts:
             op = (["aux_counts", table, {k.hex(): n for k, n in counts.items()}]
                   if self.journal is not None else None)
-            self._write(lambda txn: self._add_aux_counts_in(txn, table, counts), op=op)
+            self._write(lambda txn: self._add_aux_counts_in(txn, table, counts), op=op, neutral=True)
 
     def _add_aux_counts_in(self, txn: lmdb.Transaction, table: str, counts: dict[bytes, int]) -> None:
         now = time.time()
@@ -854,6 +901,13 @@ class LmdbBackend:
         """Changes with every committed write, from any process: what a live view polls."""
         return int(self.env.info()["last_txnid"])
 
+    def lookups_unchanged(self, since: int, now: int) -> bool:
+        """Was every commit after generation `since`, up to `now`, one of this
+        process's writes that no lookup reads (hit counts, side-table counters,
+        the recent-requests ring)? Then a lookup at `now` gives what it gave at
+        `since`. Any other write, by anyone, says no."""
+        return self._neutral_commits.cover(since, now)
+
     def append_ring(self, table: str, rows: list[tuple[bytes, Any]], keep: int) -> None:
         """Add rows to a side table used as a ring: keys sort by age (oldest
         first), and only the newest `keep` rows stay. One transaction."""
@@ -875,7 +929,7 @@ class LmdbBackend:
         if rows:
             # A ring describes this proxy's own traffic (the web view's recent
             # requests): a shared store keeps it out of the log.
-            self._write(write, op=_NOT_SHARED)
+            self._write(write, op=_NOT_SHARED, neutral=True)
 
     def dump(self) -> Iterator[tuple[str, bytes, Any]]:
         """Every row of nodes, replies, stats and aux as (table, key, JSON value),

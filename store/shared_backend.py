@@ -332,11 +332,11 @@ class SharedBackend(LmdbBackend):
                         if self._queue:
                             self._queue.popleft()
 
-    def _write(self, fn: Any, op: list | None = None) -> Any:
+    def _write(self, fn: Any, op: list | None = None, neutral: bool = False) -> Any:
         if op is _NOT_SHARED:  # replica bookkeeping, applied entries, a loaded snapshot
-            return super()._write(fn, op)
+            return super()._write(fn, op, neutral)
         with self._local_write_lock:  # committed and queued as one step (see `_load_snapshot`)
-            return super()._write(fn, op)
+            return super()._write(fn, op, neutral)
 
     def queued(self) -> int:
         return len(self._queue)

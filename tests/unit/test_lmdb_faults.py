@@ -14,7 +14,7 @@ import pytest
 from butter.addon import cache_addon
 from butter.store import Cache, Conversation, Hit
 from butter.store.db_check import DatabaseDamaged, check_data_file
-from butter.store.lmdb_backend import MAP_SIZE_ENV, probe_in_subprocess
+from butter.store.lmdb_backend import MAP_SIZE_ENV, _read_in_child, probe_in_subprocess
 from tests.e2e.harness import ROOT
 from tests.unit.test_addon import llm_flow
 from tests.unit.test_addon_faults import exchange_once
@@ -71,15 +71,70 @@ def test_a_garbled_header_is_refused(tmp_path):
     with open(db / "data.mdb", "r+b") as f:
         f.write(os.urandom(200))
     with pytest.raises(DatabaseDamaged, match="meta page 0"):
-        check_data_file(str(db))
+        check_data_file(str(db), _read_in_child)
 
 
 def test_a_sound_database_and_a_new_one_pass_the_checks(tmp_path):
     db = tmp_path / "db"
-    check_data_file(str(db))
+    check_data_file(str(db), _read_in_child)
     filled_db(db)
-    check_data_file(str(db))
+    check_data_file(str(db), _read_in_child)
     assert probe_in_subprocess(str(db)) is None
+
+
+def count_unwritten_pages(path, extra: int) -> None:
+    """Make the newest meta count `extra` pages past the file's end, none of them used.
+
+    What LMDB itself leaves when a transaction allocates pages at the end and
+    frees them again before its commit: they are counted, never written.
+    """
+    data = path / "data.mdb"
+    with open(data, "r+b") as f:
+        metas = []
+        for page in (0, 1):
+            f.seek(page * 4096 + 16 + 120)  # MDB_meta's last page and txn id (store/db_check.py)
+            metas.append((int.from_bytes(f.read(8), "little"), int.from_bytes(f.read(8), "little"), page))
+        last, _, page = max(metas, key=lambda m: m[1])
+        f.seek(page * 4096 + 16 + 120)
+        f.write((data.stat().st_size // 4096 - 1 + extra).to_bytes(8, "little"))
+
+
+def test_a_whole_database_whose_newest_transaction_counts_pages_past_the_end_is_opened_and_served(tmp_path):
+    db = tmp_path / "db"
+    filled_db(db)
+    count_unwritten_pages(db, 30)
+    check_data_file(str(db), _read_in_child)  # read in full by a child: whole
+    assert probe_in_subprocess(str(db)) is None
+    cache = Cache(db)
+    try:
+        assert isinstance(cache.lookup("ns", conv("question 7 " + "x" * 200)), Hit)
+        cache.record("ns", conv("a new question"), {"text": "a new answer"})  # writes past the counted pages
+        assert isinstance(cache.lookup("ns", conv("a new question")), Hit)
+    finally:
+        cache.close()
+    check_data_file(str(db), _read_in_child)
+
+
+def test_a_database_that_ends_early_is_refused_when_reading_it_in_full_fails(tmp_path):
+    db = tmp_path / "db"
+    filled_db(db)
+    count_unwritten_pages(db, 30)
+    asked: list[str] = []
+
+    def failing_reader(folder: str) -> str:
+        asked.append(folder)
+        return "reading it killed a probe process with signal 7"
+
+    with pytest.raises(DatabaseDamaged, match="truncated.*counts.*signal 7"):
+        check_data_file(str(db), failing_reader)
+    assert asked == [str(db)]
+    check_data_file(str(db), lambda _: None)  # read in full without a fault: whole
+
+
+def test_a_database_that_does_not_end_early_is_never_read_in_full_at_open(tmp_path):
+    db = tmp_path / "db"
+    filled_db(db)
+    check_data_file(str(db), lambda _: pytest.fail("a whole file's header needs no full read"))
 
 
 def test_garbled_pages_deep_in_the_file_are_found_by_the_probe_not_by_the_proxy(tmp_path):
@@ -90,7 +145,7 @@ def test_garbled_pages_deep_in_the_file_are_found_by_the_probe_not_by_the_proxy(
     with open(data, "r+b") as f:  # every page but the two meta pages
         f.seek(2 * 4096)
         f.write(b"\xff" * (size - 2 * 4096))
-    check_data_file(str(db))  # the header is intact
+    check_data_file(str(db), lambda _: None)  # the header is intact
     assert probe_in_subprocess(str(db)) is not None
 
 
