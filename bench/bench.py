@@ -205,11 +205,11 @@ def butter_options(db: Path) -> dict[str, str]:
 
 
 def drive(proxy: Running, workdir: Path, via: str, bodies: list[bytes], concurrency: int,
-          seconds: float, warmup: float, expect: bytes) -> loadgen.Result:
+          seconds: float, warmup: float, expect: bytes, nonce: bool = False) -> loadgen.Result:
     ca = workdir / "confdir" / "mitmproxy-ca-cert.pem"
     cpu_before = process_cpu_seconds(proxy.pid)
     result = asyncio.run(loadgen.run(via, proxy.ports[via], ca, bodies, concurrency=concurrency, seconds=seconds,
-                                     warmup=warmup, api_key=workload.API_KEY, expect=expect))
+                                     warmup=warmup, api_key=workload.API_KEY, expect=expect, nonce=nonce))
     cpu_after = process_cpu_seconds(proxy.pid)
     if cpu_before is not None and cpu_after is not None:
         result.cpu_seconds = cpu_after - cpu_before
@@ -235,33 +235,39 @@ def bench_hits(workdir: Path, db: Path, conversations: int, args: argparse.Names
     parsed = FORMAT.parse_request(bulk_load.WireRequest("POST", bulk_load.PATH, {}, {}, bodies[0]))
     constant = workdir / "constant.json"
     constant.write_bytes(FORMAT.render(workload.reply(0), parsed).body)
-    targets = (("floor", CONSTANT, {"bench_body": str(constant)}, b""),
-               ("hits", BUTTER, butter_options(db), b"butter-cache: hit"))
+    # (name, script, options, expected head bytes, a nonce header on every request)
+    targets = (("floor", CONSTANT, {"bench_body": str(constant)}, b"", False),
+               ("hits", BUTTER, butter_options(db), b"butter-cache: hit", False),
+               # the same proxy, every request bytes it never saw: the hit memo never answers
+               ("new", BUTTER, butter_options(db), b"butter-cache: hit", True))
     rows = []
     with ExitStack() as stack:
-        # Both proxies run at once (an idle one costs nothing) and the load
+        # The proxies run at once (an idle one costs nothing) and the load
         # alternates between them, so a burst of other work on the machine
-        # hurts both alike; the best of the rounds counts for each.
-        proxies = {name: stack.enter_context(mitmdump(script, workdir, options, name))
-                 for name, script, options, _ in targets}
+        # hurts all alike; the best of the rounds counts for each.
+        proxies = {script: stack.enter_context(mitmdump(script, workdir, options, name))
+                   for name, script, options, *_ in targets[:2]}
         for via in args.via:
             for concurrency in args.concurrency:
                 runs: dict[str, list[loadgen.Result]] = {name: [] for name, *_ in targets}
                 for n in range(args.proxy_rounds):
-                    for name, _, _, expect in targets:
+                    for name, script, _, expect, nonce in targets:
                         say(f"  {name:5} via {via}, {concurrency} connection(s), {args.seconds:g} s, "
                             f"round {n + 1}/{args.proxy_rounds} ...")
-                        runs[name].append(drive(proxies[name], workdir, via, bodies, concurrency, args.seconds,
-                                                args.warmup, expect))
+                        runs[name].append(drive(proxies[script], workdir, via, bodies, concurrency, args.seconds,
+                                                args.warmup, expect, nonce))
                 row = {"via": via, "concurrency": concurrency}
                 for name in runs:
                     row[name] = summary(best_of(runs[name]))
                     row[name]["rounds_rps"] = [round(r.rps, 1) for r in runs[name]]
                 row["ratio"] = round(row["hits"]["rps"] / row["floor"]["rps"], 3)
+                row["ratio_new"] = round(row["new"]["rps"] / row["floor"]["rps"], 3)
                 # CPU per request in the proxy process: what throughput is when the
                 # proxy is the bottleneck, and unlike req/s not swayed by other load.
                 cpu_floor, cpu_hits = row["floor"]["cpu_ms_per_request"], row["hits"]["cpu_ms_per_request"]
                 row["cpu_ratio"] = round(cpu_floor / cpu_hits, 3) if cpu_floor and cpu_hits else None
+                cpu_new = row["new"]["cpu_ms_per_request"]
+                row["cpu_ratio_new"] = round(cpu_floor / cpu_new, 3) if cpu_floor and cpu_new else None
                 rows.append(row)
     return rows
 
@@ -344,6 +350,14 @@ def table(report: dict) -> str:
             out.append(f"    {r['via']:10} {r['concurrency']:>5} {r['floor']['rps']:>12.0f} {r['floor']['p50_ms']:>7.2f} "
                        f"{cpu(r['floor']['cpu_ms_per_request'])} {r['hits']['rps']:>11.0f} {r['hits']['p50_ms']:>7.2f} "
                        f"{cpu(r['hits']['cpu_ms_per_request'])} {r['ratio']:>6.2f} {cpu_ratio}  {ok}")
+        out.append("    the same hits, every request bytes the proxy never saw (a nonce header; the hit memo never answers):")
+        out.append(f"    {'via':10} {'conns':>5} {'hits req/s':>12} {'p50 ms':>7} {'cpu ms':>7} {'ratio':>6} {'cpu ratio':>9}")
+        for r in hits:
+            if "new" not in r:
+                continue
+            cpu_ratio = f"{r['cpu_ratio_new']:>9.2f}" if r.get("cpu_ratio_new") else f"{'-':>9}"
+            out.append(f"    {r['via']:10} {r['concurrency']:>5} {r['new']['rps']:>12.0f} {r['new']['p50_ms']:>7.2f} "
+                       f"{cpu(r['new']['cpu_ms_per_request'])} {r['ratio_new']:>6.2f} {cpu_ratio}")
     store = report.get("store")
     if store:
         base = store[0]

@@ -91,12 +91,14 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, byte
 
 
 async def _connection(via: str, port: int, ca: Path, requests: list[bytes], offset: int,
-                      warmup_until: float, stop_at: float, out: Result, expect: bytes) -> None:
+                      warmup_until: float, stop_at: float, out: Result, expect: bytes, nonce: bool) -> None:
     reader, writer = await _open(via, port, ca)
     n = offset
     try:
         while True:
             raw = requests[n % len(requests)]
+            if nonce:  # bytes never sent before: a header no wire format reads, new each time
+                raw = raw.replace(b"\r\nAccept:", f"\r\nX-Bench-Nonce: {n}\r\nAccept:".encode(), 1)
             n += 1
             start = time.perf_counter()
             if start >= stop_at:
@@ -120,17 +122,19 @@ async def _connection(via: str, port: int, ca: Path, requests: list[bytes], offs
 
 
 async def run(via: str, port: int, ca: Path, bodies: list[bytes], *, concurrency: int, seconds: float,
-              warmup: float = 1.0, api_key: str = "sk-bench", expect: bytes = b"") -> Result:
+              warmup: float = 1.0, api_key: str = "sk-bench", expect: bytes = b"", nonce: bool = False) -> Result:
     """Drive the proxy for warmup + seconds; only requests started after the warm-up count.
 
     `expect`: bytes every response head must contain (e.g. b"butter-cache: hit"),
-    so a bench of hits cannot silently measure misses or errors.
+    so a bench of hits cannot silently measure misses or errors. `nonce`: every
+    request carries a header of its own, so no two are the same bytes (butter's
+    hit memo, addon/hit_memo.py, never answers them).
     """
     requests = [_request_bytes(b, api_key) for b in bodies]
     out = Result(0, seconds, [])
     now = time.perf_counter()
     warmup_until, stop_at = now + warmup, now + warmup + seconds
     await asyncio.gather(*(
-        _connection(via, port, ca, requests, i * 7919, warmup_until, stop_at, out, expect)
+        _connection(via, port, ca, requests, i * 7919, warmup_until, stop_at, out, expect, nonce)
         for i in range(concurrency)))
     return out
