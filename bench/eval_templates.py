@@ -139,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         _progress("timing store lookups: template nodes against exact nodes")
         timing = lookup_timing.measure(quick=args.quick)
     out = {"results": results, "skipped": skipped, "lookup_timing": timing, "seconds": round(time.monotonic() - started, 1),
-           "options": options}
+           "options": options, "verify": list(runs)[-1]}
     if len(runs) > 1:
         out["by_verify"] = runs
         for verify, results in runs.items():
             print(f"\n== butter_verify={verify} ==")
-            print(report.table({**out, "results": results, "lookup_timing": None}))
+            print(report.table({**out, "results": results, "lookup_timing": None, "verify": verify}))
         print(report.verify_comparison(runs))
         if timing:
             print(report.table({"results": [], "lookup_timing": timing, "seconds": out["seconds"]}).split("targets:")[-1])
