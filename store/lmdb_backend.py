@@ -227,7 +227,30 @@ def probe_in_subprocess(path: str, timeout: float = 60.0) -> str | None:
 
 
 def _read_in_child(path: str, timeout: float = 60.0) -> str | None:
-    """`_read_every_page` in a child process: what went wrong, or None."""
+    """`_read_every_page` in a child process: what went wrong, or None.
+
+    A file read whole once is not read again while it is unchanged (the
+    proxy's probe, then its open, would otherwise read a big tree twice).
+    """
+    data = os.path.join(path, "data.mdb")
+    try:
+        stat = os.stat(data)
+        version = (os.path.realpath(data), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        version = None
+    if version is not None and version in _READ_WHOLE:
+        return None
+    failure, finished = _read_in_child_now(path, timeout)
+    if finished and failure is None and version is not None:
+        _READ_WHOLE.add(version)
+    return failure
+
+
+_READ_WHOLE: set[tuple[str, int, int]] = set()  # (path, size, mtime) of data files a child read without a fault
+
+
+def _read_in_child_now(path: str, timeout: float) -> tuple[str | None, bool]:
+    """(what went wrong or None, whether the child finished: a slow one is not damage, nor proof)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
             "from store.lmdb_backend import _read_every_page; _read_every_page(sys.argv[2])")
@@ -235,13 +258,13 @@ def _read_in_child(path: str, timeout: float = 60.0) -> str | None:
         done = subprocess.run([sys.executable, "-c", code, root, path], capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
-        return None
+        return None, False
     if done.returncode == 0:
-        return None
+        return None, True
     if done.returncode < 0:
-        return f"reading it killed a probe process with signal {-done.returncode}"
+        return f"reading it killed a probe process with signal {-done.returncode}", True
     last = (done.stderr.strip().splitlines() or ["exit code %d" % done.returncode])[-1]
-    return f"reading it failed: {last[:200]}"
+    return f"reading it failed: {last[:200]}", True
 
 
 def _read_every_page(path: str) -> None:

@@ -131,6 +131,21 @@ def test_a_database_that_ends_early_is_refused_when_reading_it_in_full_fails(tmp
     check_data_file(str(db), lambda _: None)  # read in full without a fault: whole
 
 
+def test_a_database_read_whole_once_is_not_read_again_until_it_changes(tmp_path, mocker):
+    db = tmp_path / "db"
+    filled_db(db)
+    count_unwritten_pages(db, 30)
+    children = mocker.spy(subprocess, "run")
+    assert probe_in_subprocess(str(db)) is None  # the proxy's probe at start
+    cache = Cache(db)  # then its open: the same file, not read again
+    cache.close()
+    assert children.call_count == 1
+    filled_db(db, 5)  # written since
+    count_unwritten_pages(db, 30)
+    check_data_file(str(db), _read_in_child)
+    assert children.call_count == 2
+
+
 def test_a_database_that_does_not_end_early_is_never_read_in_full_at_open(tmp_path):
     db = tmp_path / "db"
     filled_db(db)
