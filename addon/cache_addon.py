@@ -379,26 +379,19 @@ class Butter:
         # Read before the lookup: a write that was queued when the lookup
         # began may commit (and leave `pending`) while it runs.
         writes_queued = bool(self.pending)
+        commit = self.cache.backend.generation()  # before the lookup: a write during it makes this stale
         if remembered is not None:
             result: Hit | Miss = remembered.fresh_hit()
         else:
-            commit = self.cache.backend.generation()  # before the lookup: a write during it makes this stale
             result = await self._look_up(state, declared, offload)
             if not isinstance(result, Hit) and (writes_queued or self.pending) and await self._wait_for_writes():
                 # A reply recorded a moment ago may still be in the writer's queue:
                 # wait (briefly) for it rather than miss what this process already knows.
                 result = await self._look_up(state, declared, offload)
-            if memo_key is not None and isinstance(result, Hit):
-                self.memo.put(memo_key, commit, state.parsed, state.namespace, size, result)
         result = verification.recheck(result, flow)
-        if remembered is not None and not isinstance(result, Hit):
-            # Asked of the provider after all (a sampled re-check): recorded from
-            # a parse of its own, never from the one the memo shares.
-            if await self._read(state, request, raw, coding, offload) is None:
-                return
-            conversation = state.parsed.conversation
         model = conversation.context.get("model")
         if isinstance(result, Hit):
+            frozen = hit_memo.freeze(result) if memo_key is not None and remembered is None else None
             try:
                 self._serve(flow, state, result)
             except RenderError as e:
@@ -406,6 +399,8 @@ class Butter:
                 result = Miss("render-failed", len(conversation.messages), result.node_id,
                               f"the template reply cannot be rendered ({e})", result.path)
             else:
+                if frozen is not None:  # served: the same bytes may have it again
+                    self.memo.put(memo_key, commit, state.parsed, state.namespace, size, frozen)
                 if self.hit_lines:
                     log.debug("butter: hit  %s %s (%d messages) node %s%s", state.fmt.name, model,
                               len(conversation.messages), result.node_id.hex()[:12],
@@ -413,6 +408,12 @@ class Butter:
                 if result.templated and state.mode == "auto":
                     self.verifier.after_serve(flow, result)
                 return
+        if remembered is not None:
+            # Asked of the provider after all (a sampled re-check): recorded from
+            # a parse of its own, never from the one the memo shares.
+            if await self._read(state, request, raw, coding, offload) is None:
+                return
+            conversation = state.parsed.conversation
         if result.template_failure:
             log.debug("butter: nearest template %s at message %d: %s", result.template.hex()[:12] if result.template
                       else "?", result.matched + 1, result.template_failure)

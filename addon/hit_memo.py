@@ -68,6 +68,15 @@ class Remembered:
         return replace(self.hit, reply=marshal.loads(self.reply), bindings=dict(self.hit.bindings))
 
 
+def freeze(hit: Hit) -> tuple[Hit, bytes] | None:
+    """The hit with its reply as bytes, taken before it is served (no renderer can change it
+    afterwards); None when the reply is not plain JSON values, which are then not remembered."""
+    try:
+        return hit, marshal.dumps(hit.reply)
+    except (ValueError, TypeError):
+        return None
+
+
 class HitMemo:
     def __init__(self, max_entries: int = MAX_ENTRIES, max_total_bytes: int = MAX_TOTAL_BYTES) -> None:
         self.max_entries = max_entries
@@ -105,11 +114,10 @@ class HitMemo:
         found = self._entries[key] = replace(found, commit=commit)  # the next check starts from here
         return found
 
-    def put(self, key: bytes, commit: int, parsed: ParsedRequest, namespace: str, size: int, hit: Hit) -> None:
-        try:
-            reply = marshal.dumps(hit.reply)
-        except (ValueError, TypeError):  # not plain JSON values: not remembered
-            return
+    def put(self, key: bytes, commit: int, parsed: ParsedRequest, namespace: str, size: int,
+            frozen: tuple[Hit, bytes]) -> None:
+        """Remember a hit served for `key`, its reply as `freeze` took it before serving."""
+        hit, reply = frozen
         if key in self._entries:
             self._drop(key)
         self._entries[key] = Remembered(commit, parsed, namespace, size, hit, reply)

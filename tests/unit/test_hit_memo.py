@@ -12,7 +12,7 @@ import sys
 from mitmproxy import http
 
 from butter.addon import credentials, formats
-from butter.addon.hit_memo import VOLATILE_HEADERS, HitMemo
+from butter.addon.hit_memo import VOLATILE_HEADERS, HitMemo, freeze
 from tests.e2e.harness import ROOT
 from tests.unit.test_addon import KEY, REPLY, llm_flow, send
 
@@ -136,8 +136,21 @@ def test_the_memo_keeps_within_its_entry_and_byte_bounds():
     memo = HitMemo(max_entries=3, max_total_bytes=10_000)
     from butter.store.model import Hit
     for i in range(6):
-        memo.put(bytes([i]) * 32, 1, None, "ns", 1000, Hit(b"n" * 16, {"text": "x"}, b"r" * 16))
+        memo.put(bytes([i]) * 32, 1, None, "ns", 1000, freeze(Hit(b"n" * 16, {"text": "x"}, b"r" * 16)))
     assert len(memo) == 3 and memo.get(bytes([5]) * 32, 1, lambda a, b: False) is not None
     assert memo.get(bytes([0]) * 32, 1, lambda a, b: False) is None  # oldest out first
     assert memo.get(bytes([5]) * 32, 2, lambda a, b: False) is None  # a write since: forgotten
     assert len(memo) == 2
+
+
+def test_a_remembered_reply_is_the_one_taken_before_serving_and_each_use_gets_its_own_copy():
+    from butter.store.model import Hit
+    memo = HitMemo()
+    hit = Hit(b"n" * 16, {"content": "hello", "tool_calls": [{"name": "f", "arguments": {"a": 1}}]}, b"r" * 16)
+    frozen = freeze(hit)
+    hit.reply["content"] = "changed by a renderer"  # after freezing: not what is remembered
+    memo.put(b"k" * 32, 1, None, "ns", 10, frozen)
+    first = memo.get(b"k" * 32, 1, lambda a, b: False).fresh_hit()
+    assert first.reply["content"] == "hello"
+    first.reply["tool_calls"][0]["arguments"]["a"] = 2
+    assert memo.get(b"k" * 32, 1, lambda a, b: False).fresh_hit().reply["tool_calls"][0]["arguments"]["a"] == 1
