@@ -33,8 +33,9 @@ def note_learned(backend: LmdbBackend, node: bytes, reply_id: bytes, slot_shapes
     """Induction wrote (or wrote again) a template reply: on probation, unless it
     already has a state. `messages`: the template nodes the reply hangs below."""
     now = time.time()
-    fresh = trust.learned_entry(set(slot_shapes), slots_in(reply), list(run_bindings), now,
-                                trust.rewritable_slots(slot_shapes, reply, slots_in_data(messages)))
+    rewritable = trust.rewritable_slots(slot_shapes, reply, slots_in_data(messages))
+    fresh = trust.learned_entry(set(slot_shapes), slots_in(reply), list(run_bindings), now, rewritable,
+                                trust.typed_whole(reply, rewritable, messages))
     record = backend.node(node)
     created = record.created if record is not None else 0.0
     return backend.update_aux(trust.TABLE, trust.trust_key(node, reply_id),

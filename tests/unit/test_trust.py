@@ -425,3 +425,72 @@ def test_a_template_trusted_before_rewritable_slots_existed_is_judged_by_the_rul
     still = cache.lookup("ns", ask("What is the weather in Oslo?"))
     assert isinstance(still, Miss) and still.verify.trust == "rewritable", "a new city is verified, as now"
     assert isinstance(cache.lookup("ns", ask("What is the weather in Rome?")), Hit), "a verified city is served"
+
+
+# -- a file name around a slot: induction keeps the constant extension out of the slot -------------
+
+def open_file(name: str) -> dict:
+    return {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": "cat", "arguments": json.dumps({"file_name": name})}}]}}]}
+
+
+def teach_files(cache: Cache, question, taught=("Umber", "Amber"), verified=("Violet", "Harbor")) -> None:
+    """Two runs teach `cat(file_name="{{v1}}.docx")`; two verified stems promote it."""
+    for stem in taught:
+        cache.record("ns", ask(question(stem)), open_file(f"{stem}.docx"))
+        cache.induce("ns", ask(question(stem)))
+    for stem in verified:
+        pending = cache.lookup("ns", ask(question(stem)))
+        assert isinstance(pending, Miss) and pending.reason == "verify", pending
+        assert trust_ledger.conclude(cache.backend, pending.verify, open_file(f"{stem}.docx"), cache.trust).agreed
+
+
+def typed(stem: str) -> str:
+    return f"Show me what is in '{stem}.docx', please."
+
+
+def test_a_file_name_the_user_typed_whole_is_served_for_new_values_though_its_slot_is_only_the_stem(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_files(cache, typed)
+    # The slot holds "Delta" (prose-shaped), but the call copies the user's 'Delta.docx',
+    # a name the tool reads literally: passed on as given, like a whole-value file name.
+    hit = cache.lookup("ns", ask(typed("Delta")))
+    assert isinstance(hit, Hit) and hit.bindings == {"v1": "Delta"}, hit
+    entry = trust_ledger.read(cache.backend, hit.node_id, hit.reply_id)
+    assert entry["rewritable"] == ["v1"] and entry["whole"] == {"v1": ["{{v1}}.docx"]}
+    assert "names typed whole: {{v1}}.docx" in trust.describe(entry, RULES)
+    # Not a name once the value has a space: the model may write that one its own way.
+    spaced = cache.lookup("ns", ask(typed("Delta Force")))
+    assert isinstance(spaced, Miss) and spaced.reason == "verify" and spaced.verify.trust == "rewritable"
+    # Served as given, so a provider writing it otherwise proves the template wrong: demoted, not "rewritten".
+    assert trust_ledger.conclude(cache.backend, hit, open_file("delta.docx"), RULES).event == "demoted"
+
+
+def test_a_file_name_the_model_made_from_the_user_s_words_is_still_verified_for_new_values(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_files(cache, lambda stem: f"Show me the {stem} document, please.")
+    # The user never typed 'Delta.docx': the model composed it, and may compose another spelling.
+    new = cache.lookup("ns", ask("Show me the Delta document, please."))
+    assert isinstance(new, Miss) and new.reason == "verify" and new.verify.trust == "rewritable"
+    assert isinstance(cache.lookup("ns", ask("Show me the Violet document, please.")), Hit), "a verified stem is"
+
+
+def test_typed_whole_needs_every_call_text_of_the_slot_in_the_conversation_and_merging_keeps_only_agreement():
+    from butter.store.templates import json_marker, text_marker
+    reply = {"choices": [{"message": {"tool_calls": [{"function": {"name": "cp", "arguments": json_marker(
+        {"source": text_marker("{{v1}}.txt"), "destination": text_marker("{{dir}}"),
+         "target": text_marker("{{v1}}_copy.txt")})}}]}}]}
+    said = [{"message": {"role": "user", "content": text_marker("Copy '{{v1}}.txt' to {{dir}} as '{{v1}}_copy.txt'")}}]
+    assert trust.typed_whole(reply, {"v1", "dir"}, said) == {"v1": ["{{v1}}.txt", "{{v1}}_copy.txt"]}, \
+        "a bare slot is the value itself: nothing to add"
+    half = [{"message": {"role": "user", "content": text_marker("Copy '{{v1}}.txt' to {{dir}} as a copy")}}]
+    assert trust.typed_whole(reply, {"v1", "dir"}, half) == {}, "one call text the model composed: none"
+    model_said = half + [{"message": {"role": "assistant", "content": text_marker("Copying to '{{v1}}_copy.txt'")}}]
+    assert trust.typed_whole(reply, {"v1", "dir"}, model_said) == {}, "the model's own words are not the user's"
+    entry = {**learned_entry({"v1", "dir"}, {"v1", "dir"}, [{"v1": "a", "dir": "b"}], 1.0, {"v1", "dir"},
+                             trust.typed_whole(reply, {"v1", "dir"}, said)), "state": TRUSTED}
+    assert judge(entry, {"v1": "Delta", "dir": "b"}, RULES).action == "serve"
+    assert judge(entry, {"v1": "Delta", "dir": "Oslo"}, RULES).action == "verify", "the bare prose slot still is"
+    # Learned again from runs that no longer hold the name whole: the exemption goes.
+    again = trust.merge_learned(entry, learned_entry({"v1", "dir"}, {"v1", "dir"}, [], 2.0, {"v1", "dir"}, {}))
+    assert again["whole"] == {} and judge(again, {"v1": "Delta", "dir": "b"}, RULES).action == "verify"
