@@ -305,8 +305,8 @@ DATA_KEYS = CALL_ARGUMENT_KEYS | {"response"}
 
 def slots_in_data(value: Any) -> set[str]:
     """The slots that occur, somewhere in these template messages, inside
-    structured data: a JSON string (a tool result, a call's arguments) or a
-    data key's object. A value a tool returned is data the model passes on; a
+    structured data: a tool result (JSON or plain text), a JSON string (a call's
+    arguments) or a data key's object. A value a tool returned is data the model passes on; a
     value only the user's prose holds is one the model must write itself."""
     return _slots_under(value, DATA_KEYS, json_is_data=True)
 
@@ -338,8 +338,9 @@ def _parts_under(value: Any, keys: frozenset, json_is_data: bool) -> list[Any]:
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if json_is_data and item.get(MARK) == "json":
-                found.append(item.get("value"))
+            if json_is_data and (item.get(MARK) == "json" or (MARK not in item and is_tool_result(item))):
+                # A tool's output is data even when it is plain text, not JSON.
+                found.append(item.get("value") if MARK in item else item)
             elif MARK not in item:
                 for key, v in item.items():
                     if key in keys:

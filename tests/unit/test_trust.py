@@ -494,3 +494,34 @@ def test_typed_whole_needs_every_call_text_of_the_slot_in_the_conversation_and_m
     # Learned again from runs that no longer hold the name whole: the exemption goes.
     again = trust.merge_learned(entry, learned_entry({"v1", "dir"}, {"v1", "dir"}, [], 2.0, {"v1", "dir"}, {}))
     assert again["whole"] == {} and judge(again, {"v1": "Delta", "dir": "b"}, RULES).action == "verify"
+
+
+# -- data a tool returned as plain text -------------------------------------------------------------
+
+def owner_run(name: str) -> tuple[Conversation, dict]:
+    """The user asks to e-mail an order's owner; `get_owner` answers in plain text (no JSON)."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_owner", "arguments": "{}"}}
+    messages = (user("E-mail the owner of my last order that it shipped."),
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": f"The owner is {name}."})
+    reply = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
+        {"id": "call_2", "type": "function", "function": {"name": "send_email",
+                                                          "arguments": json.dumps({"to_name": name})}}]}}]}
+    return Conversation(CONTEXT, messages), reply
+
+
+def test_a_name_a_tool_returned_in_plain_text_is_passed_on_as_given_not_rewritable(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    for name in ("Maria Lopez", "Ken Ito"):
+        conversation, reply = owner_run(name)
+        cache.record("ns", conversation, reply)
+        cache.induce("ns", conversation)
+    for name in ("Ada Byron", "Lin Wu"):
+        conversation, reply = owner_run(name)
+        pending = cache.lookup("ns", conversation)
+        assert isinstance(pending, Miss) and pending.verify is not None, pending
+        assert trust_ledger.conclude(cache.backend, pending.verify, reply, RULES).agreed
+    # The model copies what the tool said, as it would a JSON field: a new owner is served.
+    hit = cache.lookup("ns", owner_run("Olu Ade")[0])
+    assert isinstance(hit, Hit), hit
+    assert trust_ledger.read(cache.backend, hit.node_id, hit.reply_id)["rewritable"] == []
