@@ -292,8 +292,10 @@ def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_b
              "inputs_free": not inputs, "agreements": 0, "input_agreements": 0, "seen": [], "seen_inputs": [],
              "why": ""}
     # Always present (empty when none): an entry without the key is from before the rule (`with_rewritable`).
-    entry.update(rewritable=sorted(rewritable), verbatim={name: [] for name in sorted(rewritable)}, rewritten={},
-                 whole={name: list(texts) for name, texts in (whole or {}).items() if name in rewritable})
+    entry.update(rewritable=sorted(rewritable), verbatim={name: [] for name in sorted(rewritable)}, rewritten={})
+    whole = {name: list(texts) for name, texts in (whole or {}).items() if name in rewritable}
+    if whole:  # absent when none: most entries, and those written before it was kept
+        entry["whole"] = whole
     for bindings in run_bindings:
         _remember(entry, bindings)
     return entry
@@ -327,11 +329,15 @@ def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0)
                                                     *fresh.get("verbatim", {}).get(name, ())]))
                           for name in merged["rewritable"]}
     merged.setdefault("rewritten", {})
-    # A slot's typed-whole call texts stand only while every learning of it agrees
-    # (an entry from before they were kept takes the fresh ones: the same template).
+    # A slot's typed-whole call texts stand only while every learning of it agrees; an
+    # entry without any (none, or from before they were kept) takes the fresh ones: the
+    # same node and reply are the same template path.
     before = existing.get("whole")
-    merged["whole"] = {name: texts for name, texts in (fresh.get("whole") or {}).items()
-                       if name in merged["rewritable"] and (before is None or before.get(name) == texts)}
+    whole = {name: texts for name, texts in (fresh.get("whole") or {}).items()
+             if name in merged["rewritable"] and (before is None or before.get(name) == texts)}
+    merged.pop("whole", None)
+    if whole:
+        merged["whole"] = whole
     _trim(merged)
     return merged
 
