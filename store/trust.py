@@ -205,9 +205,15 @@ def typed_whole(reply: Any, rewritable: Iterable[str], messages: Any) -> dict[st
     for name in rewritable:
         held = sorted({t for t in calls if any(type(p) is tuple and p[0] == name for p in parse_text(t))})
         if (held and any(t != placeholder(name) for t in held)
-                and all(any(t in text for text in said) for t in held)):
+                and all(any(_holds_whole(text, t) for text in said) for t in held)):
             out[name] = held
     return out
+
+
+def _holds_whole(text: str, inner: str) -> bool:
+    """Whether a template text holds another (a call's `{{v1}}.docx`) as a whole
+    token: not the start of 'Delta.docx2' or the end of 'old_Delta.docx'."""
+    return re.search(rf"(?<![\w.\-/\\:@#]){re.escape(inner)}(?![\w\-/\\:@#]|\.\w)", text) is not None
 
 
 def _model_wrote(node: Any) -> bool:

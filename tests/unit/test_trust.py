@@ -485,6 +485,8 @@ def test_typed_whole_needs_every_call_text_of_the_slot_in_the_conversation_and_m
         "a bare slot is the value itself: nothing to add"
     half = [{"message": {"role": "user", "content": text_marker("Copy '{{v1}}.txt' to {{dir}} as a copy")}}]
     assert trust.typed_whole(reply, {"v1", "dir"}, half) == {}, "one call text the model composed: none"
+    longer = [{"message": {"role": "user", "content": text_marker("Copy '{{v1}}.txt' to {{dir}} as '{{v1}}_copy.txt2'")}}]
+    assert trust.typed_whole(reply, {"v1", "dir"}, longer) == {}, "a call text inside a longer name is not typed whole"
     model_said = half + [{"message": {"role": "assistant", "content": text_marker("Copying to '{{v1}}_copy.txt'")}}]
     assert trust.typed_whole(reply, {"v1", "dir"}, model_said) == {}, "the model's own words are not the user's"
     entry = {**learned_entry({"v1", "dir"}, {"v1", "dir"}, [{"v1": "a", "dir": "b"}], 1.0, {"v1", "dir"},
