@@ -527,3 +527,37 @@ def test_a_name_a_tool_returned_in_plain_text_is_passed_on_as_given_not_rewritab
     hit = cache.lookup("ns", owner_run("Olu Ade")[0])
     assert isinstance(hit, Hit), hit
     assert trust_ledger.read(cache.backend, hit.node_id, hit.reply_id)["rewritable"] == []
+
+
+# -- one answer, every template that matched ---------------------------------------------------------
+
+def test_a_verification_counts_for_every_template_that_matches_the_request_not_only_the_first_met(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    # Two runs whose values coincide teach a narrow template (`{{v1}} to {{v1}}`), two others
+    # the broad one (`{{v1}} to {{v2}}`): a request with equal values matches both.
+    for a, b in (("1111", "1111"), ("2222", "2222"), ("4411", "5522"), ("6633", "7744")):
+        cache.record("ns", ask(f"Copy {a} to {b} now"), answer(f"Copied {a} to {b}."))
+        cache.induce("ns", ask(f"Copy {a} to {b} now"))
+    for n in ("3333", "8888"):
+        pending = cache.lookup("ns", ask(f"Copy {n} to {n} now"))
+        assert isinstance(pending, Miss) and pending.reason == "verify" and len(pending.verify.also) == 1
+        outcome = trust_ledger.conclude(cache.backend, pending.verify, answer(f"Copied {n} to {n}."), RULES)
+        assert outcome.agreed and outcome.also == (outcome.event,)
+    # Both were promoted by the same two answers, whichever the walk met first (an order of
+    # node ids): the broad one now serves values the narrow one cannot.
+    hit = cache.lookup("ns", ask("Copy 1234 to 5678 now"))
+    assert isinstance(hit, Hit) and served_text(hit) == "Copied 1234 to 5678.", hit
+    entries = [trust_ledger.read(cache.backend, h.node_id, h.reply_id) for h in (pending.verify, *pending.verify.also)]
+    assert [e["state"] for e in entries] == [TRUSTED, TRUSTED]
+
+
+def test_an_answer_that_contradicts_another_matching_template_demotes_that_one_too(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    for a, b in (("1111", "1111"), ("2222", "2222"), ("4411", "5522"), ("6633", "7744")):
+        cache.record("ns", ask(f"Copy {a} to {b} now"), answer(f"Copied {a} to {b}." if a != b else "Nothing to copy."))
+        cache.induce("ns", ask(f"Copy {a} to {b} now"))
+    pending = cache.lookup("ns", ask("Copy 3333 to 3333 now"))
+    assert isinstance(pending, Miss) and len(pending.verify.also) == 1
+    outcome = trust_ledger.conclude(cache.backend, pending.verify, answer("Nothing to copy."), RULES)
+    # One of the two says "Nothing to copy.", the other "Copied 3333 to 3333.": that one is demoted.
+    assert sorted([outcome.event, *outcome.also]) == ["agreed", "demoted"]
