@@ -197,8 +197,9 @@ def typed_whole(reply: Any, rewritable: Iterable[str], messages: Any) -> dict[st
     text (`{{v1}}.docx`: induction keeps the constant extension out of the slot),
     those texts, when the conversation before the reply (`messages`, its template
     nodes; the user's and the system prompt's words, not the model's) holds every
-    one of them whole: the user typed 'Delta.docx', not "the Delta document". Rendered with a value that makes each a name a tool reads
-    literally (`kept_as_given`), the call copies what the user typed."""
+    one of them whole: the user typed 'Delta.docx', not "the Delta document".
+    Rendered with a value that makes each a name a tool reads literally
+    (`kept_as_given`), the call copies what the user typed."""
     calls = texts_in_calls(reply)
     said = [text for message in messages for text in texts_in(message) if not _model_wrote(message)]
     out: dict[str, list[str]] = {}
