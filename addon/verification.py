@@ -153,3 +153,6 @@ class Verifier:
             log.info("butter: verified %s %s: the provider disagreed with the template reply at node %s (%s)",
                      fmt, model, node, outcome.event)
             log.debug("butter: verification of node %s: %s", node, outcome.why)
+        if outcome.also:
+            log.info("butter: verified %s %s: the same answer judged %d other matching template repl%s (%s)",
+                     fmt, model, len(outcome.also), "y" if len(outcome.also) == 1 else "ies", ", ".join(outcome.also))

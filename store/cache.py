@@ -84,17 +84,23 @@ class Cache:
                 self._trust_views = (generation, {})
             reader = _DecodedTemplates(snap, self._templates, sets[1])
             verdicts: dict[int, Judgement] = {}
+            verifiable: list[Hit] = []
 
             def servable(hit: Hit) -> bool:
                 # Several templates may match (a narrow one learned first, a
                 # broader one later): the walk looks on past one that may not serve.
                 verdicts[id(hit)] = verdict = self._verdict(snap, hit, generation)
+                if verdict.action == "verify":
+                    verifiable.append(hit)
                 return verdict.action == "serve"
 
             result = lookup(conversation, namespace, reader, self.policy, match_template=match_message,
                             bindings=bindings, explain_template=explain_mismatch, accept=servable)
             if type(result) is Hit and result.templated:
-                return self._judged(snap, result, len(conversation.messages), verdicts.get(id(result)))
+                also = tuple({(h.node_id, h.reply_id): h for h in verifiable
+                              if (h.node_id, h.reply_id) != (result.node_id, result.reply_id)}.values()) \
+                    if verifiable else ()
+                return self._judged(snap, result, len(conversation.messages), verdicts.get(id(result)), also)
             return result
 
     def _verdict(self, snap, hit: Hit, generation: int | None = None) -> Judgement:
@@ -117,8 +123,11 @@ class Cache:
                 views[1][key] = view
         return judge(view, hit.bindings, self.trust)
 
-    def _judged(self, snap, hit: Hit, depth: int, verdict: Judgement | None = None) -> Hit | Miss:
-        """A template reply is served only as far as its trust allows (store/trust.py)."""
+    def _judged(self, snap, hit: Hit, depth: int, verdict: Judgement | None = None, also: tuple = ()) -> Hit | Miss:
+        """A template reply is served only as far as its trust allows (store/trust.py).
+        `also`: the other matching template replies that would be verified: one
+        provider answer is evidence for each of them (which one the walk meets
+        first is the order of node ids, not a choice)."""
         verdict = verdict or self._verdict(snap, hit)
         if verdict.action == "serve":
             # `hit` was made by this lookup's walk and nobody else holds it yet:
@@ -128,7 +137,7 @@ class Cache:
             return hit
         if verdict.action == "verify":
             return Miss("verify", depth, hit.node_id, f"a template would answer, but {verdict.why}", hit.path,
-                        verify=replace(hit, trust=verdict.kind))
+                        verify=replace(hit, trust=verdict.kind, also=also))
         return Miss("demoted", depth, hit.node_id, verdict.why, hit.path)
 
     def record_bound(self, namespace: str, conversation: Conversation, reply: dict, bindings: dict[str, str],

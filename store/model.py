@@ -32,6 +32,9 @@ class Hit:
     # (store/trust.py) before it is served. `trust` says how it was judged.
     templated: bool = False
     trust: str = ""
+    # For a hit held back for verification: the other template replies that match
+    # the same request and are verified too (their trust earns the same answer).
+    also: tuple["Hit", ...] = ()
 
 
 @dataclass(frozen=True)

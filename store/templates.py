@@ -305,25 +305,46 @@ DATA_KEYS = CALL_ARGUMENT_KEYS | {"response"}
 
 def slots_in_data(value: Any) -> set[str]:
     """The slots that occur, somewhere in these template messages, inside
-    structured data: a JSON string (a tool result, a call's arguments) or a
-    data key's object. A value a tool returned is data the model passes on; a
+    structured data: a tool result (JSON or plain text), a JSON string (a call's
+    arguments) or a data key's object. A value a tool returned is data the model passes on; a
     value only the user's prose holds is one the model must write itself."""
     return _slots_under(value, DATA_KEYS, json_is_data=True)
+
+
+def texts_in_calls(value: Any) -> list[str]:
+    """The template texts (with their slots) a reply writes inside tool calls'
+    arguments: `{{v1}}.docx` where the call holds a file name around a slot."""
+    return [m["t"] for part in _parts_under(value, CALL_ARGUMENT_KEYS, json_is_data=False)
+            for m in _markers(part) if m[MARK] in TEXT_KINDS]
+
+
+def texts_in(value: Any) -> list[str]:
+    """Every template text in a value (messages, a reply), JSON strings' included."""
+    return [m["t"] for m in _markers(value) if m[MARK] in TEXT_KINDS]
 
 
 def _slots_under(value: Any, keys: frozenset, json_is_data: bool) -> set[str]:
     """The slots below any of `keys` (and, with `json_is_data`, inside any JSON-string marker)."""
     found: set[str] = set()
+    for part in _parts_under(value, keys, json_is_data):
+        found |= slots_in(part)
+    return found
+
+
+def _parts_under(value: Any, keys: frozenset, json_is_data: bool) -> list[Any]:
+    """The values below any of `keys` (and, with `json_is_data`, every JSON-string marker's value)."""
+    found: list[Any] = []
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if json_is_data and item.get(MARK) == "json":
-                found |= slots_in(item.get("value"))
+            if json_is_data and (item.get(MARK) == "json" or (MARK not in item and is_tool_result(item))):
+                # A tool's output is data even when it is plain text, not JSON.
+                found.append(item.get("value") if MARK in item else item)
             elif MARK not in item:
                 for key, v in item.items():
                     if key in keys:
-                        found |= slots_in(v)
+                        found.append(v)
                     else:
                         stack.append(v)
         elif isinstance(item, list):

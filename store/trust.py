@@ -68,6 +68,7 @@ Public API
     rewritten_slots(entry, expected, actual, bindings) -> names    which new values a disagreement is the spelling of
     rewritable_in_reply(reply, bindings) -> set[str]               rewritable_slots from a hit alone
     kept_as_given(value) -> bool          a rewritable slot's value the model passes on as it is (an ISO date)
+    typed_whole(reply, rewritable, messages) -> {slot: [texts]}    call texts around a slot the user typed whole
     disagreement(expected, actual, bindings, new_names) -> str   a short why, for people
     describe(entry, rules) -> str                                one line for the CLI
 """
@@ -80,7 +81,8 @@ from typing import Any, Iterable, Mapping
 
 from .agreement import JSON_KEYS, answer_of
 from .canonical import canonical_json
-from .templates import fits, shape_of, slots_in_calls
+from .templates import RenderError, fits, parse_text, placeholder, render_text, shape_of, slots_in_calls, texts_in, \
+    texts_in_calls
 
 TABLE = "trust"
 PROBATION, TRUSTED, DEMOTED = "probation", "trusted", "demoted"
@@ -163,18 +165,21 @@ class View:
     rewritable: tuple[str, ...] = ()
     verbatim: Mapping[str, frozenset] = None  # rewritable slot -> values seen copied verbatim
     rewrites: frozenset = frozenset()  # rewritable slots with a value the model wrote its own way
+    whole: Mapping[str, tuple] = None  # rewritable slot -> the call texts around it the user typed whole (`typed_whole`)
 
 
 def prepare(entry: Mapping[str, Any]) -> View:
     rewritable = tuple(entry.get("rewritable") or ())
     verbatim = entry.get("verbatim") or {}
+    whole = entry.get("whole") or {}
     return View(entry.get("state", PROBATION), entry.get("source") == "declared", tuple(entry.get("slots") or ()),
                 tuple(entry.get("inputs") or ()), bool(entry.get("inputs_free")),
                 frozenset(tuple(v) for v in entry.get("seen", ())),
                 frozenset(tuple(v) for v in entry.get("seen_inputs", ())),
                 entry.get("agreements", 0), entry.get("input_agreements", 0),
                 rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable},
-                frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values))
+                frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
+                {name: tuple(whole[name]) for name in rewritable if whole.get(name)})
 
 
 def rewritable_slots(shapes: Mapping[str, str], reply: Any, given_as_data: set[str] | frozenset = frozenset()) -> set[str]:
@@ -187,10 +192,56 @@ def rewritable_slots(shapes: Mapping[str, str], reply: Any, given_as_data: set[s
             if shapes.get(name, "text") not in KEPT_AS_GIVEN and name not in given_as_data}
 
 
-def _unverified(names: Iterable[str], verbatim: Mapping[str, Any], bindings: Mapping[str, str]) -> list[str]:
-    """The rewritable slots whose value here was never seen copied verbatim (nor is one kept as given)."""
+def typed_whole(reply: Any, rewritable: Iterable[str], messages: Any) -> dict[str, list[str]]:
+    """For each rewritable slot that a tool call's arguments hold inside a larger
+    text (`{{v1}}.docx`: induction keeps the constant extension out of the slot),
+    those texts, when the conversation before the reply (`messages`, its template
+    nodes; the user's and the system prompt's words, not the model's) holds every
+    one of them whole: the user typed 'Delta.docx', not "the Delta document".
+    Rendered with a value that makes each a name a tool reads literally
+    (`kept_as_given`), the call copies what the user typed."""
+    calls = texts_in_calls(reply)
+    said = [text for message in messages for text in texts_in(message) if not _model_wrote(message)]
+    out: dict[str, list[str]] = {}
+    for name in rewritable:
+        held = sorted({t for t in calls if any(type(p) is tuple and p[0] == name for p in parse_text(t))})
+        if (held and any(t != placeholder(name) for t in held)
+                and all(any(_holds_whole(text, t) for text in said) for t in held)):
+            out[name] = held
+    return out
+
+
+def _holds_whole(text: str, inner: str) -> bool:
+    """Whether a template text holds another (a call's `{{v1}}.docx`) as a whole
+    token: not the start of 'Delta.docx2' or the end of 'old_Delta.docx'."""
+    return re.search(rf"(?<![\w.\-/\\:@#]){re.escape(inner)}(?![\w\-/\\:@#]|\.\w)", text) is not None
+
+
+def _model_wrote(node: Any) -> bool:
+    """Whether a template node's message is the model's own (its earlier words are
+    no evidence of what the user typed)."""
+    message = node.get("message", node) if isinstance(node, dict) else None
+    return isinstance(message, dict) and message.get("role") in ("assistant", "model")
+
+
+def _written_as_typed(texts: Iterable[str] | None, bindings: Mapping[str, str]) -> bool:
+    """Whether every call text holding a slot (`typed_whole`) renders, with these
+    values, to a name a tool reads literally: the user's 'Delta.docx', copied."""
+    if not texts:
+        return False
+    try:
+        return all(kept_as_given(render_text(t, bindings)) for t in texts)
+    except RenderError:
+        return False
+
+
+def _unverified(names: Iterable[str], verbatim: Mapping[str, Any], bindings: Mapping[str, str],
+                whole: Mapping[str, Any] | None = None) -> list[str]:
+    """The rewritable slots whose value here was never seen copied verbatim (nor is one
+    kept as given, alone or inside the file name the user typed whole)."""
+    whole = whole or {}
     return [name for name in names if bindings.get(name) not in verbatim.get(name, ())
-            and not kept_as_given(bindings.get(name))]
+            and not kept_as_given(bindings.get(name)) and not _written_as_typed(whole.get(name), bindings)]
 
 
 def rewritten_slots(entry: Mapping[str, Any], expected: Any, actual: Any, bindings: Mapping[str, str]) -> tuple[str, ...]:
@@ -198,7 +249,7 @@ def rewritten_slots(entry: Mapping[str, Any], expected: Any, actual: Any, bindin
     explain it (the model's own spelling), or () when the template is wrong.
     Only a value never seen copied verbatim can be the model's own spelling; an
     ISO date is served as given, so its disagreement is the template's."""
-    new = _unverified(entry.get("rewritable", ()), entry.get("verbatim") or {}, bindings)
+    new = _unverified(entry.get("rewritable", ()), entry.get("verbatim") or {}, bindings, entry.get("whole"))
     return tuple(new) if new and rewrite_explains(expected, actual, bindings, new) else ()
 
 
@@ -239,8 +290,9 @@ def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str,
 
 
 def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float,
-                  rewritable: set[str] | tuple = ()) -> dict:
-    """A template reply induction just learned: on probation, its runs' values seen."""
+                  rewritable: set[str] | tuple = (), whole: Mapping[str, list[str]] | None = None) -> dict:
+    """A template reply induction just learned: on probation, its runs' values seen.
+    `whole`: `typed_whole` of its rewritable slots."""
     slots = sorted(slot_names)
     inputs = [s for s in slots if s not in reply_slots]
     entry = {"state": PROBATION, "source": "learned", "since": now, "slots": slots, "inputs": inputs,
@@ -248,6 +300,9 @@ def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_b
              "why": ""}
     # Always present (empty when none): an entry without the key is from before the rule (`with_rewritable`).
     entry.update(rewritable=sorted(rewritable), verbatim={name: [] for name in sorted(rewritable)}, rewritten={})
+    whole = {name: list(texts) for name, texts in (whole or {}).items() if name in rewritable}
+    if whole:  # absent when none: most entries, and those written before it was kept
+        entry["whole"] = whole
     for bindings in run_bindings:
         _remember(entry, bindings)
     return entry
@@ -281,6 +336,15 @@ def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0)
                                                     *fresh.get("verbatim", {}).get(name, ())]))
                           for name in merged["rewritable"]}
     merged.setdefault("rewritten", {})
+    # A slot's typed-whole call texts stand only while every learning of it agrees; an
+    # entry without any (none, or from before they were kept) takes the fresh ones: the
+    # same node and reply are the same template path.
+    before = existing.get("whole")
+    whole = {name: texts for name, texts in (fresh.get("whole") or {}).items()
+             if name in merged["rewritable"] and (before is None or before.get(name) == texts)}
+    merged.pop("whole", None)
+    if whole:
+        merged["whole"] = whole
     _trim(merged)
     return merged
 
@@ -342,7 +406,7 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
     freed_new = False
     if view.rewritable:
         verbatim = view.verbatim
-        unseen = _unverified(view.rewritable, verbatim, bindings)
+        unseen = _unverified(view.rewritable, verbatim, bindings, view.whole)
         if unseen and state == TRUSTED and rules.free_rewritable_after:
             # Freed by evidence: enough values copied verbatim, none ever rewritten.
             freed = [name for name in unseen if name not in view.rewrites
@@ -498,12 +562,14 @@ def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) 
     if rewritable:
         verbatim = entry.get("verbatim") or {}
         rewritten = entry.get("rewritten") or {}
+        whole = entry.get("whole") or {}
 
         def slot(n: str) -> str:
             seen, rewrites = len(verbatim.get(n, [])), len(rewritten.get(n, []))
             freed = (rules.free_rewritable_after and not rewrites and seen >= rules.free_rewritable_after
                      and state == TRUSTED)
-            return f"{n} ({seen} seen, {rewrites} rewritten{', freed' if freed else ''})"
+            typed = f"; names typed whole: {', '.join(whole[n])}" if whole.get(n) else ""
+            return f"{n} ({seen} seen, {rewrites} rewritten{', freed' if freed else ''}{typed})"
         text += "; served only for values the model copied verbatim: " + ", ".join(map(slot, rewritable))
     if state == DEMOTED and entry.get("why"):
         text += f": {entry['why']}"

@@ -33,8 +33,9 @@ def note_learned(backend: LmdbBackend, node: bytes, reply_id: bytes, slot_shapes
     """Induction wrote (or wrote again) a template reply: on probation, unless it
     already has a state. `messages`: the template nodes the reply hangs below."""
     now = time.time()
-    fresh = trust.learned_entry(set(slot_shapes), slots_in(reply), list(run_bindings), now,
-                                trust.rewritable_slots(slot_shapes, reply, slots_in_data(messages)))
+    rewritable = trust.rewritable_slots(slot_shapes, reply, slots_in_data(messages))
+    fresh = trust.learned_entry(set(slot_shapes), slots_in(reply), list(run_bindings), now, rewritable,
+                                trust.typed_whole(reply, rewritable, messages))
     record = backend.node(node)
     created = record.created if record is not None else 0.0
     return backend.update_aux(trust.TABLE, trust.trust_key(node, reply_id),
@@ -57,6 +58,7 @@ class Outcome:
     event: str  # trust.after_verification's, or "not comparable"
     entry: dict | None
     why: str = ""  # for a disagreement: where the answers differ, with which values (conversation content)
+    also: tuple[str, ...] = ()  # the events of the other matching template replies (`Hit.also`)
 
 
 def conclude(backend: LmdbBackend, hit: Hit, actual: dict, rules: trust.TrustRules) -> Outcome:
@@ -83,7 +85,10 @@ def conclude(backend: LmdbBackend, hit: Hit, actual: dict, rules: trust.TrustRul
         # Marked bad as well: never chosen again at this node, so another reply there may be.
         backend.rescore(hit.node_id, lambda replies: {r.reply_id: (r.score, True) for r in replies
                                                       if r.reply_id == hit.reply_id})
-    return Outcome(agreed, events[0], entry, why)
+    # The same answer judges every other template reply that matched this request, each
+    # by its own rendering: the walk's order among them (node ids) must not split the evidence.
+    also = tuple(conclude(backend, other, actual, rules).event for other in hit.also)
+    return Outcome(agreed, events[0], entry, why, also)
 
 
 def at_node(backend: LmdbBackend, node: bytes) -> dict[bytes, dict]:

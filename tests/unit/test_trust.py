@@ -425,3 +425,139 @@ def test_a_template_trusted_before_rewritable_slots_existed_is_judged_by_the_rul
     still = cache.lookup("ns", ask("What is the weather in Oslo?"))
     assert isinstance(still, Miss) and still.verify.trust == "rewritable", "a new city is verified, as now"
     assert isinstance(cache.lookup("ns", ask("What is the weather in Rome?")), Hit), "a verified city is served"
+
+
+# -- a file name around a slot: induction keeps the constant extension out of the slot -------------
+
+def open_file(name: str) -> dict:
+    return {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": "cat", "arguments": json.dumps({"file_name": name})}}]}}]}
+
+
+def teach_files(cache: Cache, question, taught=("Umber", "Amber"), verified=("Violet", "Harbor")) -> None:
+    """Two runs teach `cat(file_name="{{v1}}.docx")`; two verified stems promote it."""
+    for stem in taught:
+        cache.record("ns", ask(question(stem)), open_file(f"{stem}.docx"))
+        cache.induce("ns", ask(question(stem)))
+    for stem in verified:
+        pending = cache.lookup("ns", ask(question(stem)))
+        assert isinstance(pending, Miss) and pending.reason == "verify", pending
+        assert trust_ledger.conclude(cache.backend, pending.verify, open_file(f"{stem}.docx"), cache.trust).agreed
+
+
+def typed(stem: str) -> str:
+    return f"Show me what is in '{stem}.docx', please."
+
+
+def test_a_file_name_the_user_typed_whole_is_served_for_new_values_though_its_slot_is_only_the_stem(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_files(cache, typed)
+    # The slot holds "Delta" (prose-shaped), but the call copies the user's 'Delta.docx',
+    # a name the tool reads literally: passed on as given, like a whole-value file name.
+    hit = cache.lookup("ns", ask(typed("Delta")))
+    assert isinstance(hit, Hit) and hit.bindings == {"v1": "Delta"}, hit
+    entry = trust_ledger.read(cache.backend, hit.node_id, hit.reply_id)
+    assert entry["rewritable"] == ["v1"] and entry["whole"] == {"v1": ["{{v1}}.docx"]}
+    assert "names typed whole: {{v1}}.docx" in trust.describe(entry, RULES)
+    # Not a name once the value has a space: the model may write that one its own way.
+    spaced = cache.lookup("ns", ask(typed("Delta Force")))
+    assert isinstance(spaced, Miss) and spaced.reason == "verify" and spaced.verify.trust == "rewritable"
+    # Served as given, so a provider writing it otherwise proves the template wrong: demoted, not "rewritten".
+    assert trust_ledger.conclude(cache.backend, hit, open_file("delta.docx"), RULES).event == "demoted"
+
+
+def test_a_file_name_the_model_made_from_the_user_s_words_is_still_verified_for_new_values(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_files(cache, lambda stem: f"Show me the {stem} document, please.")
+    # The user never typed 'Delta.docx': the model composed it, and may compose another spelling.
+    new = cache.lookup("ns", ask("Show me the Delta document, please."))
+    assert isinstance(new, Miss) and new.reason == "verify" and new.verify.trust == "rewritable"
+    assert isinstance(cache.lookup("ns", ask("Show me the Violet document, please.")), Hit), "a verified stem is"
+
+
+def test_typed_whole_needs_every_call_text_of_the_slot_in_the_conversation_and_merging_keeps_only_agreement():
+    from butter.store.templates import json_marker, text_marker
+    reply = {"choices": [{"message": {"tool_calls": [{"function": {"name": "cp", "arguments": json_marker(
+        {"source": text_marker("{{v1}}.txt"), "destination": text_marker("{{dir}}"),
+         "target": text_marker("{{v1}}_copy.txt")})}}]}}]}
+    said = [{"message": {"role": "user", "content": text_marker("Copy '{{v1}}.txt' to {{dir}} as '{{v1}}_copy.txt'")}}]
+    assert trust.typed_whole(reply, {"v1", "dir"}, said) == {"v1": ["{{v1}}.txt", "{{v1}}_copy.txt"]}, \
+        "a bare slot is the value itself: nothing to add"
+    half = [{"message": {"role": "user", "content": text_marker("Copy '{{v1}}.txt' to {{dir}} as a copy")}}]
+    assert trust.typed_whole(reply, {"v1", "dir"}, half) == {}, "one call text the model composed: none"
+    longer = [{"message": {"role": "user", "content": text_marker("Copy '{{v1}}.txt' to {{dir}} as '{{v1}}_copy.txt2'")}}]
+    assert trust.typed_whole(reply, {"v1", "dir"}, longer) == {}, "a call text inside a longer name is not typed whole"
+    model_said = half + [{"message": {"role": "assistant", "content": text_marker("Copying to '{{v1}}_copy.txt'")}}]
+    assert trust.typed_whole(reply, {"v1", "dir"}, model_said) == {}, "the model's own words are not the user's"
+    entry = {**learned_entry({"v1", "dir"}, {"v1", "dir"}, [{"v1": "a", "dir": "b"}], 1.0, {"v1", "dir"},
+                             trust.typed_whole(reply, {"v1", "dir"}, said)), "state": TRUSTED}
+    assert judge(entry, {"v1": "Delta", "dir": "b"}, RULES).action == "serve"
+    assert judge(entry, {"v1": "Delta", "dir": "Oslo"}, RULES).action == "verify", "the bare prose slot still is"
+    # Learned again from runs that no longer hold the name whole: the exemption goes.
+    again = trust.merge_learned(entry, learned_entry({"v1", "dir"}, {"v1", "dir"}, [], 2.0, {"v1", "dir"}, {}))
+    assert "whole" not in again and judge(again, {"v1": "Delta", "dir": "b"}, RULES).action == "verify"
+
+
+# -- data a tool returned as plain text -------------------------------------------------------------
+
+def owner_run(name: str) -> tuple[Conversation, dict]:
+    """The user asks to e-mail an order's owner; `get_owner` answers in plain text (no JSON)."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_owner", "arguments": "{}"}}
+    messages = (user("E-mail the owner of my last order that it shipped."),
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": f"The owner is {name}."})
+    reply = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
+        {"id": "call_2", "type": "function", "function": {"name": "send_email",
+                                                          "arguments": json.dumps({"to_name": name})}}]}}]}
+    return Conversation(CONTEXT, messages), reply
+
+
+def test_a_name_a_tool_returned_in_plain_text_is_passed_on_as_given_not_rewritable(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    for name in ("Maria Lopez", "Ken Ito"):
+        conversation, reply = owner_run(name)
+        cache.record("ns", conversation, reply)
+        cache.induce("ns", conversation)
+    for name in ("Ada Byron", "Lin Wu"):
+        conversation, reply = owner_run(name)
+        pending = cache.lookup("ns", conversation)
+        assert isinstance(pending, Miss) and pending.verify is not None, pending
+        assert trust_ledger.conclude(cache.backend, pending.verify, reply, RULES).agreed
+    # The model copies what the tool said, as it would a JSON field: a new owner is served.
+    hit = cache.lookup("ns", owner_run("Olu Ade")[0])
+    assert isinstance(hit, Hit), hit
+    assert trust_ledger.read(cache.backend, hit.node_id, hit.reply_id)["rewritable"] == []
+
+
+# -- one answer, every template that matched ---------------------------------------------------------
+
+def test_a_verification_counts_for_every_template_that_matches_the_request_not_only_the_first_met(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    # Two runs whose values coincide teach a narrow template (`{{v1}} to {{v1}}`), two others
+    # the broad one (`{{v1}} to {{v2}}`): a request with equal values matches both.
+    for a, b in (("1111", "1111"), ("2222", "2222"), ("4411", "5522"), ("6633", "7744")):
+        cache.record("ns", ask(f"Copy {a} to {b} now"), answer(f"Copied {a} to {b}."))
+        cache.induce("ns", ask(f"Copy {a} to {b} now"))
+    for n in ("3333", "8888"):
+        pending = cache.lookup("ns", ask(f"Copy {n} to {n} now"))
+        assert isinstance(pending, Miss) and pending.reason == "verify" and len(pending.verify.also) == 1
+        outcome = trust_ledger.conclude(cache.backend, pending.verify, answer(f"Copied {n} to {n}."), RULES)
+        assert outcome.agreed and outcome.also == (outcome.event,)
+    # Both were promoted by the same two answers, whichever the walk met first (an order of
+    # node ids): the broad one now serves values the narrow one cannot.
+    hit = cache.lookup("ns", ask("Copy 1234 to 5678 now"))
+    assert isinstance(hit, Hit) and served_text(hit) == "Copied 1234 to 5678.", hit
+    entries = [trust_ledger.read(cache.backend, h.node_id, h.reply_id) for h in (pending.verify, *pending.verify.also)]
+    assert [e["state"] for e in entries] == [TRUSTED, TRUSTED]
+
+
+def test_an_answer_that_contradicts_another_matching_template_demotes_that_one_too(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    for a, b in (("1111", "1111"), ("2222", "2222"), ("4411", "5522"), ("6633", "7744")):
+        cache.record("ns", ask(f"Copy {a} to {b} now"), answer(f"Copied {a} to {b}." if a != b else "Nothing to copy."))
+        cache.induce("ns", ask(f"Copy {a} to {b} now"))
+    pending = cache.lookup("ns", ask("Copy 3333 to 3333 now"))
+    assert isinstance(pending, Miss) and len(pending.verify.also) == 1
+    outcome = trust_ledger.conclude(cache.backend, pending.verify, answer("Nothing to copy."), RULES)
+    # One of the two says "Nothing to copy.", the other "Copied 3333 to 3333.": that one is demoted.
+    assert sorted([outcome.event, *outcome.also]) == ["agreed", "demoted"]
