@@ -61,7 +61,10 @@ def test_a_recording_through_one_replica_is_a_hit_on_another_at_the_next_lookup(
     namespace = a.namespace("sk-one")
     assert b.namespace("sk-one") == namespace, "every replica hashes a credential to the same namespace"
     a.record(namespace, conv("refund order 1234"), {"text": "done"})
-    # No waiting: a lookup that would miss reads the shared log first.
+    # a's publisher thread sends the write to Redis; on a loaded machine that can
+    # take longer than this test takes to reach the next line.
+    assert eventually(lambda: a.backend.queued() == 0)
+    # No waiting on b's side: a lookup that would miss reads the shared log first.
     hit = b.lookup(namespace, conv("refund order 1234"))
     assert isinstance(hit, Hit) and hit.reply == {"text": "done"}
 
