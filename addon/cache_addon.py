@@ -354,14 +354,13 @@ class Butter:
                       if memo_key is not None else None)
         if remembered is not None:
             state.parsed, state.namespace, size = remembered.parsed, remembered.namespace, remembered.size
-            _move_query_key_to_header(request)
         else:
             read = await self._read(state, request, raw, coding, offload)
             if read is None:
                 return
             credential, size = read
-            _move_query_key_to_header(request)
             state.namespace = self.cache.namespace(credential, state.fixed_namespace)
+        _move_query_key_to_header(request)
         if size > limits.LEARN_BODY_BYTES:
             # Learning reads every value of the conversation in long calls that
             # hold the GIL (the event loop with it): recorded and served, not learned from.
@@ -379,7 +378,9 @@ class Butter:
         # Read before the lookup: a write that was queued when the lookup
         # began may commit (and leave `pending`) while it runs.
         writes_queued = bool(self.pending)
-        commit = self.cache.backend.generation()  # before the lookup: a write during it makes this stale
+        remember = memo_key is not None and remembered is None  # a hit found now is remembered once served
+        # Read before the lookup: a write during it makes the remembered hit stale.
+        commit = self.cache.backend.generation() if remember else 0
         if remembered is not None:
             result: Hit | Miss = remembered.fresh_hit()
         else:
@@ -391,7 +392,7 @@ class Butter:
         result = verification.recheck(result, flow)
         model = conversation.context.get("model")
         if isinstance(result, Hit):
-            frozen = hit_memo.freeze(result) if memo_key is not None and remembered is None else None
+            frozen = hit_memo.freeze(result) if remember else None
             try:
                 self._serve(flow, state, result)
             except RenderError as e:
