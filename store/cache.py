@@ -97,10 +97,10 @@ class Cache:
             result = lookup(conversation, namespace, reader, self.policy, match_template=match_message,
                             bindings=bindings, explain_template=explain_mismatch, accept=servable)
             if type(result) is Hit and result.templated:
-                also = tuple({(h.node_id, h.reply_id): h for h in verifiable
-                              if (h.node_id, h.reply_id) != (result.node_id, result.reply_id)}.values()) \
-                    if verifiable else ()
-                return self._judged(snap, result, len(conversation.messages), verdicts.get(id(result)), also)
+                others = {(h.node_id, h.reply_id): h for h in verifiable}  # each template reply once
+                others.pop((result.node_id, result.reply_id), None)
+                return self._judged(snap, result, len(conversation.messages), verdicts.get(id(result)),
+                                    tuple(others.values()))
             return result
 
     def _verdict(self, snap, hit: Hit, generation: int | None = None) -> Judgement:
