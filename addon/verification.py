@@ -64,6 +64,11 @@ def add_options(loader) -> None:
     loader.add_option("butter_verify_inputs_min", int, 5,
                       "Verified agreements on distinct values of a template's decision inputs (slots that "
                       "never reach its reply) before new values of them are served.")
+    loader.add_option("butter_verify_ranges", bool, False,
+                      "Serve new values of freed decision inputs that are numbers or ISO dates only within the "
+                      "range verified with the template (a limit may lie beyond it); each side opens after "
+                      "butter_verify_inputs_min agreements beyond it. Costs verifications on data with many "
+                      "numeric fields.")
     loader.add_option("butter_verify_rewritable_min", int, 0,
                       "Values of a rewritable slot (the user's words the model writes into a tool call: a city, "
                       "a name) seen copied verbatim, with none ever rewritten, before new values are served "
@@ -89,7 +94,7 @@ def rules() -> TrustRules:
     o = ctx.options
     return TrustRules(verify=o.butter_verify, promote_after=o.butter_verify_min,
                       free_inputs_after=o.butter_verify_inputs_min, min_observations=o.butter_min_observations,
-                      free_rewritable_after=o.butter_verify_rewritable_min)
+                      free_rewritable_after=o.butter_verify_rewritable_min, keep_to_ranges=o.butter_verify_ranges)
 
 
 def recheck(result, flow: http.HTTPFlow):

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bfcl-tasks", type=int, default=None, help="BFCL base tasks to use (default 32; quick 8)")
     parser.add_argument("--held-out", type=int, default=None, help="held-out runs per flow (default 3; quick 2)")
     parser.add_argument("--workloads", default="own,bfcl,agentdojo,tools,lookalikes",
-                        help="comma list of: own, bfcl, agentdojo, tools, lookalikes")
+                        help="comma list of: own, bfcl, agentdojo, tools, lookalikes, rare (not in the default: "
+                             "ordered look-alikes after one-sided live traffic, for butter_verify_ranges)")
     parser.add_argument("--verify", choices=("default", "on", "off", "both"), default="default",
                         help="butter_verify for the proxies; 'both' runs every workload with it off, then on")
     parser.add_argument("--ks", default=None, help="comma list: after how many recorded runs to measure (default 1,2,3)")
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     if "lookalikes" in wanted:
         from bench.eval import lookalikes
         workloads.append(lookalikes.build(held_out=held_out + 1, negatives=held_out + 1, probation=args.live or 8))
+    if "rare" in wanted:
+        from bench.eval import lookalikes
+        workloads.append(lookalikes.build_rare(held_out=held_out + 1, negatives=held_out + 1,
+                                               probation=args.live or 12))
     if "bfcl" in wanted:
         from bench.eval import bfcl
         _progress(f"BFCL: building runs from {bfcl_tasks} base tasks (executing ground truth on the real backends)")

@@ -74,7 +74,7 @@ def json_argument(text: str) -> Any:
     marker is wrapped once more, so no two different texts share a value.
     """
     try:
-        value = json.loads(text, parse_constant=_not_json_constant)
+        value = _ARGUMENTS.decode(text)
     except (ValueError, TypeError, RecursionError):
         return {INVALID_JSON: text}
     if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in (INVALID_JSON, _WRAPPED_JSON):
@@ -84,6 +84,11 @@ def json_argument(text: str) -> Any:
 
 def _not_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python accepts NaN and Infinity; JSON (and providers) do not
+
+
+# One decoder for every call: `json.loads(text, parse_constant=...)` builds a
+# new one (and its scanner) each time, on the hit path once per tool call.
+_ARGUMENTS = json.JSONDecoder(parse_constant=_not_json_constant)
 
 
 def base64_digest(text: str, *, urlsafe: bool = False) -> str:

@@ -25,7 +25,11 @@ served only for decision-input values already seen with this reply (a
 recorded or verified run); other values are verified. They are freed only
 after `free_inputs_after` agreements on distinct values of them (more than
 promotion needs); after that, new values of them are served and re-checked
-at a sampled rate (the addon's `butter_verify_inputs_sample`).
+at a sampled rate (the addon's `butter_verify_inputs_sample`). With
+`keep_to_ranges` (option butter_verify_ranges), a number or an ISO date
+beyond the range of the values seen with the reply (or in another form) is
+verified first, as a limit may lie there, until `free_inputs_after` values
+beyond it on that side agreed.
 
 Slots the reply writes inside a tool call's arguments, with a value of
 prose shape (a city, a name; not a number, an id or an e-mail) that the
@@ -51,7 +55,7 @@ at once. Exact recorded replies never have a trust entry and are not judged.
 Public API
 ----------
     TABLE, PROBATION, TRUSTED, DEMOTED
-    TrustRules(verify, promote_after, free_inputs_after, min_observations, free_rewritable_after)
+    TrustRules(verify, promote_after, free_inputs_after, min_observations, free_rewritable_after, keep_to_ranges)
         .needed -> agreements that promote (butter_min_observations counts them too)
     trust_key(node_id, reply_id) -> bytes
     learned_entry(slot_names, reply_slots, run_bindings, now, rewritable=()) -> dict
@@ -95,6 +99,9 @@ KEPT_AS_GIVEN = frozenset({"number", "identifier", "email"})
 # of names machines read (report.txt, john_doe, docs/q3, host:port): a tool
 # resolves these as written, so a model that rewrote one would break its call.
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# A plain decimal number: what a threshold is compared with ("1,234.50" or
+# "1e3" is not one: a value in another form than the seen ones is verified).
+_PLAIN_NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")
 _MACHINE_NAME = re.compile(r"\S*\w[._/\\:@#]\w\S*")
 
 
@@ -109,6 +116,9 @@ class TrustRules:
     # Values of a rewritable slot seen copied verbatim (and none rewritten) before new ones
     # are served, then re-checked like new decision inputs; 0: never (each value verified).
     free_rewritable_after: int = 0
+    # New values of freed decision inputs that are numbers or dates: only within the
+    # range verified (each side opens after free_inputs_after agreements beyond it).
+    keep_to_ranges: bool = False
 
     @property
     def needed(self) -> int:
@@ -166,6 +176,8 @@ class View:
     verbatim: Mapping[str, frozenset] = None  # rewritable slot -> values seen copied verbatim
     rewrites: frozenset = frozenset()  # rewritable slots with a value the model wrote its own way
     whole: Mapping[str, tuple] = None  # rewritable slot -> the call texts around it the user typed whole (`typed_whole`)
+    # Decision input -> (kind, lowest, highest, agreements below, above) (`_ranges`).
+    ranges: Mapping[str, tuple] = None
 
 
 def prepare(entry: Mapping[str, Any]) -> View:
@@ -179,7 +191,70 @@ def prepare(entry: Mapping[str, Any]) -> View:
                 entry.get("agreements", 0), entry.get("input_agreements", 0),
                 rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable},
                 frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
-                {name: tuple(whole[name]) for name in rewritable if whole.get(name)})
+                {name: tuple(whole[name]) for name in rewritable if whole.get(name)},
+                _ranges(entry))
+
+
+def _ranges(entry: Mapping[str, Any]) -> dict[str, tuple]:
+    """Decision input -> (kind, lowest, highest, agreements below, agreements
+    above): `ordered_ranges` of its verified values, with the agreements seen
+    on values that lay beyond them (`extrapolated`)."""
+    inputs = tuple(entry.get("inputs") or ())
+    beyond = entry.get("extrapolated") or {}
+    return {name: (*bounds, *beyond.get(name, (0, 0)))
+            for name, bounds in ordered_ranges(inputs, entry.get("seen_inputs", ())).items()}
+
+
+def _ordered(value: Any) -> tuple[str, Any] | None:
+    """A value a threshold or a window is compared with, as (kind, comparable):
+    a plain decimal number, or an ISO date (its text sorts as the date does)."""
+    if type(value) is not str:
+        return None
+    if _PLAIN_NUMBER.fullmatch(value):
+        return "number", float(value)
+    if _ISO_DATE.fullmatch(value):
+        return "date", value
+    return None
+
+
+def ordered_ranges(names: Iterable[str], rows: Iterable[Any]) -> dict[str, tuple]:
+    """For each slot (a column of `rows`, the value tuples seen with a reply)
+    whose every seen value is ordered and of one kind: (kind, lowest, highest).
+
+    A decision that hangs on a number or a date mostly compares it with a
+    limit or a window: a value between two that got this reply is on their
+    side of any limit, a value beyond them may not be."""
+    rows = [tuple(row) for row in rows]
+    out: dict[str, tuple] = {}
+    for index, name in enumerate(names):
+        values = [_ordered(row[index]) if index < len(row) else None for row in rows]
+        if not values or any(v is None for v in values) or len({kind for kind, _ in values}) != 1:
+            continue
+        numbers = [v for _, v in values]
+        out[name] = (values[0][0], min(numbers), max(numbers))
+    return out
+
+
+def _side(bounds: tuple, value: Any) -> int | None:
+    """0 below the range, 1 above it, None inside; -1 for a value of another kind or form."""
+    kind, low, high = bounds[:3]
+    ordered = _ordered(value)
+    if ordered is None or ordered[0] != kind:
+        return -1
+    return 0 if ordered[1] < low else 1 if ordered[1] > high else None
+
+
+def _beyond(view: View, bindings: Mapping[str, str], needed: int) -> list[str]:
+    """The ordered decision inputs whose value here lies beyond the range seen
+    with the reply, on a side where fewer than `needed` values beyond it agreed
+    (a field that only grows, a timestamp or a sequence number, earns its side
+    that way), or that is of another kind or form than the values seen."""
+    out = []
+    for name, bounds in view.ranges.items():
+        side = _side(bounds, bindings.get(name))
+        if side is not None and (side < 0 or bounds[3 + side] < needed):
+            out.append(name)
+    return out
 
 
 def rewritable_slots(shapes: Mapping[str, str], reply: Any, given_as_data: set[str] | frozenset = frozenset()) -> set[str]:
@@ -427,7 +502,16 @@ def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: Tr
     if state == TRUSTED and view.inputs_free:
         if not inputs:
             return SERVE_TRUSTED
-        return SERVE_TRUSTED if _values(bindings, inputs) in view.seen_inputs else SERVE_NEW_INPUTS
+        if _values(bindings, inputs) in view.seen_inputs:
+            return SERVE_TRUSTED
+        beyond = _beyond(view, bindings, rules.free_inputs_after) if rules.keep_to_ranges and view.ranges else ()
+        if beyond:
+            # Freed inputs still do not reach past their evidence: five balances
+            # of 3-95 that were all "too low" say nothing about 5000.
+            return Judgement("verify", f"decision input(s) {', '.join(beyond)} never reach the reply, and this "
+                                       "number or date lies beyond the values verified with it (a limit may lie "
+                                       "there)", "inputs")
+        return SERVE_NEW_INPUTS
     if _values(bindings, view.slots or tuple(sorted(bindings))) in view.seen:
         return SERVE_SEEN  # the values of a recorded or verified run: that answer is known
     if inputs and not view.inputs_free and _values(bindings, inputs) not in view.seen_inputs:
@@ -465,9 +549,12 @@ def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, r
     if not agreed:
         entry.update(state=DEMOTED, why=why, demoted_at=now)
         return entry, "demoted"
+    ranges = ordered_ranges(entry.get("inputs") or (), entry["seen_inputs"])  # before this run's values
     new_full, new_inputs = _remember(entry, bindings)
     if not new_full and not new_inputs:
         return entry, "agreed again"
+    if new_inputs:
+        _count_extrapolation(entry, ranges, bindings)
     event = "agreed"
     if new_full:
         entry["agreements"] = entry.get("agreements", 0) + 1
@@ -482,6 +569,16 @@ def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, r
         entry["inputs_free"] = True
         event = "promoted, decision inputs freed" if event == "promoted" else "decision inputs freed"
     return entry, event
+
+
+def _count_extrapolation(entry: dict, ranges: Mapping[str, tuple], bindings: Mapping[str, str]) -> None:
+    """Note an agreement on a decision-input value beyond the range verified so far
+    (`extrapolated`: slot -> [below, above]): enough of them open that side."""
+    for name, bounds in ranges.items():
+        side = _side(bounds, bindings.get(name))
+        if side is not None and side >= 0:
+            counts = entry["extrapolated"] = {n: list(c) for n, c in (entry.get("extrapolated") or {}).items()}
+            counts.setdefault(name, [0, 0])[side] += 1
 
 
 def _differences(a: Any, b: Any, in_call: bool, out: list) -> bool:
@@ -571,6 +668,13 @@ def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) 
             typed = f"; names typed whole: {', '.join(whole[n])}" if whole.get(n) else ""
             return f"{n} ({seen} seen, {rewrites} rewritten{', freed' if freed else ''}{typed})"
         text += "; served only for values the model copied verbatim: " + ", ".join(map(slot, rewritable))
+    ranges = _ranges(entry) if rules.keep_to_ranges else None
+    if ranges:
+        def side(n: str, index: int) -> str:
+            agreed = ranges[n][3 + index]
+            return "open" if agreed >= rules.free_inputs_after else f"{agreed} of {rules.free_inputs_after}"
+        text += "; numbers and dates kept to the range verified: " + ", ".join(
+            f"{n} (beyond it: below {side(n, 0)}, above {side(n, 1)})" for n in sorted(ranges))
     if state == DEMOTED and entry.get("why"):
         text += f": {entry['why']}"
     return text

@@ -153,9 +153,11 @@ SETS: dict[str, tuple[str, Callable[[random.Random, bool], list[Turn]], str]] = 
 
 
 def build(recorded: int = 2, held_out: int = 4, negatives: int = 4, probation: int = 8, negative_share: float = 0.34,
-          seed: str = "lookalike") -> Workload:
+          seed: str = "lookalike", only: tuple[str, ...] = ()) -> Workload:
     flows, sets = [], {}
     for name, (label, make, system) in SETS.items():
+        if only and name not in only:
+            continue
         r = random.Random(f"{seed}:{name}")
 
         def run(tag: str, same: bool, turns: list[Turn] | None = None) -> Run:
@@ -174,6 +176,22 @@ def build(recorded: int = 2, held_out: int = 4, negatives: int = 4, probation: i
     return Workload("look-alikes (deciding value absent from the reply)", flows, sets,
                     note="one value decides the answer without appearing in it, or the model rewrites it",
                     ks=(1, 2), substitutive=False)
+
+
+# Thresholds, windows and list lengths: decisions on an ordered value.
+ORDERED_SETS = ("balance-threshold", "return-window", "restaurant-count")
+
+
+def build_rare(held_out: int = 4, negatives: int = 4, probation: int = 12) -> Workload:
+    """The ordered look-alikes as a rare branch: every live run is on the recorded
+    side, so the decision inputs are freed before the other side is ever seen,
+    and the look-alikes come after (measured on replay). Only keeping freed
+    inputs to the range verified (butter_verify_ranges) tells them apart."""
+    workload = build(held_out=held_out, negatives=negatives, probation=probation, negative_share=0.0,
+                     seed="rare", only=ORDERED_SETS)
+    workload.name = "rare branches (the deciding value's other side arrives after probation)"
+    workload.note = "live traffic all on one side of a limit, then values beyond it"
+    return workload
 
 
 def describe(workload: Workload) -> str:

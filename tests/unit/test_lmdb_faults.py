@@ -115,6 +115,48 @@ def test_a_whole_database_whose_newest_transaction_counts_pages_past_the_end_is_
     check_data_file(str(db), _read_in_child)
 
 
+def test_random_sessions_of_writes_counts_ring_trims_and_deletes_never_make_a_whole_database_look_damaged(tmp_path):
+    """A soak of what a proxy does between starts (seeded, so a failure repeats): each session
+    opens the database (its damage check runs), records, counts hits, appends to a ring it trims,
+    sometimes deletes a subtree, and closes. Every database it leaves must pass the check and
+    still answer every recording that was not deleted."""
+    import random
+
+    rng = random.Random(20261203)
+    db, kept, deleted = tmp_path / "db", {}, set()
+    for session in range(30):
+        check_data_file(str(db), _read_in_child)  # raises DatabaseDamaged on a false alarm
+        cache = Cache(db)
+        try:
+            for _ in range(rng.randint(0, 25)):
+                n = len(kept) + len(deleted)
+                text = f"session {session} question {n} " + "x" * rng.randint(0, 3000)
+                node = cache.record("ns", conv(text), {"text": "y" * rng.randint(1, 5000)})
+                kept[text] = node
+            if kept and rng.random() < 0.7:
+                cache.backend.add_hits({node: rng.randint(1, 9) for node in rng.sample(list(kept.values()),
+                                                                                    min(5, len(kept)))})
+            rows = [(bytes([session, i]), {"status": "hit", "pad": "z" * rng.randint(0, 900)})
+                    for i in range(rng.randint(0, 60))]
+            cache.backend.append_ring("soak", rows, keep=rng.randint(1, 40))
+            if len(kept) > 5 and rng.random() < 0.3:
+                text = rng.choice(list(kept))
+                cache.backend.delete_subtrees([kept.pop(text)])
+                deleted.add(text)
+        finally:
+            cache.close()
+    check_data_file(str(db), _read_in_child)
+    assert probe_in_subprocess(str(db)) is None
+    cache = Cache(db)
+    try:
+        assert len(kept) > 50, "the soak recorded too little to prove anything"
+        missing = [t for t in kept if not isinstance(cache.lookup("ns", conv(t)), Hit)]
+        assert missing == [], f"{len(missing)} recordings lost"
+        assert not any(isinstance(cache.lookup("ns", conv(t)), Hit) for t in deleted)
+    finally:
+        cache.close()
+
+
 def test_a_database_that_ends_early_is_refused_when_reading_it_in_full_fails(tmp_path):
     db = tmp_path / "db"
     filled_db(db)

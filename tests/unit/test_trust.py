@@ -129,6 +129,89 @@ def test_decision_inputs_are_served_only_for_seen_values_until_enough_distinct_v
     assert (freed.action, freed.kind) == ("serve", "new-inputs"), "new values of freed inputs are sampled"
 
 
+RANGES = TrustRules(promote_after=2, free_inputs_after=3, keep_to_ranges=True)
+
+
+def freed_balance_entry(balances=("20", "35"), verified=("3", "50", "95")) -> dict:
+    """A template whose decision input `balance` was freed by agreements on `verified`."""
+    entry = {**learned_entry({"account", "balance"}, {"account"},
+                             [{"account": f"A{b}", "balance": b} for b in balances], 1.0), "state": TRUSTED}
+    for i, value in enumerate(verified):
+        entry, event = after_verification(entry, {"account": f"V{i}", "balance": value}, True, RANGES, "", float(i))
+    assert entry["inputs_free"], event
+    return entry
+
+
+def test_with_ranges_kept_a_freed_number_input_is_served_between_the_verified_values_and_verified_beyond_them():
+    entry = freed_balance_entry()  # balances 3 to 95 all got this reply ("too low")
+    inside = judge(entry, {"account": "X", "balance": "61.5"}, RANGES)
+    assert (inside.action, inside.kind) == ("serve", "new-inputs")
+    for beyond in ("5000", "2", "-40", "1,000", "1e3", "lots"):
+        verdict = judge(entry, {"account": "X", "balance": beyond}, RANGES)
+        assert verdict.action == "verify" and "beyond the values verified" in verdict.why, beyond
+    unkept = judge(entry, {"account": "X", "balance": "5000"}, RULES)  # the option off (the default)
+    assert (unkept.action, unkept.kind) == ("serve", "new-inputs")
+    # The provider agreed for 5000: the range now reaches it, and 4000 is served.
+    entry, _ = after_verification(entry, {"account": "Y", "balance": "5000"}, True, RANGES, "", 9.0)
+    assert judge(entry, {"account": "X", "balance": "4000"}, RANGES).action == "serve"
+    # 50, 95 and 5000 each agreed beyond the values before them: the side above is open now.
+    assert entry["extrapolated"]["balance"] == [1, 3]
+    assert judge(entry, {"account": "X", "balance": "99999"}, RANGES).action == "serve"
+    assert judge(entry, {"account": "X", "balance": "1"}, RANGES).action == "verify"
+
+
+def test_a_freed_date_input_is_verified_outside_the_dates_seen_and_mixed_values_get_no_range():
+    entry = freed_balance_entry(("2026-11-04", "2026-11-30"), ("2026-11-10", "2026-11-12", "2026-11-20"))
+    assert judge(entry, {"account": "X", "balance": "2026-11-15"}, RANGES).action == "serve"
+    assert judge(entry, {"account": "X", "balance": "2026-06-15"}, RANGES).action == "verify"
+    assert judge(entry, {"account": "X", "balance": "15"}, RANGES).action == "verify", "another kind than seen"
+    words = freed_balance_entry(("low", "lower"), ("3", "4", "5"))  # not all ordered: no range to keep to
+    assert judge(words, {"account": "X", "balance": "5000"}, RANGES).action == "serve"
+
+
+def test_a_field_that_only_grows_earns_its_side_of_the_range_after_enough_agreements_beyond_it():
+    # A timestamp in a tool result that the next reply never shows: every new run's is the largest yet.
+    entry = {**learned_entry({"id", "stamp"}, {"id"}, [{"id": "a", "stamp": "1700000000"},
+                                                       {"id": "b", "stamp": "1700000100"}], 1.0), "state": TRUSTED}
+    for i in range(RANGES.free_inputs_after):
+        stamp = str(1700000200 + 100 * i)
+        if entry["inputs_free"]:
+            assert judge(entry, {"id": "x", "stamp": stamp}, RANGES).action == "verify"
+        entry, _ = after_verification(entry, {"id": f"c{i}", "stamp": stamp}, True, RANGES, "", float(i))
+    assert entry["extrapolated"] == {"stamp": [0, RANGES.free_inputs_after]}
+    newer = judge(entry, {"id": "x", "stamp": "1800000000"}, RANGES)
+    assert (newer.action, newer.kind) == ("serve", "new-inputs"), "the side above earned its evidence"
+    older = judge(entry, {"id": "x", "stamp": "1600000000"}, RANGES)
+    assert older.action == "verify", "the side below did not"
+
+
+def test_with_ranges_kept_the_balance_look_alike_is_verified_even_after_its_input_was_freed(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RANGES)
+    teach(cache, ("Can account A1 with balance 20 pay invoice 100?", "Declined."),
+          ("Can account B2 with balance 35 pay invoice 100?", "Declined."))
+    for i, balance in enumerate(("3", "60", "95", "41", "77")):  # agreeing runs: promoted, then freed
+        pending = cache.lookup("ns", ask(f"Can account C{i} with balance {balance} pay invoice 100?"))
+        if isinstance(pending, Miss):
+            trust_ledger.conclude(cache.backend, pending.verify, answer("Declined."), cache.trust)
+    inside = cache.lookup("ns", ask("Can account D9 with balance 50 pay invoice 100?"))
+    assert isinstance(inside, Hit) and served_text(inside) == "Declined."
+    beyond = cache.lookup("ns", ask("Can account E7 with balance 5000 pay invoice 100?"))
+    assert isinstance(beyond, Miss) and beyond.reason == "verify" and "beyond" in beyond.detail
+
+
+def test_the_proxy_keeps_to_ranges_only_when_butter_verify_ranges_is_set(tmp_path):
+    from mitmproxy.test import taddons
+
+    from butter.addon.cache_addon import Butter
+    addon = Butter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, butter_db=str(tmp_path / "db"))
+        assert addon.cache.trust.keep_to_ranges is False
+        tctx.configure(addon, butter_verify_ranges=True)
+        assert addon.cache.trust.keep_to_ranges is True
+        addon.done()
+
+
 def test_a_decision_input_is_never_freed_while_the_template_is_on_probation():
     rules = TrustRules(promote_after=5, free_inputs_after=2)
     entry = entry_for(inputs=("n",))
