@@ -60,6 +60,7 @@ class Cache:
         verified agreements are."""
         self.trust = rules
         self.policy = replace(self.policy, template_min_observations=1 if rules.verify else None)
+        self._trust_views = (None, {})  # prepared under the old rules (ranges kept or not)
 
     def namespace(self, credential: str | None, fixed: str = "") -> str:
         return namespace_for(self.backend.secret, credential, fixed)
@@ -118,7 +119,8 @@ class Cache:
         view = views[1].get(key, _UNREAD)
         if view is _UNREAD:
             raw = snap.get_aux_raw(TRUST_TABLE, key)
-            view = None if raw is None else prepare(with_rewritable(json.loads(raw), hit.reply, hit.bindings))
+            view = None if raw is None else prepare(with_rewritable(json.loads(raw), hit.reply, hit.bindings),
+                                                 self.trust.keep_to_ranges)
             if len(views[1]) < 4096:
                 views[1][key] = view
         return judge(view, hit.bindings, self.trust)

@@ -64,7 +64,7 @@ Public API
     declared_entry(now) -> dict
     merge_learned(existing, fresh, node_created) -> dict    a template learned again
     Judgement(action, why, kind)   action: "serve" | "verify" | "refuse"
-    prepare(entry) -> View                          an entry ready for the hit path
+    prepare(entry, ranges) -> View                  an entry ready for the hit path
     with_rewritable(entry, reply, bindings) -> entry   an entry from before rewritable slots, judged strictly
     judge(view_or_entry, bindings, rules) -> Judgement
     after_verification(entry, bindings, agreed, rules, why, now, rewritten=()) -> (entry, event)
@@ -180,7 +180,9 @@ class View:
     ranges: Mapping[str, tuple] = None
 
 
-def prepare(entry: Mapping[str, Any]) -> View:
+def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
+    """`ranges`: also the ordered ranges of the decision inputs (TrustRules.keep_to_ranges):
+    up to MAX_SEEN values of each parsed, so only when they are judged by."""
     rewritable = tuple(entry.get("rewritable") or ())
     verbatim = entry.get("verbatim") or {}
     whole = entry.get("whole") or {}
@@ -192,7 +194,7 @@ def prepare(entry: Mapping[str, Any]) -> View:
                 rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable},
                 frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
                 {name: tuple(whole[name]) for name in rewritable if whole.get(name)},
-                _ranges(entry))
+                _ranges(entry) if ranges else {})
 
 
 def _ranges(entry: Mapping[str, Any]) -> dict[str, tuple]:
@@ -469,7 +471,7 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
         if not rules.verify:
             return SERVE_UNCHECKED
         return Judgement("verify", "learned before trust was kept: on probation", PROBATION)
-    view = entry if type(entry) is View else prepare(entry)
+    view = entry if type(entry) is View else prepare(entry, rules.keep_to_ranges)
     state = view.state
     if state == DEMOTED:
         # The why quotes values: it stays in the entry (`butter show`), out of miss lines.

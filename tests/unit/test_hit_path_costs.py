@@ -140,6 +140,21 @@ def test_the_direct_response_equals_response_make_field_for_field():
         assert fast.trailers is None and bytes(fast.headers) == bytes(slow.headers)
 
 
+
+def test_direct_responses_share_no_state_with_each_other():
+    from butter.addon.cache_addon import _make_response
+
+    first = _make_response(200, b"one", {"content-type": "application/json"})
+    second = _make_response(201, b"two", {"content-type": "text/plain"})
+    first.headers["x-added"] = "1"
+    first.content = b"changed"
+    first.status_code = 500
+    assert (second.status_code, second.content, second.headers.get("x-added")) == (201, b"two", None)
+    assert second.data is not first.data and second.headers is not first.headers
+    third = _make_response(200, b"three", {})
+    assert (third.status_code, third.content, list(third.headers.keys())) == (200, b"three", ["content-length"])
+
+
 def test_compact_json_gives_the_bytes_json_dumps_gives():
     import json
 

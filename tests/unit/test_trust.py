@@ -197,6 +197,14 @@ def test_with_ranges_kept_the_balance_look_alike_is_verified_even_after_its_inpu
     assert isinstance(inside, Hit) and served_text(inside) == "Declined."
     beyond = cache.lookup("ns", ask("Can account E7 with balance 5000 pay invoice 100?"))
     assert isinstance(beyond, Miss) and beyond.reason == "verify" and "beyond" in beyond.detail
+    cache.close()
+    other = Cache(tmp_path / "db", trust=RULES)  # ranges not kept: served (and sampled)
+    try:
+        assert isinstance(other.lookup("ns", ask("Can account E7 with balance 5000 pay invoice 100?")), Hit)
+        other.set_trust(RANGES)  # trust entries prepared without their ranges are not reused
+        assert not isinstance(other.lookup("ns", ask("Can account E7 with balance 5000 pay invoice 100?")), Hit)
+    finally:
+        other.close()
 
 
 def test_the_proxy_keeps_to_ranges_only_when_butter_verify_ranges_is_set(tmp_path):
