@@ -1,8 +1,8 @@
 """The recent-requests list of the web view: one small row per LLM request.
 
 The addon notes each request as it completes (`note`, on the event loop:
-one list append), and its writer thread turns what has piled up into rows
-and appends them to a bounded ring in the database (`flush`, store.webview.RECENT_TABLE) at
+its row, a few attribute reads), and its writer thread appends what has
+piled up to a bounded ring in the database (`flush`, store.webview.RECENT_TABLE) at
 most once per FLUSH_SECONDS, so every proxy sharing a database and every
 `butter ui` reading it see the same list. Rows hold no headers, no bodies
 and no credentials: status, API, model, namespace (already a hash), node,
@@ -56,32 +56,33 @@ def _butter_node(fields: tuple[tuple[bytes, bytes], ...]) -> str | None:
 
 
 class RecentRequests:
-    """Requests noted on the event loop, turned into rows on the writer thread.
+    """Requests noted on the event loop as small rows, written on the writer thread.
 
-    `note` only keeps a reference (a hit must not pay for building a row);
-    the flows are done by then and are read, never changed, when written."""
+    `note` builds the row at once (a few attribute reads): holding the flow
+    until the flush instead would keep every flow of the last half second,
+    and its parsed conversation, alive into the older garbage-collector
+    generations, where a full collection has to walk them all."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[Any, Any, str | None]] = []
+        self.pending: list[dict] = []
         self.scheduled = False
         # Keys from two proxies writing one database must never collide.
         self._sequence = itertools.count(int.from_bytes(os.urandom(3), "big") << 24)
 
     def note(self, flow: Any, state: Any, error: str | None = None) -> bool:
-        """Queue a request; True when the caller should schedule a flush."""
-        self.pending.append((flow, state, error))
+        """Queue a request's row; True when the caller should schedule a flush."""
+        if len(self.pending) >= RECENT_KEEP:
+            del self.pending[0]  # would be trimmed at once
+        self.pending.append(row(flow, state, error))
         if self.scheduled:
             return False
         self.scheduled = True
         return True
 
-    def take(self) -> list[tuple[Any, Any, str | None]]:
+    def take(self) -> list[dict]:
         noted, self.pending, self.scheduled = self.pending, [], False
         return noted
 
-    def write(self, backend: Any, noted: list[tuple[Any, Any, str | None]]) -> None:
-        rows = []
-        for flow, state, error in noted[-RECENT_KEEP:]:  # older ones would be trimmed at once
-            entry = row(flow, state, error)
-            rows.append((recent_key(entry["t"], next(self._sequence)), entry))
+    def write(self, backend: Any, noted: list[dict]) -> None:
+        rows = [(recent_key(entry["t"], next(self._sequence)), entry) for entry in noted[-RECENT_KEEP:]]
         backend.append_ring(RECENT_TABLE, rows, RECENT_KEEP)

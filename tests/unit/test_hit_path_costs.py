@@ -218,3 +218,23 @@ def test_read_request_still_decodes_a_compressed_body():
                          content=gzip.compress(raw),
                          headers=http.Headers(content_type="application/json", content_encoding="gzip"))
     assert exchange.read_request(fmt, packed)[1].conversation == exchange.read_request(fmt, plain)[1].conversation
+
+
+async def test_a_served_flow_is_not_kept_alive_until_the_recent_list_is_written(tmp_path):
+    import gc
+    import weakref
+
+    addon = Butter()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, butter_db=str(tmp_path / "db"))
+        await send(addon, llm_flow())  # a miss, recorded
+        flow = await send(addon, llm_flow(), reply=None)
+        assert flow.response.headers["butter-cache"] == "hit"
+        addon.response(flow)
+        pending = list(addon.recent.pending)
+        assert [row["status"] for row in pending][-1] == "hit", "the hit is in the list to be written"
+        gone = weakref.ref(flow)
+        del flow
+        gc.collect()
+        assert gone() is None, "something still holds the served flow"
+        addon.done()
