@@ -178,6 +178,10 @@ class View:
     whole: Mapping[str, tuple] = None  # rewritable slot -> the call texts around it the user typed whole (`typed_whole`)
     # Decision input -> (kind, lowest, highest, agreements below, above) (`_ranges`).
     ranges: Mapping[str, tuple] = None
+    # Decision input -> its values seen (a column of `seen_inputs`), and the verified
+    # agreements on a value of it not seen before (`input_values`): what frees each one.
+    input_columns: Mapping[str, frozenset] = None
+    input_values: Mapping[str, int] = None
 
 
 def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
@@ -194,7 +198,19 @@ def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
                 rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable},
                 frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
                 {name: tuple(whole[name]) for name in rewritable if whole.get(name)},
-                _ranges(entry) if ranges else {})
+                _ranges(entry) if ranges else {}, *_input_evidence(entry))
+
+
+def _input_evidence(entry: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Each decision input's seen values (its column of `seen_inputs`) and its count of
+    agreements on new values of it (`input_values`; none in an entry from before it was kept)."""
+    inputs = tuple(entry.get("inputs") or ())
+    if not inputs:
+        return {}, {}
+    rows = [tuple(row) for row in entry.get("seen_inputs", ())]
+    columns = {name: frozenset(row[i] for row in rows if i < len(row)) for i, name in enumerate(inputs)}
+    counts = entry.get("input_values") or {}
+    return columns, {name: counts.get(name, 0) for name in inputs}
 
 
 def _ranges(entry: Mapping[str, Any]) -> dict[str, tuple]:
@@ -345,6 +361,7 @@ def kept_as_given(value: str | None) -> bool:
         return True
     # Another date's form (14/03/2027, 09:30) is one the model may well rewrite.
     return not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None
+
 
 
 def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str, str]) -> Mapping[str, Any]:
@@ -506,6 +523,14 @@ def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: Tr
             return SERVE_TRUSTED
         if _values(bindings, inputs) in view.seen_inputs:
             return SERVE_TRUSTED
+        unearned = [name for name in inputs if bindings.get(name) not in view.input_columns[name]
+                    and view.input_values[name] < rules.free_inputs_after]
+        if unearned:
+            # Agreements on new tuples free the inputs together, but each one is freed only by
+            # its own: after "Is 7 prime? (ticket 103)", "(ticket 104)", ... nothing is known of 8.
+            return Judgement("verify", f"decision input(s) {', '.join(unearned)} never reach the reply, and this "
+                                       f"value of it was never seen with it (fewer than {rules.free_inputs_after} "
+                                       "verified agreements on new values of it)", "inputs")
         beyond = _beyond(view, bindings, rules.free_inputs_after) if rules.keep_to_ranges and view.ranges else ()
         if beyond:
             # Freed inputs still do not reach past their evidence: five balances
@@ -552,11 +577,13 @@ def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, r
         entry.update(state=DEMOTED, why=why, demoted_at=now)
         return entry, "demoted"
     ranges = ordered_ranges(entry.get("inputs") or (), entry["seen_inputs"])  # before this run's values
+    columns = _input_evidence(entry)[0]  # before this run's values
     new_full, new_inputs = _remember(entry, bindings)
     if not new_full and not new_inputs:
         return entry, "agreed again"
     if new_inputs:
         _count_extrapolation(entry, ranges, bindings)
+        _count_input_values(entry, columns, bindings)
     event = "agreed"
     if new_full:
         entry["agreements"] = entry.get("agreements", 0) + 1
@@ -571,6 +598,15 @@ def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, r
         entry["inputs_free"] = True
         event = "promoted, decision inputs freed" if event == "promoted" else "decision inputs freed"
     return entry, event
+
+
+def _count_input_values(entry: dict, columns: Mapping[str, frozenset], bindings: Mapping[str, str]) -> None:
+    """Note an agreement for each decision input whose value here was not seen with the
+    reply before (`input_values`: slot -> count): enough of them free that input."""
+    counts = entry["input_values"] = dict(entry.get("input_values") or {})
+    for name, seen in columns.items():
+        if bindings.get(name) not in seen:
+            counts[name] = counts.get(name, 0) + 1
 
 
 def _count_extrapolation(entry: dict, ranges: Mapping[str, tuple], bindings: Mapping[str, str]) -> None:

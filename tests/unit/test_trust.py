@@ -652,3 +652,20 @@ def test_an_answer_that_contradicts_another_matching_template_demotes_that_one_t
     outcome = trust_ledger.conclude(cache.backend, pending.verify, answer("Nothing to copy."), RULES)
     # One of the two says "Nothing to copy.", the other "Copied 3333 to 3333.": that one is demoted.
     assert sorted([outcome.event, *outcome.also]) == ["agreed", "demoted"]
+
+
+# -- holes found by review: each decision input freed by agreements on its own values -------------
+
+def test_a_decision_input_that_never_varied_is_not_freed_by_agreements_that_varied_another(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach(cache, ("Is 7 prime? Ticket 101.", "yes"), ("Is 13 prime? Ticket 102.", "yes"))
+    # Every verification asks about 7 again, each with a new ticket: distinct tuples, one number.
+    for ticket in range(103, 103 + RULES.free_inputs_after):
+        pending = cache.lookup("ns", ask(f"Is 7 prime? Ticket {ticket}."))
+        assert isinstance(pending, Miss) and pending.reason == "verify", pending
+        trust_ledger.conclude(cache.backend, pending.verify, answer("yes"), cache.trust)
+    assert isinstance(cache.lookup("ns", ask("Is 7 prime? Ticket 999.")), Hit), "the ticket's values are freed"
+    # Nothing was ever verified about 8: "yes" would be served wrong.
+    result = cache.lookup("ns", ask("Is 8 prime? Ticket 200."))
+    assert isinstance(result, Miss) and result.reason == "verify", served_text(result)
+    assert "decision input(s) v1" in result.detail
