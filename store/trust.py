@@ -360,8 +360,19 @@ def kept_as_given(value: str | None) -> bool:
     if _ISO_DATE.fullmatch(value):
         return True
     # Another date's form (14/03/2027, 09:30) is one the model may well rewrite.
-    return not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None
+    return not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None and not _abbreviated(value)
 
+
+def _abbreviated(value: str) -> bool:
+    """Whether dots in a value are prose's, not a name's: an abbreviation the model may
+    spell out ("L.A." -> "Los Angeles", "D.C", "St.Petersburg", "e.g"). No file name ends in
+    a dot, an initialism is single letters, and a word after a dot that starts with a capital
+    is the next word of a name, not an extension or a handle's part."""
+    parts = value.split(".")
+    if len(parts) < 2:
+        return False
+    return (value.endswith(".") or all(len(p) == 1 and p.isalpha() for p in parts)
+            or any(p.isalpha() and p[0].isupper() for p in parts[1:]))
 
 
 def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str, str]) -> Mapping[str, Any]:

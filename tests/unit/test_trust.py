@@ -669,3 +669,18 @@ def test_a_decision_input_that_never_varied_is_not_freed_by_agreements_that_vari
     result = cache.lookup("ns", ask("Is 8 prime? Ticket 200."))
     assert isinstance(result, Miss) and result.reason == "verify", served_text(result)
     assert "decision input(s) v1" in result.detail
+
+
+def test_an_abbreviation_with_dots_is_prose_the_model_may_spell_out_not_a_name_a_tool_reads(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_and_promote(cache, rewrite)
+    # The user's "L.A." looked like a machine name (letters joined by a dot) and was served
+    # as given, but a model calls search_location(query="Los Angeles") for it.
+    for city in ("L.A.", "D.C", "St.Petersburg"):
+        result = cache.lookup("ns", ask(f"What is the weather in {city}?"))
+        assert isinstance(result, Miss) and result.verify.trust == "rewritable", (city, result)
+    pending = cache.lookup("ns", ask("What is the weather in L.A.?"))
+    outcome = trust_ledger.conclude(cache.backend, pending.verify, rewrite("Los Angeles"), RULES)
+    assert outcome.event == "rewritten", "the model's own spelling, not a wrong template"
+    for name in ("report.txt", "john.doe", "v1.2", "Q3.pdf"):
+        assert trust.kept_as_given(name), name
