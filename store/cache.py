@@ -21,7 +21,7 @@ from .agreement import same_answer
 from .templates import explain_mismatch, free_text_in_words, is_declared, match_message, render_reply
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
-from .trust import TABLE as TRUST_TABLE, Judgement, TrustRules, judge, prepare, with_rewritable
+from .trust import TABLE as TRUST_TABLE, VERIFY_CONTESTED, Judgement, TrustRules, judge, prepare, with_rewritable
 
 DEFAULT_DB_ENV = "BUTTER_DB"
 _UNREAD = object()  # a trust entry not read yet at this generation (None: read, and there is none)
@@ -123,7 +123,10 @@ class Cache:
                                                  self.trust.keep_to_ranges)
             if len(views[1]) < 4096:
                 views[1][key] = view
-        return judge(view, hit.bindings, self.trust)
+        verdict = judge(view, hit.bindings, self.trust)
+        if verdict.kind == "new-inputs" and any(r.reply_id != hit.reply_id for r in snap.replies(hit.node_id)):
+            return VERIFY_CONTESTED  # this template's values have led to another answer here
+        return verdict
 
     def _judged(self, snap, hit: Hit, depth: int, verdict: Judgement | None = None, also: tuple = ()) -> Hit | Miss:
         """A template reply is served only as far as its trust allows (store/trust.py).

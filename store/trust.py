@@ -64,6 +64,7 @@ Public API
     declared_entry(now) -> dict
     merge_learned(existing, fresh, node_created) -> dict    a template learned again
     Judgement(action, why, kind)   action: "serve" | "verify" | "refuse"
+    VERIFY_CONTESTED               what a "new-inputs" serve becomes at a node holding another answer
     prepare(entry, ranges) -> View                  an entry ready for the hit path
     with_rewritable(entry, reply, bindings) -> entry   an entry from before rewritable slots, judged strictly
     judge(view_or_entry, bindings, rules) -> Judgement
@@ -142,6 +143,11 @@ SERVE_NEW_INPUTS = Judgement("serve", kind="new-inputs")
 REFUSE_DEMOTED = Judgement("refuse", "the template reply here was demoted (a verification disagreed; "
                                      "`butter show` on the node says why)")
 SERVE_UNCHECKED = Judgement("serve")  # verification off: served on induction's word
+# For the caller that sees the node (store/cache.py): new values are not served by a reply
+# whose node holds another answer (a demoted one, or one learned beside it): values of the
+# same template led there to something else, so its slots decide the answer.
+VERIFY_CONTESTED = Judgement("verify", "another answer is recorded at this template node (values of the same "
+                                       "template led to it), and these values were never seen with this one", "inputs")
 
 
 def trust_key(node_id: bytes, reply_id: bytes) -> bytes:

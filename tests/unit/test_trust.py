@@ -684,3 +684,27 @@ def test_an_abbreviation_with_dots_is_prose_the_model_may_spell_out_not_a_name_a
     assert outcome.event == "rewritten", "the model's own spelling, not a wrong template"
     for name in ("report.txt", "john.doe", "v1.2", "Q3.pdf"):
         assert trust.kept_as_given(name), name
+
+
+def test_after_a_demotion_the_answer_learned_at_the_same_template_node_does_not_serve_new_values(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach(cache, ("Is 7 prime?", "yes"), ("Is 13 prime?", "yes"))
+
+    def verify(n: int, truth: str) -> str:
+        pending = cache.lookup("ns", ask(f"Is {n} prime?"))
+        assert isinstance(pending, Miss), (n, served_text(pending))
+        event = trust_ledger.conclude(cache.backend, pending.verify, answer(truth), cache.trust).event \
+            if pending.verify is not None else pending.reason
+        teach(cache, (f"Is {n} prime?", truth))  # recorded like any miss, and learned from
+        return event
+
+    assert verify(17, "yes") == "agreed" and verify(8, "no") == "demoted"
+    # Odd composites teach `Is {{v1}} prime?` -> "no" at the very node whose "yes" was demoted,
+    # and agree with it until its decision input is freed.
+    events = [verify(n, "no") for n in (9, 15, 21, 25)]
+    assert events[-1] == "decision inputs freed", events
+    # The node's own history says v1 decides the answer: 11 is not served "no".
+    result = cache.lookup("ns", ask("Is 11 prime?"))
+    assert isinstance(result, Miss) and result.reason == "verify", served_text(result)
+    assert "another answer is recorded at this template node" in result.detail
+    assert isinstance(cache.lookup("ns", ask("Is 21 prime?")), Hit), "a recorded run still is"
