@@ -119,9 +119,12 @@ class Cache:
         view = views[1].get(key, _UNREAD)
         if view is _UNREAD:
             raw = snap.get_aux_raw(TRUST_TABLE, key)
-            view = None if raw is None else prepare(with_rewritable(json.loads(raw), hit.reply, hit.bindings),
-                                                 self.trust.keep_to_ranges)
-            if len(views[1]) < 4096:
+            entry = None if raw is None else json.loads(raw)
+            view = None if entry is None else prepare(with_rewritable(entry, hit.reply, hit.bindings),
+                                                      self.trust.keep_to_ranges)
+            # An entry from before rewritable slots is judged by this request's values (their
+            # shapes say which slots are prose): prepared anew for each, never kept for the next.
+            if len(views[1]) < 4096 and (entry is None or entry.get("source") != "learned" or "rewritable" in entry):
                 views[1][key] = view
         verdict = judge(view, hit.bindings, self.trust)
         if verdict.kind == "new-inputs" and any(r.reply_id != hit.reply_id for r in snap.replies(hit.node_id)):

@@ -708,3 +708,18 @@ def test_after_a_demotion_the_answer_learned_at_the_same_template_node_does_not_
     assert isinstance(result, Miss) and result.reason == "verify", served_text(result)
     assert "another answer is recorded at this template node" in result.detail
     assert isinstance(cache.lookup("ns", ask("Is 21 prime?")), Hit), "a recorded run still is"
+
+
+def test_an_older_entry_judged_first_with_a_number_still_verifies_a_new_city_next(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_and_promote(cache, rewrite)
+    pending = cache.lookup("ns", ask("What is the weather in Oslo?"))
+    key = trust.trust_key(pending.verify.node_id, pending.verify.reply_id)
+    cache.backend.update_aux(trust.TABLE, key, lambda e: {k: v for k, v in e.items()
+                                                         if k not in ("rewritable", "verbatim", "rewritten")},
+                             bump_templates=True)  # as an older butter wrote it
+    # A zip code is passed on as given: served. Which slots are prose came from its shape,
+    # and that judgement must not stand for the next request's value.
+    assert isinstance(cache.lookup("ns", ask("What is the weather in 10115?")), Hit)
+    again = cache.lookup("ns", ask("What is the weather in Oslo?"))
+    assert isinstance(again, Miss) and again.verify.trust == "rewritable", again
