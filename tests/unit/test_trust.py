@@ -723,3 +723,19 @@ def test_an_older_entry_judged_first_with_a_number_still_verifies_a_new_city_nex
     assert isinstance(cache.lookup("ns", ask("What is the weather in 10115?")), Hit)
     again = cache.lookup("ns", ask("What is the weather in Oslo?"))
     assert isinstance(again, Miss) and again.verify.trust == "rewritable", again
+
+
+def test_a_reply_marked_bad_for_this_very_request_is_not_served_again_through_a_template(tmp_path):
+    from butter.store import admin
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach(cache, ("Is 7 prime?", "yes"), ("Is 13 prime?", "yes"))
+    for n in (17, 21):  # the provider gets 21 wrong, and the verification agrees with it
+        pending = cache.lookup("ns", ask(f"Is {n} prime?"))
+        assert trust_ledger.conclude(cache.backend, pending.verify, answer("yes"), cache.trust).agreed
+        cache.record("ns", ask(f"Is {n} prime?"), answer("yes"))
+    exact = cache.lookup("ns", ask("Is 21 prime?"))
+    assert isinstance(exact, Hit) and not exact.templated
+    admin.vote(cache.backend, exact.node_id, "bad")  # a person says "yes" is wrong for 21
+    result = cache.lookup("ns", ask("Is 21 prime?"))
+    assert isinstance(result, Miss), f"the answer marked bad was served through the template: {served_text(result)}"
+    assert result.reason == "no-reply" and "marked bad" in result.detail
