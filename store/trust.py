@@ -24,8 +24,9 @@ may decide the answer ("yes" for 7, "no" for 8). Even a trusted template is
 served only for decision-input values already seen with this reply (a
 recorded or verified run); other values are verified. They are freed only
 after `free_inputs_after` agreements on distinct values of them (more than
-promotion needs); after that, new values of them are served and re-checked
-at a sampled rate (the addon's `butter_verify_inputs_sample`). With
+promotion needs), and a never-seen value of one only once that input itself
+has as many values seen (or verified as new); after that, new values are
+served and re-checked at a sampled rate (the addon's `butter_verify_inputs_sample`). With
 `keep_to_ranges` (option butter_verify_ranges), a number or an ISO date
 beyond the range of the values seen with the reply (or in another form) is
 verified first, as a limit may lie there, until `free_inputs_after` values
@@ -541,13 +542,14 @@ def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: Tr
         if _values(bindings, inputs) in view.seen_inputs:
             return SERVE_TRUSTED
         unearned = [name for name in inputs if bindings.get(name) not in view.input_columns[name]
-                    and view.input_values[name] < rules.free_inputs_after]
+                    and view.input_values[name] < rules.free_inputs_after
+                    and len(view.input_columns[name] - {None}) < rules.free_inputs_after]
         if unearned:
             # Agreements on new tuples free the inputs together, but each one is freed only by
             # its own: after "Is 7 prime? (ticket 103)", "(ticket 104)", ... nothing is known of 8.
             return Judgement("verify", f"decision input(s) {', '.join(unearned)} never reach the reply, and this "
-                                       f"value of it was never seen with it (fewer than {rules.free_inputs_after} "
-                                       "verified agreements on new values of it)", "inputs")
+                                       f"value of it was never seen with it (fewer than {rules.free_inputs_after} of "
+                                       "its values seen, or verified as new)", "inputs")
         beyond = _beyond(view, bindings, rules.free_inputs_after) if rules.keep_to_ranges and view.ranges else ()
         if beyond:
             # Freed inputs still do not reach past their evidence: five balances
