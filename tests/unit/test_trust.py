@@ -503,15 +503,20 @@ def test_evidence_frees_a_rewritable_slot_only_when_asked_and_the_first_rewrite_
     assert judge(entry, {"city": "Cork"}, loose).action == "serve", "a value seen verbatim still is"
 
 
-def test_a_template_trusted_before_rewritable_slots_existed_is_judged_by_the_rule_now(tmp_path):
+def promoted_as_an_older_butter_wrote_it(tmp_path) -> tuple[Cache, Hit]:
+    """A promoted city template whose trust entry has no word of rewritable slots; and a pending hit of it."""
     cache = Cache(tmp_path / "db", trust=RULES)
     teach_and_promote(cache, rewrite)
     pending = cache.lookup("ns", ask("What is the weather in Oslo?"))
     key = trust.trust_key(pending.verify.node_id, pending.verify.reply_id)
-    # As an older butter wrote it: trusted, no word of rewritable slots.
     cache.backend.update_aux(trust.TABLE, key, lambda e: {k: v for k, v in e.items()
                                                          if k not in ("rewritable", "verbatim", "rewritten")},
                              bump_templates=True)
+    return cache, pending
+
+
+def test_a_template_trusted_before_rewritable_slots_existed_is_judged_by_the_rule_now(tmp_path):
+    cache, pending = promoted_as_an_older_butter_wrote_it(tmp_path)
     assert "rewritable" not in trust_ledger.read(cache.backend, pending.verify.node_id, pending.verify.reply_id)
     still = cache.lookup("ns", ask("What is the weather in Oslo?"))
     assert isinstance(still, Miss) and still.verify.trust == "rewritable", "a new city is verified, as now"
@@ -711,13 +716,7 @@ def test_after_a_demotion_the_answer_learned_at_the_same_template_node_does_not_
 
 
 def test_an_older_entry_judged_first_with_a_number_still_verifies_a_new_city_next(tmp_path):
-    cache = Cache(tmp_path / "db", trust=RULES)
-    teach_and_promote(cache, rewrite)
-    pending = cache.lookup("ns", ask("What is the weather in Oslo?"))
-    key = trust.trust_key(pending.verify.node_id, pending.verify.reply_id)
-    cache.backend.update_aux(trust.TABLE, key, lambda e: {k: v for k, v in e.items()
-                                                         if k not in ("rewritable", "verbatim", "rewritten")},
-                             bump_templates=True)  # as an older butter wrote it
+    cache, _ = promoted_as_an_older_butter_wrote_it(tmp_path)
     # A zip code is passed on as given: served. Which slots are prose came from its shape,
     # and that judgement must not stand for the next request's value.
     assert isinstance(cache.lookup("ns", ask("What is the weather in 10115?")), Hit)
