@@ -21,7 +21,7 @@ from .agreement import same_answer
 from .templates import explain_mismatch, free_text_in_words, is_declared, match_message, render_reply
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
-from .trust import TABLE as TRUST_TABLE, Judgement, TrustRules, judge, prepare, with_rewritable
+from .trust import TABLE as TRUST_TABLE, VERIFY_CONTESTED, Judgement, TrustRules, judge, prepare, with_rewritable
 
 DEFAULT_DB_ENV = "BUTTER_DB"
 _UNREAD = object()  # a trust entry not read yet at this generation (None: read, and there is none)
@@ -119,11 +119,17 @@ class Cache:
         view = views[1].get(key, _UNREAD)
         if view is _UNREAD:
             raw = snap.get_aux_raw(TRUST_TABLE, key)
-            view = None if raw is None else prepare(with_rewritable(json.loads(raw), hit.reply, hit.bindings),
-                                                 self.trust.keep_to_ranges)
-            if len(views[1]) < 4096:
+            entry = None if raw is None else json.loads(raw)
+            view = None if entry is None else prepare(with_rewritable(entry, hit.reply, hit.bindings),
+                                                      self.trust.keep_to_ranges)
+            # An entry from before rewritable slots is judged by this request's values (their
+            # shapes say which slots are prose): prepared anew for each, never kept for the next.
+            if len(views[1]) < 4096 and (entry is None or entry.get("source") != "learned" or "rewritable" in entry):
                 views[1][key] = view
-        return judge(view, hit.bindings, self.trust)
+        verdict = judge(view, hit.bindings, self.trust)
+        if verdict.kind == "new-inputs" and any(r.reply_id != hit.reply_id for r in snap.replies(hit.node_id)):
+            return VERIFY_CONTESTED  # this template's values have led to another answer here
+        return verdict
 
     def _judged(self, snap, hit: Hit, depth: int, verdict: Judgement | None = None, also: tuple = ()) -> Hit | Miss:
         """A template reply is served only as far as its trust allows (store/trust.py).

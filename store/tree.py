@@ -232,6 +232,9 @@ def lookup(
     # template children explain it).
     best_templates: list[tuple[Message, dict, bytes]] = []
     refused: list[Hit] = []
+    # The request's own exact path holds replies, none servable (marked bad, or short of
+    # observations): what was recorded for this very request outranks any template's guess.
+    recorded_unservable: list[bool] = []
     candidates = getattr(reader, "template_candidates", None)
     exact_possible = getattr(reader, "may_have_exact_child", None)
 
@@ -262,8 +265,12 @@ def lookup(
         replies = reader.replies(node)
         chosen = policy.choose(replies, below)
         if chosen is None:
+            if replies and not below:
+                recorded_unservable.append(True)
             note_miss(depth, node, path, "no-reply", f"every message matched, but {policy.why_not(replies, below)}")
             return None
+        if below and recorded_unservable:
+            return None  # the exact path (tried first) said why not: its miss stands
         hit = Hit(node, chosen.reply, chosen.reply_id, dict(bindings), path, below)
         if below and accept is not None and not accept(hit):
             if not refused:

@@ -24,8 +24,9 @@ may decide the answer ("yes" for 7, "no" for 8). Even a trusted template is
 served only for decision-input values already seen with this reply (a
 recorded or verified run); other values are verified. They are freed only
 after `free_inputs_after` agreements on distinct values of them (more than
-promotion needs); after that, new values of them are served and re-checked
-at a sampled rate (the addon's `butter_verify_inputs_sample`). With
+promotion needs), and a never-seen value of one only once that input itself
+has as many values seen (or verified as new); after that, new values are
+served and re-checked at a sampled rate (the addon's `butter_verify_inputs_sample`). With
 `keep_to_ranges` (option butter_verify_ranges), a number or an ISO date
 beyond the range of the values seen with the reply (or in another form) is
 verified first, as a limit may lie there, until `free_inputs_after` values
@@ -64,6 +65,7 @@ Public API
     declared_entry(now) -> dict
     merge_learned(existing, fresh, node_created) -> dict    a template learned again
     Judgement(action, why, kind)   action: "serve" | "verify" | "refuse"
+    VERIFY_CONTESTED               what a "new-inputs" serve becomes at a node holding another answer
     prepare(entry, ranges) -> View                  an entry ready for the hit path
     with_rewritable(entry, reply, bindings) -> entry   an entry from before rewritable slots, judged strictly
     judge(view_or_entry, bindings, rules) -> Judgement
@@ -142,6 +144,11 @@ SERVE_NEW_INPUTS = Judgement("serve", kind="new-inputs")
 REFUSE_DEMOTED = Judgement("refuse", "the template reply here was demoted (a verification disagreed; "
                                      "`butter show` on the node says why)")
 SERVE_UNCHECKED = Judgement("serve")  # verification off: served on induction's word
+# For the caller that sees the node (store/cache.py): new values are not served by a reply
+# whose node holds another answer (a demoted one, or one learned beside it): values of the
+# same template led there to something else, so its slots decide the answer.
+VERIFY_CONTESTED = Judgement("verify", "another answer is recorded at this template node (values of the same "
+                                       "template led to it), and these values were never seen with this one", "inputs")
 
 
 def trust_key(node_id: bytes, reply_id: bytes) -> bytes:
@@ -178,6 +185,10 @@ class View:
     whole: Mapping[str, tuple] = None  # rewritable slot -> the call texts around it the user typed whole (`typed_whole`)
     # Decision input -> (kind, lowest, highest, agreements below, above) (`_ranges`).
     ranges: Mapping[str, tuple] = None
+    # Decision input -> its values seen (a column of `seen_inputs`), and the verified
+    # agreements on a value of it not seen before (`input_values`): what frees each one.
+    input_columns: Mapping[str, frozenset] = None
+    input_values: Mapping[str, int] = None
 
 
 def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
@@ -194,7 +205,19 @@ def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
                 rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable},
                 frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
                 {name: tuple(whole[name]) for name in rewritable if whole.get(name)},
-                _ranges(entry) if ranges else {})
+                _ranges(entry) if ranges else {}, *_input_evidence(entry))
+
+
+def _input_evidence(entry: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Each decision input's seen values (its column of `seen_inputs`) and its count of
+    agreements on new values of it (`input_values`; none in an entry from before it was kept)."""
+    inputs = tuple(entry.get("inputs") or ())
+    if not inputs:
+        return {}, {}
+    rows = [tuple(row) for row in entry.get("seen_inputs", ())]
+    columns = {name: frozenset(row[i] for row in rows if i < len(row)) for i, name in enumerate(inputs)}
+    counts = entry.get("input_values") or {}
+    return columns, {name: counts.get(name, 0) for name in inputs}
 
 
 def _ranges(entry: Mapping[str, Any]) -> dict[str, tuple]:
@@ -344,7 +367,19 @@ def kept_as_given(value: str | None) -> bool:
     if _ISO_DATE.fullmatch(value):
         return True
     # Another date's form (14/03/2027, 09:30) is one the model may well rewrite.
-    return not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None
+    return not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None and not _abbreviated(value)
+
+
+def _abbreviated(value: str) -> bool:
+    """Whether dots in a value are prose's, not a name's: an abbreviation the model may
+    spell out ("L.A." -> "Los Angeles", "D.C", "St.Petersburg", "e.g"). No file name ends in
+    a dot, an initialism is single letters, and a word after a dot that starts with a capital
+    is the next word of a name, not an extension or a handle's part."""
+    parts = value.split(".")
+    if len(parts) < 2:
+        return False
+    return (value.endswith(".") or all(len(p) == 1 and p.isalpha() for p in parts)
+            or any(p.isalpha() and p[0].isupper() for p in parts[1:]))
 
 
 def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str, str]) -> Mapping[str, Any]:
@@ -506,6 +541,15 @@ def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: Tr
             return SERVE_TRUSTED
         if _values(bindings, inputs) in view.seen_inputs:
             return SERVE_TRUSTED
+        unearned = [name for name in inputs if bindings.get(name) not in view.input_columns[name]
+                    and view.input_values[name] < rules.free_inputs_after
+                    and len(view.input_columns[name] - {None}) < rules.free_inputs_after]
+        if unearned:
+            # Agreements on new tuples free the inputs together, but each one is freed only by
+            # its own: after "Is 7 prime? (ticket 103)", "(ticket 104)", ... nothing is known of 8.
+            return Judgement("verify", f"decision input(s) {', '.join(unearned)} never reach the reply, and this "
+                                       f"value of it was never seen with it (fewer than {rules.free_inputs_after} of "
+                                       "its values seen, or verified as new)", "inputs")
         beyond = _beyond(view, bindings, rules.free_inputs_after) if rules.keep_to_ranges and view.ranges else ()
         if beyond:
             # Freed inputs still do not reach past their evidence: five balances
@@ -552,11 +596,13 @@ def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, r
         entry.update(state=DEMOTED, why=why, demoted_at=now)
         return entry, "demoted"
     ranges = ordered_ranges(entry.get("inputs") or (), entry["seen_inputs"])  # before this run's values
+    columns = _input_evidence(entry)[0]  # before this run's values
     new_full, new_inputs = _remember(entry, bindings)
     if not new_full and not new_inputs:
         return entry, "agreed again"
     if new_inputs:
         _count_extrapolation(entry, ranges, bindings)
+        _count_input_values(entry, columns, bindings)
     event = "agreed"
     if new_full:
         entry["agreements"] = entry.get("agreements", 0) + 1
@@ -571,6 +617,15 @@ def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, r
         entry["inputs_free"] = True
         event = "promoted, decision inputs freed" if event == "promoted" else "decision inputs freed"
     return entry, event
+
+
+def _count_input_values(entry: dict, columns: Mapping[str, frozenset], bindings: Mapping[str, str]) -> None:
+    """Note an agreement for each decision input whose value here was not seen with the
+    reply before (`input_values`: slot -> count): enough of them free that input."""
+    counts = entry["input_values"] = dict(entry.get("input_values") or {})
+    for name, seen in columns.items():
+        if bindings.get(name) not in seen:
+            counts[name] = counts.get(name, 0) + 1
 
 
 def _count_extrapolation(entry: dict, ranges: Mapping[str, tuple], bindings: Mapping[str, str]) -> None:

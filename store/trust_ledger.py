@@ -113,7 +113,9 @@ def trust_everything(backend: LmdbBackend) -> int:
     verified. For benchmarks that time the hit path of trusted templates."""
     keys = [key for key, entry in backend.iter_aux(trust.TABLE) if entry.get("state") != trust.DEMOTED]
     for key in keys:
+        # Each decision input as if any number of its values had agreed (`input_values`).
         backend.update_aux(trust.TABLE, key, lambda e: {**e, "state": trust.TRUSTED, "inputs_free": True,
-                                                         "seen": [], "seen_inputs": [], "rewritable": []},
+                                                         "seen": [], "seen_inputs": [], "rewritable": [],
+                                                         "input_values": {n: 1 << 30 for n in e.get("inputs") or ()}},
                                bump_templates=True)
     return len(keys)

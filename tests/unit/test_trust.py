@@ -503,15 +503,20 @@ def test_evidence_frees_a_rewritable_slot_only_when_asked_and_the_first_rewrite_
     assert judge(entry, {"city": "Cork"}, loose).action == "serve", "a value seen verbatim still is"
 
 
-def test_a_template_trusted_before_rewritable_slots_existed_is_judged_by_the_rule_now(tmp_path):
+def promoted_as_an_older_butter_wrote_it(tmp_path) -> tuple[Cache, Hit]:
+    """A promoted city template whose trust entry has no word of rewritable slots; and a pending hit of it."""
     cache = Cache(tmp_path / "db", trust=RULES)
     teach_and_promote(cache, rewrite)
     pending = cache.lookup("ns", ask("What is the weather in Oslo?"))
     key = trust.trust_key(pending.verify.node_id, pending.verify.reply_id)
-    # As an older butter wrote it: trusted, no word of rewritable slots.
     cache.backend.update_aux(trust.TABLE, key, lambda e: {k: v for k, v in e.items()
                                                          if k not in ("rewritable", "verbatim", "rewritten")},
                              bump_templates=True)
+    return cache, pending
+
+
+def test_a_template_trusted_before_rewritable_slots_existed_is_judged_by_the_rule_now(tmp_path):
+    cache, pending = promoted_as_an_older_butter_wrote_it(tmp_path)
     assert "rewritable" not in trust_ledger.read(cache.backend, pending.verify.node_id, pending.verify.reply_id)
     still = cache.lookup("ns", ask("What is the weather in Oslo?"))
     assert isinstance(still, Miss) and still.verify.trust == "rewritable", "a new city is verified, as now"
@@ -652,3 +657,84 @@ def test_an_answer_that_contradicts_another_matching_template_demotes_that_one_t
     outcome = trust_ledger.conclude(cache.backend, pending.verify, answer("Nothing to copy."), RULES)
     # One of the two says "Nothing to copy.", the other "Copied 3333 to 3333.": that one is demoted.
     assert sorted([outcome.event, *outcome.also]) == ["agreed", "demoted"]
+
+
+# -- holes found by review: each decision input freed by agreements on its own values -------------
+
+def test_a_decision_input_that_never_varied_is_not_freed_by_agreements_that_varied_another(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach(cache, ("Is 7 prime? Ticket 101.", "yes"), ("Is 13 prime? Ticket 102.", "yes"))
+    # Every verification asks about 7 again, each with a new ticket: distinct tuples, one number.
+    for ticket in range(103, 103 + RULES.free_inputs_after):
+        pending = cache.lookup("ns", ask(f"Is 7 prime? Ticket {ticket}."))
+        assert isinstance(pending, Miss) and pending.reason == "verify", pending
+        trust_ledger.conclude(cache.backend, pending.verify, answer("yes"), cache.trust)
+    assert isinstance(cache.lookup("ns", ask("Is 7 prime? Ticket 999.")), Hit), "the ticket's values are freed"
+    # Nothing was ever verified about 8: "yes" would be served wrong.
+    result = cache.lookup("ns", ask("Is 8 prime? Ticket 200."))
+    assert isinstance(result, Miss) and result.reason == "verify", served_text(result)
+    assert "decision input(s) v1" in result.detail
+
+
+def test_an_abbreviation_with_dots_is_prose_the_model_may_spell_out_not_a_name_a_tool_reads(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach_and_promote(cache, rewrite)
+    # The user's "L.A." looked like a machine name (letters joined by a dot) and was served
+    # as given, but a model calls search_location(query="Los Angeles") for it.
+    for city in ("L.A.", "D.C", "St.Petersburg"):
+        result = cache.lookup("ns", ask(f"What is the weather in {city}?"))
+        assert isinstance(result, Miss) and result.verify.trust == "rewritable", (city, result)
+    pending = cache.lookup("ns", ask("What is the weather in L.A.?"))
+    outcome = trust_ledger.conclude(cache.backend, pending.verify, rewrite("Los Angeles"), RULES)
+    assert outcome.event == "rewritten", "the model's own spelling, not a wrong template"
+    for name in ("report.txt", "john.doe", "v1.2", "Q3.pdf"):
+        assert trust.kept_as_given(name), name
+
+
+def test_after_a_demotion_the_answer_learned_at_the_same_template_node_does_not_serve_new_values(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach(cache, ("Is 7 prime?", "yes"), ("Is 13 prime?", "yes"))
+
+    def verify(n: int, truth: str) -> str:
+        pending = cache.lookup("ns", ask(f"Is {n} prime?"))
+        assert isinstance(pending, Miss), (n, served_text(pending))
+        event = trust_ledger.conclude(cache.backend, pending.verify, answer(truth), cache.trust).event \
+            if pending.verify is not None else pending.reason
+        teach(cache, (f"Is {n} prime?", truth))  # recorded like any miss, and learned from
+        return event
+
+    assert verify(17, "yes") == "agreed" and verify(8, "no") == "demoted"
+    # Odd composites teach `Is {{v1}} prime?` -> "no" at the very node whose "yes" was demoted,
+    # and agree with it until its decision input is freed.
+    events = [verify(n, "no") for n in (9, 15, 21, 25)]
+    assert events[-1] == "decision inputs freed", events
+    # The node's own history says v1 decides the answer: 11 is not served "no".
+    result = cache.lookup("ns", ask("Is 11 prime?"))
+    assert isinstance(result, Miss) and result.reason == "verify", served_text(result)
+    assert "another answer is recorded at this template node" in result.detail
+    assert isinstance(cache.lookup("ns", ask("Is 21 prime?")), Hit), "a recorded run still is"
+
+
+def test_an_older_entry_judged_first_with_a_number_still_verifies_a_new_city_next(tmp_path):
+    cache, _ = promoted_as_an_older_butter_wrote_it(tmp_path)
+    # A zip code is passed on as given: served. Which slots are prose came from its shape,
+    # and that judgement must not stand for the next request's value.
+    assert isinstance(cache.lookup("ns", ask("What is the weather in 10115?")), Hit)
+    again = cache.lookup("ns", ask("What is the weather in Oslo?"))
+    assert isinstance(again, Miss) and again.verify.trust == "rewritable", again
+
+
+def test_a_reply_marked_bad_for_this_very_request_is_not_served_again_through_a_template(tmp_path):
+    from butter.store import admin
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach(cache, ("Is 7 prime?", "yes"), ("Is 13 prime?", "yes"))
+    for n in (17, 21):  # the provider gets 21 wrong, and the verification agrees with it
+        pending = cache.lookup("ns", ask(f"Is {n} prime?"))
+        assert trust_ledger.conclude(cache.backend, pending.verify, answer("yes"), cache.trust).agreed
+        cache.record("ns", ask(f"Is {n} prime?"), answer("yes"))
+    exact = cache.lookup("ns", ask("Is 21 prime?"))
+    assert isinstance(exact, Hit) and not exact.templated
+    admin.vote(cache.backend, exact.node_id, "bad")  # a person says "yes" is wrong for 21
+    result = cache.lookup("ns", ask("Is 21 prime?"))
+    assert isinstance(result, Miss), f"the answer marked bad was served through the template: {served_text(result)}"
+    assert result.reason == "no-reply" and "marked bad" in result.detail
