@@ -127,7 +127,7 @@ class Cache:
             if len(views[1]) < 4096 and (entry is None or entry.get("source") != "learned" or "rewritable" in entry):
                 views[1][key] = view
         verdict = judge(view, hit.bindings, self.trust)
-        if verdict.kind == "new-inputs" and any(r.reply_id != hit.reply_id for r in snap.replies(hit.node_id)):
+        if verdict.kind == "new-inputs" and any(r != hit.reply_id for r in snap.reply_ids(hit.node_id)):
             return VERIFY_CONTESTED  # this template's values have led to another answer here
         return verdict
 

@@ -1197,6 +1197,17 @@ class Snapshot:
     def replies(self, node_id: bytes) -> list[StoredReply]:
         return list(_replies_in(self._txn, self._b.replies_db, node_id))
 
+    def reply_ids(self, node_id: bytes) -> list[bytes]:
+        """The ids of a node's replies, their values left unread (no JSON decoded)."""
+        cur = self._txn.cursor(db=self._b.replies_db)
+        out: list[bytes] = []
+        if cur.set_range(node_id):
+            for key in cur.iternext(keys=True, values=False):
+                if key[:ID] != node_id:
+                    break
+                out.append(bytes(key[ID:]))
+        return out
+
     def children_of(self, node_id: bytes) -> list[tuple[bytes, str]]:
         cur = self._txn.cursor(db=self._b.children)
         out: list[tuple[bytes, str]] = []
