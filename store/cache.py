@@ -127,9 +127,22 @@ class Cache:
             if len(views[1]) < 4096 and (entry is None or entry.get("source") != "learned" or "rewritable" in entry):
                 views[1][key] = view
         verdict = judge(view, hit.bindings, self.trust)
-        if verdict.kind == "new-inputs" and any(r != hit.reply_id for r in snap.reply_ids(hit.node_id)):
+        if verdict.kind == "new-inputs" and self._contested(snap, views[1], hit):
             return VERIFY_CONTESTED  # this template's values have led to another answer here
         return verdict
+
+    @staticmethod
+    def _contested(snap, kept: dict, hit: Hit) -> bool:
+        """Whether the template node holds a reply besides this one. Kept per template
+        generation like the trust views: a reply joins a template node only by induction or
+        a declared recording, and each writes a trust entry, which bumps the generation."""
+        key = ("others", hit.node_id, hit.reply_id)
+        found = kept.get(key)
+        if found is None:
+            found = any(r != hit.reply_id for r in snap.reply_ids(hit.node_id))
+            if len(kept) < 4096:
+                kept[key] = found
+        return found
 
     def _judged(self, snap, hit: Hit, depth: int, verdict: Judgement | None = None, also: tuple = ()) -> Hit | Miss:
         """A template reply is served only as far as its trust allows (store/trust.py).
