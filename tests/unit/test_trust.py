@@ -353,6 +353,10 @@ def test_rewrite_explains_only_differences_inside_the_argument_that_held_the_val
     extra = rewrite("Milano")
     extra["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = json.dumps({"query": "Milano", "n": 2})
     assert not trust.rewrite_explains(rewrite("Milan"), extra, bindings, ["city"]), "a new argument is a new call"
+    rome = {"city": "Rome"}
+    assert trust.rewrite_explains(rewrite("Rome, Italy"), rewrite("Roma, Italy"), rome, ["city"])
+    assert not trust.rewrite_explains(rewrite("Rome, Italy"), rewrite("Rome, France"), rome, ["city"]), \
+        "the words around the value changed: the template is wrong, not the spelling"
 
 
 def test_a_declared_template_is_trusted_at_once(tmp_path):
