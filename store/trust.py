@@ -185,10 +185,10 @@ class View:
     whole: Mapping[str, tuple] = None  # rewritable slot -> the call texts around it the user typed whole (`typed_whole`)
     # Decision input -> (kind, lowest, highest, agreements below, above) (`_ranges`).
     ranges: Mapping[str, tuple] = None
-    # Decision input -> its values seen (a column of `seen_inputs`), and the verified
-    # agreements on a value of it not seen before (`input_values`): what frees each one.
+    # Decision input -> its values seen (a column of `seen_inputs`), and its evidence: the
+    # more of its distinct values seen and its agreements on new values (`input_values`).
     input_columns: Mapping[str, frozenset] = None
-    input_values: Mapping[str, int] = None
+    input_evidence: Mapping[str, int] = None
 
 
 def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
@@ -209,15 +209,16 @@ def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
 
 
 def _input_evidence(entry: Mapping[str, Any]) -> tuple[dict, dict]:
-    """Each decision input's seen values (its column of `seen_inputs`) and its count of
-    agreements on new values of it (`input_values`; none in an entry from before it was kept)."""
+    """Each decision input's seen values (its column of `seen_inputs`) and its evidence:
+    the larger of its distinct values seen and its agreements on new values of it
+    (`input_values`, which outlives the tuples kept; none in an entry from before it was kept)."""
     inputs = tuple(entry.get("inputs") or ())
     if not inputs:
         return {}, {}
     rows = [tuple(row) for row in entry.get("seen_inputs", ())]
     columns = {name: frozenset(row[i] for row in rows if i < len(row)) for i, name in enumerate(inputs)}
     counts = entry.get("input_values") or {}
-    return columns, {name: counts.get(name, 0) for name in inputs}
+    return columns, {name: max(counts.get(name, 0), len(columns[name] - {None})) for name in inputs}
 
 
 def _ranges(entry: Mapping[str, Any]) -> dict[str, tuple]:
@@ -541,9 +542,8 @@ def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: Tr
             return SERVE_TRUSTED
         if _values(bindings, inputs) in view.seen_inputs:
             return SERVE_TRUSTED
-        unearned = [name for name in inputs if bindings.get(name) not in view.input_columns[name]
-                    and view.input_values[name] < rules.free_inputs_after
-                    and len(view.input_columns[name] - {None}) < rules.free_inputs_after]
+        unearned = [name for name in inputs if view.input_evidence[name] < rules.free_inputs_after
+                    and bindings.get(name) not in view.input_columns[name]]
         if unearned:
             # Agreements on new tuples free the inputs together, but each one is freed only by
             # its own: after "Is 7 prime? (ticket 103)", "(ticket 104)", ... nothing is known of 8.
