@@ -10,6 +10,7 @@ and for a miss where it left the tree.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import time
@@ -64,15 +65,14 @@ class RecentRequests:
     generations, where a full collection has to walk them all."""
 
     def __init__(self) -> None:
-        self.pending: list[dict] = []
+        # Bounded like the ring: older rows would be trimmed at once.
+        self.pending: collections.deque[dict] = collections.deque(maxlen=RECENT_KEEP)
         self.scheduled = False
         # Keys from two proxies writing one database must never collide.
         self._sequence = itertools.count(int.from_bytes(os.urandom(3), "big") << 24)
 
     def note(self, flow: Any, state: Any, error: str | None = None) -> bool:
         """Queue a request's row; True when the caller should schedule a flush."""
-        if len(self.pending) >= RECENT_KEEP:
-            del self.pending[0]  # would be trimmed at once
         self.pending.append(row(flow, state, error))
         if self.scheduled:
             return False
@@ -80,9 +80,10 @@ class RecentRequests:
         return True
 
     def take(self) -> list[dict]:
-        noted, self.pending, self.scheduled = self.pending, [], False
+        noted, self.scheduled = list(self.pending), False
+        self.pending.clear()
         return noted
 
     def write(self, backend: Any, noted: list[dict]) -> None:
-        rows = [(recent_key(entry["t"], next(self._sequence)), entry) for entry in noted[-RECENT_KEEP:]]
+        rows = [(recent_key(entry["t"], next(self._sequence)), entry) for entry in noted]
         backend.append_ring(RECENT_TABLE, rows, RECENT_KEEP)
