@@ -309,27 +309,31 @@ def bench_hits_by_size(workdir: Path, dbs: list[tuple[int, Path, int]], args: ar
 PROFILED = r"main/(addon|store)/|http\.py:\d+\(make\)|logging/__init__\.py:\d+\(_log\)"
 
 
-def profile_hits(workdir: Path, db: Path, conversations: int, args: argparse.Namespace) -> str:
+def profile_hits(workdir: Path, db: Path, conversations: int, args: argparse.Namespace, nonce: bool) -> str:
     """butter's hit path under cProfile: where a hit's time goes, per hit.
 
-    The profiler slows Python code several times over, so these figures are
-    for proportions, not for comparing with the runs above.
+    With `nonce`, every request is bytes never seen (the whole path); without,
+    the cycled requests are answered by the hit memo. The profiler slows Python
+    code several times over, so these figures are for proportions, not for
+    comparing with the runs above.
     """
     import io
     import pstats
 
     bodies = [workload.request_bytes(i) for i in range(min(args.distinct, conversations))]
-    out = workdir / "hits.prof"
-    with mitmdump(BUTTER, workdir, butter_options(db), "profile", profile=out) as proxy:
-        say(f"  profiling hits via {args.via[0]}, 1 connection, {args.seconds:g} s ...")
-        result = drive(proxy, workdir, args.via[0], bodies, 1, args.seconds, args.warmup, b"butter-cache: hit")
+    kind = "new" if nonce else "memo"
+    out = workdir / f"hits-{kind}.prof"
+    with mitmdump(BUTTER, workdir, butter_options(db), f"profile-{kind}", profile=out) as proxy:
+        say(f"  profiling {kind} hits via {args.via[0]}, 1 connection, {args.seconds:g} s ...")
+        result = drive(proxy, workdir, args.via[0], bodies, 1, args.seconds, args.warmup, b"butter-cache: hit",
+                       nonce)
     stats = pstats.Stats(str(out))
     hits = next((calls for (path, _, name), (_, calls, *_rest) in stats.stats.items()
                  if name == "request" and path.endswith("cache_addon.py")), 0) or 1
     text = io.StringIO()
     stats.stream = text
     stats.sort_stats("cumulative").print_stats(PROFILED, args.profile_lines + 15)
-    lines = [f"(profile) {hits} hits under cProfile ({result.rps:.0f} req/s, slowed by the profiler); "
+    lines = [f"(profile, {kind} hits) {hits} hits under cProfile ({result.rps:.0f} req/s, slowed by the profiler); "
              f"cumulative ms over all hits, and us per hit:"]
     for line in text.getvalue().splitlines():
         parts = line.split(None, 5)
@@ -489,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             report["hits_vs_floor"] = bench_hits(workdir, dbs[0][1], dbs[0][2], args)
         if args.profile:
             say("(profile) butter's hit path under cProfile")
-            profile_text = profile_hits(workdir, dbs[0][1], dbs[0][2], args)
+            profile_text = "\n\n".join(profile_hits(workdir, dbs[0][1], dbs[0][2], args, nonce)
+                                         for nonce in (False, True))
             report["profile"] = profile_text.splitlines()
         if args.only != "hits" and not args.no_e2e:
             say("(b) hits through mitmdump on each tree")

@@ -311,6 +311,24 @@ def slots_in_data(value: Any) -> set[str]:
     return _slots_under(value, DATA_KEYS, json_is_data=True)
 
 
+def slots_stated(value: Any) -> set[str]:
+    """The slots a reply template states in its own text (prose, a JSON answer),
+    outside any tool call's arguments: where a model says what it concluded
+    about a value ("Yes, 7 is prime", "a balance of 20 is too low")."""
+    found: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if MARK in item:
+                found |= slots_in(item)
+            else:
+                stack.extend(v for key, v in item.items() if key not in CALL_ARGUMENT_KEYS)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
 def texts_in_calls(value: Any) -> list[str]:
     """The template texts (with their slots) a reply writes inside tool calls'
     arguments: `{{v1}}.docx` where the call holds a file name around a slot."""

@@ -20,7 +20,10 @@ bookkeeping aside). A demoted template is never served again (its reply is
 also marked bad, so another reply at the node may be chosen).
 
 Slots whose value never reaches the reply are *decision inputs*: the value
-may decide the answer ("yes" for 7, "no" for 8). Even a trusted template is
+may decide the answer ("yes" for 7, "no" for 8). So are slots the reply
+states in its own text, outside tool calls' arguments ("Yes, 7 is prime." is
+a verdict on 7; an order id passed to a tool is not): `stated` in the entry,
+and an entry from before it is judged as if it had it (`with_stated`). Even a trusted template is
 served only for decision-input values already seen with this reply (a
 recorded or verified run); other values are verified. They are freed only
 after `free_inputs_after` agreements on distinct values of them (more than
@@ -59,7 +62,8 @@ Public API
     TrustRules(verify, promote_after, free_inputs_after, min_observations, free_rewritable_after, keep_to_ranges)
         .needed -> agreements that promote (butter_min_observations counts them too)
     trust_key(node_id, reply_id) -> bytes
-    learned_entry(slot_names, reply_slots, run_bindings, now, rewritable=()) -> dict
+    learned_entry(slot_names, reply_slots, run_bindings, now, rewritable=(), whole=None, stated=()) -> dict
+    with_stated(entry, reply) -> entry   an entry from before stated slots were inputs, judged as if they were
     rewritable_slots(shapes, reply_template, given_as_data) -> set[str]
         prose-shaped slots inside tool-call arguments that only the user's words held
     declared_entry(now) -> dict
@@ -87,8 +91,8 @@ from typing import Any, Iterable, Mapping
 
 from .agreement import JSON_KEYS, answer_of
 from .canonical import canonical_json
-from .templates import RenderError, fits, parse_text, placeholder, render_text, shape_of, slots_in_calls, texts_in, \
-    texts_in_calls
+from .templates import RenderError, fits, parse_text, placeholder, render_text, shape_of, slots_in_calls, \
+    slots_stated, texts_in, texts_in_calls
 
 TABLE = "trust"
 PROBATION, TRUSTED, DEMOTED = "probation", "trusted", "demoted"
@@ -403,14 +407,17 @@ def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str,
 
 
 def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float,
-                  rewritable: set[str] | tuple = (), whole: Mapping[str, list[str]] | None = None) -> dict:
+                  rewritable: set[str] | tuple = (), whole: Mapping[str, list[str]] | None = None,
+                  stated: set[str] | frozenset = frozenset()) -> dict:
     """A template reply induction just learned: on probation, its runs' values seen.
-    `whole`: `typed_whole` of its rewritable slots."""
+    `whole`: `typed_whole` of its rewritable slots. `stated`: the slots the reply
+    states in its own text (`slots_stated`), decision inputs like the unreached ones."""
     slots = sorted(slot_names)
-    inputs = [s for s in slots if s not in reply_slots]
+    stated = sorted(set(stated) & set(slots))
+    inputs = [s for s in slots if s not in reply_slots or s in stated]
     entry = {"state": PROBATION, "source": "learned", "since": now, "slots": slots, "inputs": inputs,
              "inputs_free": not inputs, "agreements": 0, "input_agreements": 0, "seen": [], "seen_inputs": [],
-             "why": ""}
+             "why": "", "stated": stated}
     # Always present (empty when none): an entry without the key is from before the rule (`with_rewritable`).
     entry.update(rewritable=sorted(rewritable), verbatim={name: [] for name in sorted(rewritable)}, rewritten={})
     whole = {name: list(texts) for name, texts in (whole or {}).items() if name in rewritable}
@@ -419,6 +426,25 @@ def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_b
     for bindings in run_bindings:
         _remember(entry, bindings)
     return entry
+
+
+def with_stated(entry: Mapping[str, Any], reply: Any) -> Mapping[str, Any]:
+    """An entry written before butter treated the values a reply states in its text as
+    decision inputs, judged as if it did: those slots join its inputs, each with the values
+    its recorded and verified runs had, and none freed until its own evidence frees it."""
+    if entry.get("source") != "learned" or "stated" in entry:
+        return entry
+    slots = list(entry.get("slots") or ())
+    inputs = list(entry.get("inputs") or ())
+    stated = sorted((slots_stated(reply) & set(slots)) - set(inputs))
+    if not stated:
+        return {**entry, "stated": []}
+    inputs = sorted(inputs + stated)
+    rows = [row for row in entry.get("seen", ()) if len(row) == len(slots)]
+    seen_inputs = list(dict.fromkeys(tuple(row[slots.index(n)] for n in inputs) for row in rows))
+    return {**entry, "stated": stated, "inputs": inputs, "seen_inputs": [list(r) for r in seen_inputs],
+            "inputs_free": False, "input_agreements": 0, "extrapolated": {},
+            "input_values": {n: c for n, c in (entry.get("input_values") or {}).items() if n not in stated}}
 
 
 def declared_entry(now: float) -> dict:
@@ -534,6 +560,12 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
     return SERVE_NEW_INPUTS if freed_new and verdict is SERVE_TRUSTED else verdict
 
 
+# Why a decision input is verified: the reply does not show it (it may decide the answer
+# without appearing in it), or states it in its own text (where a model says what it
+# concluded about it: "Yes, 7 is prime").
+_MAY_DECIDE = "may decide the reply (it does not show them, or states them in its own text)"
+
+
 def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: TrustRules) -> Judgement:
     """`judge` past the rewritable slots: the run's values, decision inputs, probation."""
     inputs = view.inputs
@@ -547,21 +579,21 @@ def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: Tr
         if unearned:
             # Agreements on new tuples free the inputs together, but each one is freed only by
             # its own: after "Is 7 prime? (ticket 103)", "(ticket 104)", ... nothing is known of 8.
-            return Judgement("verify", f"decision input(s) {', '.join(unearned)} never reach the reply, and this "
+            return Judgement("verify", f"decision input(s) {', '.join(unearned)} {_MAY_DECIDE}, and this "
                                        f"value of it was never seen with it (fewer than {rules.free_inputs_after} of "
                                        "its values seen, or verified as new)", "inputs")
         beyond = _beyond(view, bindings, rules.free_inputs_after) if rules.keep_to_ranges and view.ranges else ()
         if beyond:
             # Freed inputs still do not reach past their evidence: five balances
             # of 3-95 that were all "too low" say nothing about 5000.
-            return Judgement("verify", f"decision input(s) {', '.join(beyond)} never reach the reply, and this "
+            return Judgement("verify", f"decision input(s) {', '.join(beyond)} {_MAY_DECIDE}, and this "
                                        "number or date lies beyond the values verified with it (a limit may lie "
                                        "there)", "inputs")
         return SERVE_NEW_INPUTS
     if _values(bindings, view.slots or tuple(sorted(bindings))) in view.seen:
         return SERVE_SEEN  # the values of a recorded or verified run: that answer is known
     if inputs and not view.inputs_free and _values(bindings, inputs) not in view.seen_inputs:
-        return Judgement("verify", f"decision input(s) {', '.join(inputs)} never reach the reply, and these values "
+        return Judgement("verify", f"decision input(s) {', '.join(inputs)} {_MAY_DECIDE}, and these values "
                                    f"were never seen with it ({view.input_agreements} of {rules.free_inputs_after} "
                                    "verified values free them)", "inputs")
     if state != TRUSTED:

@@ -93,8 +93,11 @@ class FakeResponsesModel:
         content = user["content"]
         text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
         order_id = re.search(r"\d+", text).group(0)
+        # The first step's summary names no value; the later ones name the order, a value their
+        # text states (butter verifies such a value like a decision input: docs/trust.md).
+        summary = f"Step {len(outputs) + 1} for order {order_id}." if outputs else "Step 1: look the order up."
         reasoning: dict[str, Any] = {"id": "rs_" + secrets.token_hex(12), "type": "reasoning",
-                                     "summary": [{"type": "summary_text", "text": f"Step {len(outputs) + 1} for order {order_id}."}]}
+                                     "summary": [{"type": "summary_text", "text": summary}]}
         self.issued_reasoning.add(reasoning["id"])
         if "reasoning.encrypted_content" in (body.get("include") or []):
             # Opaque, with bytes a careless proxy would mangle: padding,

@@ -178,9 +178,11 @@ def test_a_servable_template_answers_though_another_one_on_probation_matches_fir
     for trusted in replies:  # each order: one of them is the first the walk tries
         for node, rid in replies:
             state = "trusted" if (node, rid) == trusted else "probation"
-            # As trust_ledger writes it: with the template generation bumped, so lookups read it anew.
+            # As trust_ledger writes it: with the template generation bumped, so lookups read it anew;
+            # each decision input (the reply states the flights in its text) freed by its own evidence.
             cache.backend.update_aux(trust.TABLE, trust.trust_key(node, rid), lambda e, state=state: {
-                **e, "source": "learned", "state": state, "inputs_free": True}, bump_templates=True)
+                **e, "source": "learned", "state": state, "inputs_free": True,
+                "input_values": {n: 1 << 30 for n in e.get("inputs") or ()}}, bump_templates=True)
         hit = cache.lookup("ns", fourth)
         assert isinstance(hit, Hit) and hit.node_id == trusted[0], hit
     cache.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from butter.store import Cache, Conversation, Hit, Miss, ServePolicy, admin
+from butter.store import Cache, Conversation, Hit, Miss, ServePolicy, admin, trust_ledger
 from butter.store.shared_backend import SharedStoreError
 from butter.store.trust import TrustRules
 from butter.store.tree import plan_record
@@ -115,7 +115,8 @@ def test_a_template_learned_on_one_replica_reaches_another_with_its_trust(replic
     third = conv("Please refund order 9012 for Cy Dee.")
     # The template arrives on probation, as learned: b verifies rather than serves it.
     found = eventually(lambda: b.lookup(ns, third).reason == "verify" and b.lookup(ns, third))
-    assert isinstance(found, Miss) and found.verify.trust == "probation", found
+    assert isinstance(found, Miss) and found.verify.trust in ("probation", "inputs"), found
+    assert trust_ledger.read(b.backend, found.verify.node_id, found.verify.reply_id)["state"] == "probation"
     unchecked = Cache(shared_store_url("c"), trust=TrustRules(verify=False))
     try:
         served = unchecked.lookup(ns, third)

@@ -255,7 +255,8 @@ def test_trust_persists_across_reopen_and_is_seen_by_another_cache_on_the_same_d
     cache = Cache(db, trust=RULES)
     teach(cache, *((f"What is the weather in {city}?", f"It is sunny in {city}.") for city in ("Paris", "Berlin")))
     other = Cache(db, trust=RULES)  # another proxy process on the same database
-    for city in ("Rome", "Madrid"):
+    # The reply states the city in its text (a decision input): three agreements free it.
+    for city in ("Rome", "Madrid", "Vienna"):
         pending = cache.lookup("ns", ask(f"What is the weather in {city}?"))
         assert pending.reason == "verify"
         assert trust_ledger.conclude(other.backend, pending.verify, answer(f"It is sunny in {city}."), RULES).agreed
@@ -263,7 +264,7 @@ def test_trust_persists_across_reopen_and_is_seen_by_another_cache_on_the_same_d
     other.close()
     reopened = Cache(db, trust=RULES)
     hit = reopened.lookup("ns", ask("What is the weather in Oslo?"))
-    assert isinstance(hit, Hit) and hit.trust == "trusted"
+    assert isinstance(hit, Hit) and hit.trust == "new-inputs"  # trusted, its decision input freed
     # A sampled re-check of a trusted template disagrees: demoted, in the database.
     trust_ledger.conclude(reopened.backend, hit, answer("It is raining in Oslo."), RULES)
     reopened.close()
@@ -638,12 +639,12 @@ def test_a_verification_counts_for_every_template_that_matches_the_request_not_o
     for a, b in (("1111", "1111"), ("2222", "2222"), ("4411", "5522"), ("6633", "7744")):
         cache.record("ns", ask(f"Copy {a} to {b} now"), answer(f"Copied {a} to {b}."))
         cache.induce("ns", ask(f"Copy {a} to {b} now"))
-    for n in ("3333", "8888"):
+    for n in ("3333", "8888", "9999"):  # three: the reply states the values in its text (decision inputs)
         pending = cache.lookup("ns", ask(f"Copy {n} to {n} now"))
         assert isinstance(pending, Miss) and pending.reason == "verify" and len(pending.verify.also) == 1
         outcome = trust_ledger.conclude(cache.backend, pending.verify, answer(f"Copied {n} to {n}."), RULES)
         assert outcome.agreed and outcome.also == (outcome.event,)
-    # Both were promoted by the same two answers, whichever the walk met first (an order of
+    # Both were promoted by the same answers, whichever the walk met first (an order of
     # node ids): the broad one now serves values the narrow one cannot.
     hit = cache.lookup("ns", ask("Copy 1234 to 5678 now"))
     assert isinstance(hit, Hit) and served_text(hit) == "Copied 1234 to 5678.", hit
@@ -742,3 +743,63 @@ def test_a_reply_marked_bad_for_this_very_request_is_not_served_again_through_a_
     result = cache.lookup("ns", ask("Is 21 prime?"))
     assert isinstance(result, Miss), f"the answer marked bad was served through the template: {served_text(result)}"
     assert result.reason == "no-reply" and "marked bad" in result.detail
+
+
+# -- a value the reply states in its text may decide it ("Yes, 7 is prime") -------------------------
+
+def test_a_number_the_reply_states_is_a_decision_input_so_promotion_does_not_serve_a_non_prime(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach(cache, ("Is 7 prime?", "Yes, 7 is prime."), ("Is 13 prime?", "Yes, 13 is prime."))
+    for n in (17, 19):  # two primes agree: promoted, as before
+        pending = cache.lookup("ns", ask(f"Is {n} prime?"))
+        assert trust_ledger.conclude(cache.backend, pending.verify, answer(f"Yes, {n} is prime."), RULES).agreed
+    entry = trust_ledger.read(cache.backend, pending.verify.node_id, pending.verify.reply_id)
+    assert entry["state"] == TRUSTED and entry["stated"] == entry["inputs"] == entry["slots"]
+    assert isinstance(cache.lookup("ns", ask("Is 17 prime?")), Hit), "a verified value is served"
+    # The number shows in the reply, yet the rest of the text is a verdict on it.
+    result = cache.lookup("ns", ask("Is 8 prime?"))
+    assert isinstance(result, Miss) and result.reason == "verify", served_text(result)
+    assert "states them in its own text" in result.detail
+    outcome = trust_ledger.conclude(cache.backend, result.verify, answer("No, 8 is not prime."), RULES)
+    assert outcome.event == "demoted"
+    assert not isinstance(cache.lookup("ns", ask("Is 23 prime?")), Hit)
+
+
+def test_a_stated_value_is_freed_by_its_own_agreements_and_a_value_only_passed_to_a_tool_is_not_an_input(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    def greet(name: str) -> Conversation:
+        return ask(f"Please write a one-line welcome for our new colleague {name}.")
+
+    for name in ("Ana", "Bo"):
+        cache.record("ns", greet(name), answer(f"Welcome to the team, {name}!"))
+        cache.induce("ns", greet(name))
+    for name in ("Cy", "Di", "Ed"):  # free_inputs_after=3: three new values agree
+        pending = cache.lookup("ns", greet(name))
+        assert isinstance(pending, Miss) and pending.reason == "verify", pending
+        trust_ledger.conclude(cache.backend, pending.verify, answer(f"Welcome to the team, {name}!"), RULES)
+    hit = cache.lookup("ns", greet("Flo"))
+    assert isinstance(hit, Hit) and served_text(hit) == "Welcome to the team, Flo!" and hit.trust == "new-inputs"
+    # An id the reply only writes into a tool call's arguments is passed on: no decision input.
+    from butter.store.templates import slots_stated
+    call = {"choices": [{"message": {"content": {"$butter": "text", "t": "Looking up {{v2}}."}, "tool_calls": [
+        {"function": {"name": "get_order", "arguments": {"$butter": "json", "value": {
+            "order_id": {"$butter": "text", "t": "{{v1}}"}}}}}]}}]}
+    assert slots_stated(call) == {"v2"}
+
+
+def test_an_entry_from_before_stated_values_were_inputs_verifies_a_new_value_and_serves_seen_ones(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    teach(cache, ("Is 7 prime?", "Yes, 7 is prime."), ("Is 13 prime?", "Yes, 13 is prime."))
+    pending = cache.lookup("ns", ask("Is 17 prime?"))
+    key = trust.trust_key(pending.verify.node_id, pending.verify.reply_id)
+    # As an older butter wrote it: trusted, no inputs, no word of stated slots.
+    cache.backend.update_aux(trust.TABLE, key, lambda e: {
+        **{k: v for k, v in e.items() if k != "stated"}, "state": TRUSTED, "inputs": [], "seen_inputs": [],
+        "inputs_free": True, "agreements": 2}, bump_templates=True)
+    result = cache.lookup("ns", ask("Is 8 prime?"))
+    assert isinstance(result, Miss) and result.reason == "verify" and "decision input" in result.detail
+    assert isinstance(cache.lookup("ns", ask("Is 13 prime?")), Hit), "a recorded run's value is still served"
+    # The verification writes the entry as the rule is now: the slot is one of its inputs.
+    trust_ledger.conclude(cache.backend, result.verify, answer("Yes, 8 is prime."), RULES)  # a provider's slip
+    entry = trust_ledger.read(cache.backend, pending.verify.node_id, pending.verify.reply_id)
+    assert entry["stated"] == entry["inputs"] == entry["slots"] and not entry["inputs_free"]
