@@ -64,6 +64,7 @@ Public API
         prose-shaped slots inside tool-call arguments that only the user's words held
     declared_entry(now) -> dict
     merge_learned(existing, fresh, node_created) -> dict    a template learned again
+    dated_on_import(entry, now) -> entry            a cassette's entry (no clock) as an import stores it
     Judgement(action, why, kind)   action: "serve" | "verify" | "refuse"
     VERIFY_CONTESTED               what a "new-inputs" serve becomes at a node holding another answer
     prepare(entry, ranges) -> View                  an entry ready for the hit path
@@ -98,8 +99,9 @@ MAX_SEEN = 128  # value tuples remembered per template; older ones fall out (the
 # except values a tool takes literally (`kept_as_given`).
 KEPT_AS_GIVEN = frozenset({"number", "identifier", "email"})
 # An ISO date (the form tools ask for), or one token joined by the punctuation
-# of names machines read (report.txt, john_doe, docs/q3, host:port): a tool
-# resolves these as written, so a model that rewrote one would break its call.
+# of names machines read (report.txt, john_doe, docs/q3, localhost:8080): a tool
+# resolves these as written, so a model that rewrote one would break its call. Not words
+# joined by "/" or ":" ("Milan/Italy"), nor an abbreviation ("L.A."): prose the model may rewrite.
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # A plain decimal number: what a threshold is compared with ("1,234.50" or
 # "1e3" is not one: a value in another form than the seen ones is verified).
@@ -368,7 +370,8 @@ def kept_as_given(value: str | None) -> bool:
     if _ISO_DATE.fullmatch(value):
         return True
     # Another date's form (14/03/2027, 09:30) is one the model may well rewrite.
-    return not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None and not _abbreviated(value)
+    return (not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None and not _abbreviated(value)
+            and not _words_joined(value))
 
 
 def _abbreviated(value: str) -> bool:
@@ -381,6 +384,15 @@ def _abbreviated(value: str) -> bool:
         return False
     return (value.endswith(".") or all(len(p) == 1 and p.isalpha() for p in parts)
             or any(p.isalpha() and p[0].isupper() for p in parts[1:]))
+
+
+def _words_joined(value: str) -> bool:
+    """Whether a "/" or ":" joins words, not a path's or an address's parts: a place and its
+    country ("Milan/Italy", "paris:france", "Rome/IT"), which a model writes into a call its
+    own way ("Milan, Italy"). Every part is letters only; a path ("docs/q3", "src/main.py",
+    "/home/ann") or an address ("localhost:8080") has a part that is not."""
+    parts = re.split(r"[/:]", value)
+    return len(parts) > 1 and all(p.isalpha() for p in parts)
 
 
 def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str, str]) -> Mapping[str, Any]:
@@ -460,6 +472,16 @@ def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0)
         merged["whole"] = whole
     _trim(merged)
     return merged
+
+
+def dated_on_import(entry: Any, now: float) -> Any:
+    """A trust entry as an import stores it. A cassette's carry no clock (`since` 0): dated
+    by the import, so a template node that already stands keeps it when learned again
+    (`merge_learned` starts over only for an entry older than its node: a demotion the
+    cassette holds must not be lost), while one forgotten after the import still starts over."""
+    if isinstance(entry, dict) and not entry.get("since"):
+        return {**entry, "since": now}
+    return entry
 
 
 def _remember(entry: dict, bindings: Mapping[str, str]) -> tuple[bool, bool]:
