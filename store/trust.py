@@ -30,7 +30,9 @@ served and re-checked at a sampled rate (the addon's `butter_verify_inputs_sampl
 `keep_to_ranges` (option butter_verify_ranges), a number or an ISO date
 beyond the range of the values seen with the reply (or in another form) is
 verified first, as a limit may lie there, until `free_inputs_after` values
-beyond it on that side agreed.
+beyond it on that side agreed; and two such inputs of one kind that compare
+as they never did in the values seen (an amount above a limit) are verified,
+until one agreement shows that order.
 
 Slots the reply writes inside a tool call's arguments, with a value of
 prose shape (a city, a name; not a number, an id or an e-mail) that the
@@ -191,6 +193,8 @@ class View:
     # more of its distinct values seen and its agreements on new values (`input_values`).
     input_columns: Mapping[str, frozenset] = None
     input_evidence: Mapping[str, int] = None
+    # (input, input) -> how the two compared in the values seen (-1, 0, 1) (`_orders`).
+    orders: Mapping[tuple[str, str], frozenset] = None
 
 
 def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
@@ -207,7 +211,7 @@ def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
                 rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable},
                 frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
                 {name: tuple(whole[name]) for name in rewritable if whole.get(name)},
-                _ranges(entry) if ranges else {}, *_input_evidence(entry))
+                _ranges(entry) if ranges else {}, *_input_evidence(entry), orders=_orders(entry) if ranges else {})
 
 
 def _input_evidence(entry: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -231,6 +235,34 @@ def _ranges(entry: Mapping[str, Any]) -> dict[str, tuple]:
     beyond = entry.get("extrapolated") or {}
     return {name: (*bounds, *beyond.get(name, (0, 0)))
             for name, bounds in ordered_ranges(inputs, entry.get("seen_inputs", ())).items()}
+
+
+def _orders(entry: Mapping[str, Any]) -> dict[tuple[str, str], frozenset]:
+    """For each pair of decision inputs that both have a range of one kind (two numbers,
+    two dates): how they compared in each value tuple seen with the reply (-1, 0, 1)."""
+    inputs = tuple(entry.get("inputs") or ())
+    rows = [tuple(row) for row in entry.get("seen_inputs", ())]
+    kinds = ordered_ranges(inputs, rows)
+    names = sorted(kinds, key=inputs.index)
+    return {(a, b): frozenset(_compare(row[inputs.index(a)], row[inputs.index(b)]) for row in rows)
+            for i, a in enumerate(names) for b in names[i + 1:] if kinds[a][0] == kinds[b][0]}
+
+
+def _compare(a: Any, b: Any) -> int | None:
+    """-1, 0 or 1 as `a` is below, equal to or above `b` (None: not of one ordered kind)."""
+    x, y = _ordered(a), _ordered(b)
+    if x is None or y is None or x[0] != y[0]:
+        return None
+    return (x[1] > y[1]) - (x[1] < y[1])
+
+
+def _reordered(view: View, bindings: Mapping[str, str]) -> list[str]:
+    """The pairs of ordered decision inputs that compare here as they never did in the
+    values seen with the reply ("approve if amount < limit": amount 400 and limit 100,
+    each seen, but never the amount above the limit)."""
+    return [f"{a} {'<=>'[_compare(bindings.get(a), bindings.get(b)) + 1]} {b}"
+            for (a, b), seen in view.orders.items()
+            if _compare(bindings.get(a), bindings.get(b)) not in seen | {None}]
 
 
 def _ordered(value: Any) -> tuple[str, Any] | None:
@@ -579,6 +611,11 @@ def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: Tr
             return Judgement("verify", f"decision input(s) {', '.join(beyond)} never reach the reply, and this "
                                        "number or date lies beyond the values verified with it (a limit may lie "
                                        "there)", "inputs")
+        reordered = _reordered(view, bindings) if rules.keep_to_ranges and view.orders else ()
+        if reordered:
+            # Each within its range, but the decision may compare the two with each other.
+            return Judgement("verify", f"decision inputs compare here as they never did with this reply "
+                                       f"({', '.join(reordered)}): a decision may compare them", "inputs")
         return SERVE_NEW_INPUTS
     if _values(bindings, view.slots or tuple(sorted(bindings))) in view.seen:
         return SERVE_SEEN  # the values of a recorded or verified run: that answer is known

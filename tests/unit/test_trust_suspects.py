@@ -38,6 +38,30 @@ def test_freed_inputs_in_a_combination_never_verified_are_served_and_re_checked_
     assert result.trust == "new-inputs", "a never-seen combination must be a sampled kind of hit"
 
 
+def test_with_ranges_kept_two_freed_numbers_compared_as_never_before_are_verified(tmp_path):
+    # butter_verify_ranges is the rule for numbers a decision compares: amount 400 and limit
+    # 100 lie each within its range, but the amount was never above the limit.
+    cache = Cache(tmp_path / "db", trust=TrustRules(promote_after=2, free_inputs_after=3, keep_to_ranges=True))
+    freed_amount_and_limit(cache)
+    assert isinstance(cache.lookup("ns", ask(approval("35", "700"))), Hit), "amount below the limit: served"
+    result = cache.lookup("ns", ask(approval("400", "100")))
+    assert isinstance(result, Miss) and result.reason == "verify", served_text(result)
+    assert "v1 > v2" in result.detail
+    outcome = trust_ledger.conclude(cache.backend, result.verify, answer("declined"), cache.trust)
+    assert outcome.event == "demoted"
+
+
+def test_an_agreement_with_two_numbers_compared_the_other_way_serves_that_order_next():
+    rules = TrustRules(promote_after=2, free_inputs_after=3, keep_to_ranges=True)
+    runs = [{"v1": a, "v2": b} for a, b in (("10", "100"), ("20", "200"), ("400", "1000"), ("30", "300"))]
+    entry = {**learned_entry({"v1", "v2"}, set(), runs, 1.0), "state": TRUSTED, "inputs_free": True}
+    assert judge(entry, {"v1": "300", "v2": "150"}, rules).action == "verify"
+    assert judge(entry, {"v1": "300", "v2": "150"}, TrustRules(free_inputs_after=3)).action == "serve", \
+        "without ranges kept, no order is kept either"
+    entry, _ = trust.after_verification(entry, {"v1": "200", "v2": "100"}, True, rules, "", 2.0)
+    assert judge(entry, {"v1": "300", "v2": "150"}, rules) == trust.SERVE_NEW_INPUTS
+
+
 # -- 2. names joined by "/" or ":" ---------------------------------------------------------------
 
 def test_a_place_joined_by_a_slash_or_a_colon_is_prose_the_model_may_rewrite_not_a_machine_name(tmp_path):
@@ -111,8 +135,12 @@ def test_a_demotion_kept_in_a_cassette_survives_import_and_learning_again(tmp_pa
 # -- 4. a declared recording and a learned template's trust --------------------------------------
 
 def test_a_request_recorded_with_butter_bindings_leaves_a_demoted_learned_template_demoted(tmp_path):
+    # note_declared replaces the entry at its key whole, but a declared template node is
+    # marked as declared in its content: even with the learned slot's very name, its node
+    # (and so its key) is never a learned template's.
     cache = Cache(tmp_path / "db", trust=RULES)
     demoted = demoted_prime_template(cache)
-    cache.record_bound("ns", ask("Is 11 prime?"), answer("yes"), {"v1": "11"})
+    declared = cache.record_bound("ns", ask("Is 11 prime?"), answer("yes"), {"v1": "11"})
+    assert declared != demoted.node_id
     entry = trust_ledger.read(cache.backend, demoted.node_id, demoted.reply_id)
     assert entry["state"] == DEMOTED and entry["source"] == "learned", entry
