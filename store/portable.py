@@ -327,7 +327,7 @@ def import_records(backend: LmdbBackend, header: dict, records: Iterable[dict], 
         else:
             value = record["value"]
             if record["table"] == trust.TABLE:
-                value = trust.dated_on_import(value, now)  # a cassette's carry no clock
+                value = trust.dated_on_import(value, now)  # older than a node here, it would start over
             batch["aux"].append((record["table"], remap.aux_key(bytes.fromhex(record["key"])), value))
             report.read["aux"] += 1
         pending += 1

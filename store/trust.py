@@ -66,7 +66,7 @@ Public API
         prose-shaped slots inside tool-call arguments that only the user's words held
     declared_entry(now) -> dict
     merge_learned(existing, fresh, node_created) -> dict    a template learned again
-    dated_on_import(entry, now) -> entry            a cassette's entry (no clock) as an import stores it
+    dated_on_import(entry, now) -> entry            an imported entry, dated by its import
     Judgement(action, why, kind)   action: "serve" | "verify" | "refuse"
     VERIFY_CONTESTED               what a "new-inputs" serve becomes at a node holding another answer
     prepare(entry, ranges) -> View                  an entry ready for the hit path
@@ -419,11 +419,11 @@ def _abbreviated(value: str) -> bool:
 
 
 def _words_joined(value: str) -> bool:
-    """Whether a "/" or ":" joins words, not a path's or an address's parts: a place and its
+    """Whether a "/", "\\" or ":" joins words, not a path's or an address's parts: a place and its
     country ("Milan/Italy", "paris:france", "Rome/IT"), which a model writes into a call its
     own way ("Milan, Italy"). Every part is letters only; a path ("docs/q3", "src/main.py",
     "/home/ann") or an address ("localhost:8080") has a part that is not."""
-    parts = re.split(r"[/:]", value)
+    parts = re.split(r"[/\\:]", value)
     return len(parts) > 1 and all(p.isalpha() for p in parts)
 
 
@@ -507,12 +507,13 @@ def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0)
 
 
 def dated_on_import(entry: Any, now: float) -> Any:
-    """A trust entry as an import stores it. A cassette's carry no clock (`since` 0): dated
-    by the import, so a template node that already stands keeps it when learned again
-    (`merge_learned` starts over only for an entry older than its node: a demotion the
-    cassette holds must not be lost), while one forgotten after the import still starts over."""
-    if isinstance(entry, dict) and not entry.get("since"):
-        return {**entry, "since": now}
+    """A trust entry as an import stores it: dated by the import. `merge_learned` starts an
+    entry over when it is older than its node (the template was forgotten and learned anew),
+    but an imported entry's own time says nothing of this database's nodes (a cassette's has
+    none: 0): undated, a demotion it brings for a node that already stood here would be lost
+    the next time the template is learned. A node forgotten after the import still starts over."""
+    if isinstance(entry, dict):
+        return {**entry, "since": max(now, entry.get("since") or 0)}
     return entry
 
 

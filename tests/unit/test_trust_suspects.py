@@ -68,14 +68,16 @@ def test_a_place_joined_by_a_slash_or_a_colon_is_prose_the_model_may_rewrite_not
     cache = Cache(tmp_path / "db", trust=RULES)
     teach_and_promote(cache, rewrite)
     # search_location(query="Milan, Italy") is what a model writes for the user's "Milan/Italy".
-    for city in ("Milan/Italy", "Paris:France", "Paris: France", "Rome/IT", "milan/italy", "Sao Paulo/Brazil"):
+    for city in ("Milan/Italy", "Paris:France", "Paris: France", "Rome/IT", "milan/italy", "Milan\\Italy",
+                 "Sao Paulo/Brazil"):
         result = cache.lookup("ns", ask(f"What is the weather in {city}?"))
         assert isinstance(result, Miss) and result.verify is not None, (city, result)
         assert result.verify.trust == "rewritable", (city, result.detail)
     pending = cache.lookup("ns", ask("What is the weather in Milan/Italy?"))
     outcome = trust_ledger.conclude(cache.backend, pending.verify, rewrite("Milan, Italy"), RULES)
     assert outcome.event == "rewritten", "the model's own spelling, not a wrong template"
-    for name in ("docs/q3", "localhost:8080", "src/main.py", "/home/ann", "C:/Users/me.txt", "john_doe", "v1.2"):
+    for name in ("docs/q3", "localhost:8080", "src/main.py", "/home/ann", "C:/Users/me.txt", "C:\\Users\\ann\\q3.txt",
+                 "john_doe", "v1.2"):
         assert trust.kept_as_given(name), name
 
 
@@ -130,6 +132,21 @@ def test_a_demotion_kept_in_a_cassette_survives_import_and_learning_again(tmp_pa
     teach(live, ("Is 37 prime?", "yes"), ("Is 41 prime?", "yes"))
     entry = trust_ledger.read(live.backend, demoted.node_id, demoted.reply_id)
     assert entry["state"] == DEMOTED, entry
+
+
+def test_a_demotion_brought_by_an_export_survives_learning_again_where_the_node_is_newer(tmp_path):
+    from butter.store.portable import write_export
+    recorded = Cache(tmp_path / "export-db", trust=RULES)
+    demoted = demoted_prime_template(recorded)
+    out = io.StringIO()
+    write_export(recorded.backend, out)
+    live = Cache(tmp_path / "live-db", trust=RULES)
+    teach(live, ("Is 4 prime?", "no"), ("Is 6 prime?", "no"))  # the node stands here, created after the demotion
+    assert live.backend.node(demoted.node_id).created > trust_ledger.read(recorded.backend, demoted.node_id,
+                                                                         demoted.reply_id)["since"]
+    import_text(live, out.getvalue())
+    teach(live, ("Is 37 prime?", "yes"), ("Is 41 prime?", "yes"))
+    assert trust_ledger.read(live.backend, demoted.node_id, demoted.reply_id)["state"] == DEMOTED
 
 
 # -- 4. a declared recording and a learned template's trust --------------------------------------
