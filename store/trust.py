@@ -103,7 +103,7 @@ KEPT_AS_GIVEN = frozenset({"number", "identifier", "email"})
 # An ISO date (the form tools ask for), or one token joined by the punctuation
 # of names machines read (report.txt, john_doe, docs/q3, localhost:8080): a tool
 # resolves these as written, so a model that rewrote one would break its call. Not words
-# joined by "/" or ":" ("Milan/Italy"), nor an abbreviation ("L.A."): prose the model may rewrite.
+# joined by "/", "\\" or ":" ("Milan/Italy"), nor an abbreviation ("L.A."): prose the model may rewrite.
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # A plain decimal number: what a threshold is compared with ("1,234.50" or
 # "1e3" is not one: a value in another form than the seen ones is verified).
