@@ -66,9 +66,10 @@ def add_options(loader) -> None:
                       "never reach its reply) before new values of them are served.")
     loader.add_option("butter_verify_ranges", bool, False,
                       "Serve new values of freed decision inputs that are numbers or ISO dates only within the "
-                      "range verified with the template (a limit may lie beyond it); each side opens after "
-                      "butter_verify_inputs_min agreements beyond it. Costs verifications on data with many "
-                      "numeric fields.")
+                      "range verified with the template (a limit may lie beyond it), and two of them only "
+                      "compared as in the values seen (an amount above a limit); each side opens after "
+                      "butter_verify_inputs_min agreements beyond it, an order after one. Costs verifications "
+                      "on data with many numeric fields.")
     loader.add_option("butter_verify_rewritable_min", int, 0,
                       "Values of a rewritable slot (the user's words the model writes into a tool call: a city, "
                       "a name) seen copied verbatim, with none ever rewritten, before new values are served "

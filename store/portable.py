@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
+from . import trust
 from .lmdb_backend import SCHEMA_VERSION, LmdbBackend
 from .tree import child_id, root_id
 
@@ -287,6 +289,7 @@ def import_records(backend: LmdbBackend, header: dict, records: Iterable[dict], 
     walks the tree meanwhile sees a shorter tree, never a broken one.
     """
     report = ImportReport(header)
+    now = time.time()
     secret = header.get("secret")
     if secret and namespace is None and bytes.fromhex(secret) != backend.secret:
         report.secret_adopted = backend.adopt_secret(bytes.fromhex(secret))
@@ -322,7 +325,10 @@ def import_records(backend: LmdbBackend, header: dict, records: Iterable[dict], 
             batch["replies" if kind == "reply" else "stats"].append((key, row))
             report.read["replies" if kind == "reply" else "stats"] += 1
         else:
-            batch["aux"].append((record["table"], remap.aux_key(bytes.fromhex(record["key"])), record["value"]))
+            value = record["value"]
+            if record["table"] == trust.TABLE:
+                value = trust.dated_on_import(value, now)  # older than a node here, it would start over
+            batch["aux"].append((record["table"], remap.aux_key(bytes.fromhex(record["key"])), value))
             report.read["aux"] += 1
         pending += 1
         if on_record is not None:

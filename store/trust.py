@@ -33,7 +33,9 @@ served and re-checked at a sampled rate (the addon's `butter_verify_inputs_sampl
 `keep_to_ranges` (option butter_verify_ranges), a number or an ISO date
 beyond the range of the values seen with the reply (or in another form) is
 verified first, as a limit may lie there, until `free_inputs_after` values
-beyond it on that side agreed.
+beyond it on that side agreed; and two such inputs of one kind that compare
+as they never did in the values seen (an amount above a limit) are verified,
+until one agreement shows that order.
 
 Slots the reply writes inside a tool call's arguments, with a value of
 prose shape (a city, a name; not a number, an id or an e-mail) that the
@@ -68,6 +70,7 @@ Public API
         prose-shaped slots inside tool-call arguments that only the user's words held
     declared_entry(now) -> dict
     merge_learned(existing, fresh, node_created) -> dict    a template learned again
+    dated_on_import(entry, now) -> entry            an imported entry, dated by its import
     Judgement(action, why, kind)   action: "serve" | "verify" | "refuse"
     VERIFY_CONTESTED               what a "new-inputs" serve becomes at a node holding another answer
     prepare(entry, ranges) -> View                  an entry ready for the hit path
@@ -102,8 +105,9 @@ MAX_SEEN = 128  # value tuples remembered per template; older ones fall out (the
 # except values a tool takes literally (`kept_as_given`).
 KEPT_AS_GIVEN = frozenset({"number", "identifier", "email"})
 # An ISO date (the form tools ask for), or one token joined by the punctuation
-# of names machines read (report.txt, john_doe, docs/q3, host:port): a tool
-# resolves these as written, so a model that rewrote one would break its call.
+# of names machines read (report.txt, john_doe, docs/q3, localhost:8080): a tool
+# resolves these as written, so a model that rewrote one would break its call. Not words
+# joined by "/", "\\" or ":" ("Milan/Italy"), nor an abbreviation ("L.A."): prose the model may rewrite.
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # A plain decimal number: what a threshold is compared with ("1,234.50" or
 # "1e3" is not one: a value in another form than the seen ones is verified).
@@ -193,6 +197,8 @@ class View:
     # more of its distinct values seen and its agreements on new values (`input_values`).
     input_columns: Mapping[str, frozenset] = None
     input_evidence: Mapping[str, int] = None
+    # (input, input) -> how the two compared in the values seen (-1, 0, 1) (`_orders`).
+    orders: Mapping[tuple[str, str], frozenset] = None
 
 
 def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
@@ -209,7 +215,7 @@ def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
                 rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable},
                 frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
                 {name: tuple(whole[name]) for name in rewritable if whole.get(name)},
-                _ranges(entry) if ranges else {}, *_input_evidence(entry))
+                _ranges(entry) if ranges else {}, *_input_evidence(entry), orders=_orders(entry) if ranges else {})
 
 
 def _input_evidence(entry: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -233,6 +239,34 @@ def _ranges(entry: Mapping[str, Any]) -> dict[str, tuple]:
     beyond = entry.get("extrapolated") or {}
     return {name: (*bounds, *beyond.get(name, (0, 0)))
             for name, bounds in ordered_ranges(inputs, entry.get("seen_inputs", ())).items()}
+
+
+def _orders(entry: Mapping[str, Any]) -> dict[tuple[str, str], frozenset]:
+    """For each pair of decision inputs that both have a range of one kind (two numbers,
+    two dates): how they compared in each value tuple seen with the reply (-1, 0, 1)."""
+    inputs = tuple(entry.get("inputs") or ())
+    rows = [tuple(row) for row in entry.get("seen_inputs", ())]
+    kinds = ordered_ranges(inputs, rows)
+    names = sorted(kinds, key=inputs.index)
+    return {(a, b): frozenset(_compare(row[inputs.index(a)], row[inputs.index(b)]) for row in rows)
+            for i, a in enumerate(names) for b in names[i + 1:] if kinds[a][0] == kinds[b][0]}
+
+
+def _compare(a: Any, b: Any) -> int | None:
+    """-1, 0 or 1 as `a` is below, equal to or above `b` (None: not of one ordered kind)."""
+    x, y = _ordered(a), _ordered(b)
+    if x is None or y is None or x[0] != y[0]:
+        return None
+    return (x[1] > y[1]) - (x[1] < y[1])
+
+
+def _reordered(view: View, bindings: Mapping[str, str]) -> list[str]:
+    """The pairs of ordered decision inputs that compare here as they never did in the
+    values seen with the reply ("approve if amount < limit": amount 400 and limit 100,
+    each seen, but never the amount above the limit)."""
+    return [f"{a} {'<=>'[_compare(bindings.get(a), bindings.get(b)) + 1]} {b}"
+            for (a, b), seen in view.orders.items()
+            if _compare(bindings.get(a), bindings.get(b)) not in seen | {None}]
 
 
 def _ordered(value: Any) -> tuple[str, Any] | None:
@@ -372,7 +406,8 @@ def kept_as_given(value: str | None) -> bool:
     if _ISO_DATE.fullmatch(value):
         return True
     # Another date's form (14/03/2027, 09:30) is one the model may well rewrite.
-    return not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None and not _abbreviated(value)
+    return (not fits("date", value) and _MACHINE_NAME.fullmatch(value) is not None and not _abbreviated(value)
+            and not _words_joined(value))
 
 
 def _abbreviated(value: str) -> bool:
@@ -385,6 +420,15 @@ def _abbreviated(value: str) -> bool:
         return False
     return (value.endswith(".") or all(len(p) == 1 and p.isalpha() for p in parts)
             or any(p.isalpha() and p[0].isupper() for p in parts[1:]))
+
+
+def _words_joined(value: str) -> bool:
+    """Whether a "/", "\\" or ":" joins words, not a path's or an address's parts: a place and its
+    country ("Milan/Italy", "paris:france", "Rome/IT"), which a model writes into a call its
+    own way ("Milan, Italy"). Every part is letters only; a path ("docs/q3", "src/main.py",
+    "/home/ann") or an address ("localhost:8080") has a part that is not."""
+    parts = re.split(r"[/\\:]", value)
+    return len(parts) > 1 and all(p.isalpha() for p in parts)
 
 
 def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str, str]) -> Mapping[str, Any]:
@@ -488,6 +532,17 @@ def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0)
     return merged
 
 
+def dated_on_import(entry: Any, now: float) -> Any:
+    """A trust entry as an import stores it: dated by the import. `merge_learned` starts an
+    entry over when it is older than its node (the template was forgotten and learned anew),
+    but an imported entry's own time says nothing of this database's nodes (a cassette's has
+    none: 0): undated, a demotion it brings for a node that already stood here would be lost
+    the next time the template is learned. A node forgotten after the import still starts over."""
+    if isinstance(entry, dict):
+        return {**entry, "since": max(now, entry.get("since") or 0)}
+    return entry
+
+
 def _remember(entry: dict, bindings: Mapping[str, str]) -> tuple[bool, bool]:
     """Add this run's values; (were all its values new, were its decision-input values new)."""
     full = _values(bindings, entry["slots"] or sorted(bindings))
@@ -589,6 +644,11 @@ def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: Tr
             return Judgement("verify", f"decision input(s) {', '.join(beyond)} {_MAY_DECIDE}, and this "
                                        "number or date lies beyond the values verified with it (a limit may lie "
                                        "there)", "inputs")
+        reordered = _reordered(view, bindings) if rules.keep_to_ranges and view.orders else ()
+        if reordered:
+            # Each within its range, but the decision may compare the two with each other.
+            return Judgement("verify", f"decision inputs compare here as they never did with this reply "
+                                       f"({', '.join(reordered)}): a decision may compare them", "inputs")
         return SERVE_NEW_INPUTS
     if _values(bindings, view.slots or tuple(sorted(bindings))) in view.seen:
         return SERVE_SEEN  # the values of a recorded or verified run: that answer is known

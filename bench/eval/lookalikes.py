@@ -121,6 +121,24 @@ def list_length(r: random.Random, same: bool) -> list[Turn]:
     return [Turn(f"Find a {cuisine} restaurant near {postcode}.", TOOLS, steps)]
 
 
+def amount_vs_balance(r: random.Random, same: bool) -> list[Turn]:
+    """Two numbers that decide together: an invoice's amount (the user's) against the
+    balance (a tool's). The look-alikes keep each within the values seen on the paying
+    side, but the amount is above the balance."""
+    account = _account(r)
+    if same:
+        amount = round(r.uniform(20, 900), 2)
+        value = round(amount + r.uniform(50, 2000), 2)
+    else:
+        amount = round(r.uniform(400, 900), 2)
+        value = round(r.uniform(100, amount - 100), 2)
+    result = {"account": account, "balance": value, "currency": "EUR"}
+    answer = ("Yes, there is enough to settle the bill." if value >= amount
+              else "No, there is not enough to settle the bill.")
+    return [Turn(f"Does {account} have enough funds to settle a bill of {amount} EUR today?", TOOLS, (
+        call("get_balance", {"account": account}, result), say(answer)))]
+
+
 # (as the user writes it, as the model writes it in the tool call)
 VERBATIM = ["Porto", "Lyon", "Graz", "Leeds", "Turku", "Ghent", "Bergen", "Bilbao", "Utrecht", "Aarhus", "Tartu",
             "Malmo", "Cork", "Brno", "Split", "Basel"]
@@ -152,10 +170,15 @@ SETS: dict[str, tuple[str, Callable[[random.Random, bool], list[Turn]], str]] = 
 }
 
 
+# Only in the rare-branches workload (it has live traffic on one side): two freed inputs
+# that decide together, each within its range (butter_verify_ranges keeps their order).
+COMPARED_SETS = {"amount-vs-balance": ("two numbers compared (amount above the balance)", amount_vs_balance, SYSTEM)}
+
+
 def build(recorded: int = 2, held_out: int = 4, negatives: int = 4, probation: int = 8, negative_share: float = 0.34,
-          seed: str = "lookalike", only: tuple[str, ...] = ()) -> Workload:
+          seed: str = "lookalike", only: tuple[str, ...] = (), extra: dict | None = None) -> Workload:
     flows, sets = [], {}
-    for name, (label, make, system) in SETS.items():
+    for name, (label, make, system) in {**SETS, **(extra or {})}.items():
         if only and name not in only:
             continue
         r = random.Random(f"{seed}:{name}")
@@ -188,7 +211,7 @@ def build_rare(held_out: int = 4, negatives: int = 4, probation: int = 12) -> Wo
     and the look-alikes come after (measured on replay). Only keeping freed
     inputs to the range verified (butter_verify_ranges) tells them apart."""
     workload = build(held_out=held_out, negatives=negatives, probation=probation, negative_share=0.0,
-                     seed="rare", only=ORDERED_SETS)
+                     seed="rare", only=ORDERED_SETS + tuple(COMPARED_SETS), extra=COMPARED_SETS)
     workload.name = "rare branches (the deciding value's other side arrives after probation)"
     workload.note = "live traffic all on one side of a limit, then values beyond it"
     return workload
