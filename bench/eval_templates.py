@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", type=int, default=None, help="held-out runs per flow (default 3; quick 2)")
     parser.add_argument("--workloads", default="own,bfcl,agentdojo,tools,lookalikes",
                         help="comma list of: own, bfcl, agentdojo, tools, lookalikes, rare (not in the default: "
-                             "ordered look-alikes after one-sided live traffic, for butter_verify_ranges)")
+                             "ordered look-alikes after one-sided live traffic, for butter_verify_ranges), late "
+                             "(not in the default: look-alikes whose other side arrives after promotion)")
     parser.add_argument("--verify", choices=("default", "on", "off", "both"), default="default",
                         help="butter_verify for the proxies; 'both' runs every workload with it off, then on")
     parser.add_argument("--ks", default=None, help="comma list: after how many recorded runs to measure (default 1,2,3)")
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if "lookalikes" in wanted:
         from bench.eval import lookalikes
         workloads.append(lookalikes.build(held_out=held_out + 1, negatives=held_out + 1, probation=args.live or 8))
+    if "late" in wanted:
+        from bench.eval import lookalikes
+        workloads.append(lookalikes.build_late(held_out=held_out + 1, negatives=held_out + 1,
+                                               probation=args.live or 12))
     if "rare" in wanted:
         from bench.eval import lookalikes
         workloads.append(lookalikes.build_rare(held_out=held_out + 1, negatives=held_out + 1,

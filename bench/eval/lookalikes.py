@@ -1,4 +1,5 @@
-"""Look-alikes that syntax cannot tell apart: the deciding value is absent from the reply.
+"""Look-alikes that syntax cannot tell apart: the deciding value is absent from the reply,
+or stated in it beside a verdict it decides.
 
 Every flow here is a template a careful induction learns from its recorded
 runs (they differ only in values, and their replies agree), and every
@@ -14,7 +15,10 @@ form of its own:
   (`pending`/`processing` cancel, `shipped` opens a return);
 - a list whose length decides (several results: ask which; one: take it);
 - model-rewritten values (Milan -> "Milano", Warsaw -> "Warszawa",
-  Hangzhou -> "Hangzhou, China" in the tool call).
+  Hangzhou -> "Hangzhou, China" in the tool call);
+- the deciding value stated in the reply ("Yes, 7 is a prime number.",
+  "a balance of 20.5 EUR is too low"): it reaches the reply, and the words
+  around it are still a verdict on it.
 
 Held-out runs keep the recorded answer (other values on the same side of
 the decision); look-alikes change it. `probation` runs are live traffic
@@ -76,6 +80,25 @@ COMPOSITES = [n for n in range(11, 400) if n % 2 and n not in PRIMES]
 def prime(r: random.Random, same: bool) -> list[Turn]:
     n = r.choice(PRIMES if same else COMPOSITES)
     return [Turn(f"Is {n} a prime number? Answer yes or no.", TOOLS, (say("Yes." if n in PRIMES else "No."),))]
+
+
+def prime_stated(r: random.Random, same: bool) -> list[Turn]:
+    """The verdict in a sentence that repeats the number: the value reaches the reply, and the
+    rest of the reply is still decided by it."""
+    n = r.choice(PRIMES if same else COMPOSITES)
+    answer = f"Yes, {n} is a prime number." if n in PRIMES else f"No, {n} is not a prime number."
+    return [Turn(f"Is {n} a prime number?", TOOLS, (say(answer),))]
+
+
+def balance_stated(r: random.Random, same: bool) -> list[Turn]:
+    """The balance from a tool, quoted in the answer, which also says whether it covers the invoice."""
+    account = _account(r)
+    value = round(r.uniform(3, 95), 2) if same else round(r.uniform(150, 9000), 2)
+    result = {"account": account, "balance": value, "currency": "EUR"}
+    answer = (f"No, a balance of {value} EUR is too low to pay the 100.00 EUR invoice." if value < 100
+              else f"Yes, a balance of {value} EUR covers the 100.00 EUR invoice.")
+    return [Turn(f"What is the balance of account {account}, and does it cover an invoice of 100.00 EUR?", TOOLS, (
+        call("get_balance", {"account": account}, result), say(answer)))]
 
 
 def return_window(r: random.Random, same: bool) -> list[Turn]:
@@ -167,6 +190,9 @@ SETS: dict[str, tuple[str, Callable[[random.Random, bool], list[Turn]], str]] = 
     "cancel-status": ("enum status decides the next call", cancel_status, SYSTEM),
     "restaurant-count": ("list length decides (one result)", list_length, SYSTEM),
     "weather-city": ("model-rewritten value (Milan -> Milano)", rewritten, SYSTEM),
+    # The deciding value stated in the reply, which still decides the rest of it.
+    "primes-stated": ("primes, the number stated in the verdict", prime_stated, SYSTEM),
+    "balance-stated": ("balance vs threshold, the balance quoted in the answer", balance_stated, SYSTEM),
 }
 
 
@@ -176,7 +202,9 @@ COMPARED_SETS = {"amount-vs-balance": ("two numbers compared (amount above the b
 
 
 def build(recorded: int = 2, held_out: int = 4, negatives: int = 4, probation: int = 8, negative_share: float = 0.34,
-          seed: str = "lookalike", only: tuple[str, ...] = (), extra: dict | None = None) -> Workload:
+          seed: str = "lookalike", only: tuple[str, ...] = (), extra: dict | None = None,
+          lead: int = 0) -> Workload:
+    """`lead`: live runs on the recorded side before the mixed ones (the other side arrives late)."""
     flows, sets = [], {}
     for name, (label, make, system) in {**SETS, **(extra or {})}.items():
         if only and name not in only:
@@ -193,11 +221,12 @@ def build(recorded: int = 2, held_out: int = 4, negatives: int = 4, probation: i
                 candidate = run(f"rec{len(rec)}", True, cancel_status(r, True, ["pending", "processing"][len(rec) % 2]))
             if all(candidate.turns[0].user != o.turns[0].user for o in rec):
                 rec.append(candidate)
-        live = [run(f"live{i}", r.random() >= negative_share) for i in range(probation)]
+        live = [run(f"live{i}", i < lead or r.random() >= negative_share) for i in range(probation)]
         flows.append(Flow(name, rec, [run(f"held{i}", True) for i in range(held_out)], live))
         sets[label] = [run(f"neg{i}", False) for i in range(negatives)]
-    return Workload("look-alikes (deciding value absent from the reply)", flows, sets,
-                    note="one value decides the answer without appearing in it, or the model rewrites it",
+    return Workload("look-alikes (deciding value absent from the reply, or stated beside its verdict)", flows, sets,
+                    note="one value decides the answer without appearing in it (or beside the words it decides), "
+                         "or the model rewrites it",
                     ks=(1, 2), substitutive=False)
 
 
@@ -214,6 +243,17 @@ def build_rare(held_out: int = 4, negatives: int = 4, probation: int = 12) -> Wo
                      seed="rare", only=ORDERED_SETS + tuple(COMPARED_SETS), extra=COMPARED_SETS)
     workload.name = "rare branches (the deciding value's other side arrives after probation)"
     workload.note = "live traffic all on one side of a limit, then values beyond it"
+    return workload
+
+
+def build_late(held_out: int = 4, negatives: int = 4, probation: int = 12, lead: int = 3) -> Workload:
+    """Every look-alike set with its first `lead` live runs on the recorded side, then the
+    usual mix: a template is promoted (two agreements) before the other side arrives. A
+    deciding value that reaches the reply is then free unless it counts as a decision input
+    (a value the reply states in its text does: docs/trust.md)."""
+    workload = build(held_out=held_out, negatives=negatives, probation=probation, seed="late", lead=lead)
+    workload.name = "late look-alikes (the deciding value's other side arrives after promotion)"
+    workload.note = f"the first {lead} live runs on the recorded side, then mixed"
     return workload
 
 

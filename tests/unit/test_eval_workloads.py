@@ -49,3 +49,15 @@ def test_tool_workflows_have_four_or_more_steps_bare_ids_and_lists_of_varying_le
     flights = next(f for f in workload.flows if f.name.startswith("flight-booking"))
     lengths = {len(json.loads(r.steps()[1].results[0])) for r in flights.recorded + flights.held_out + flights.probation}
     assert len(lengths) > 1
+
+
+def test_late_look_alikes_open_with_live_runs_on_the_recorded_side_and_stated_sets_quote_the_deciding_value():
+    workload = lookalikes.build_late(held_out=2, negatives=2, probation=8, lead=3)
+    assert [f.name for f in workload.flows] == list(lookalikes.SETS)
+    for flow in workload.flows:
+        recorded = outline(flow.recorded[0])
+        assert [outline(r) == recorded for r in flow.probation[:3]] == [True] * 3, flow.name
+    stated = {f.name: f for f in workload.flows}["primes-stated"]
+    for run in stated.recorded + workload.negatives[lookalikes.SETS["primes-stated"][0]]:
+        number = run.turns[0].user.split()[1]
+        assert number in run.steps()[0].reply.content  # the value reaches the reply, beside its verdict
