@@ -140,6 +140,28 @@ def test_a_prime_look_alike_is_answered_by_the_provider_never_by_the_template(
     assert prime(sdk, 7) == ("yes", "hit"), "the recorded run itself is still served"
 
 
+def test_a_number_the_answer_states_beside_its_verdict_is_still_verified_after_the_template_is_promoted(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+
+    def stated(n: int, stream: bool = False) -> tuple[str, str]:
+        message, headers = ask(sdk, conversation(f"Is {n} a prime number?"), stream)
+        return message["content"], headers["butter-cache"]
+
+    assert stated(7)[1] == "miss" and stated(13, stream=True)[1] == "miss"
+    settle(shared_proxy, api_key)
+    verified = Verifications(shared_proxy)
+    for n in (17, 19):  # two primes agree: "Yes, {{n}} is a prime number." is promoted
+        assert stated(n) == (f"Yes, {n} is a prime number.", "verify")
+    assert "(promoted;" in verified.wait(2)[1]
+    assert stated(19) == ("Yes, 19 is a prime number.", "hit"), "a verified value is served"
+    # 8 reaches the answer, yet the words around it are a verdict on it: the provider answers.
+    assert stated(8, stream=True) == ("No, 8 is not a prime number.", "verify")
+    assert "disagreed" in verified.wait(3)[2]
+    assert stated(23)[1] != "hit", "a demoted template answered"
+
+
 def test_a_balance_that_decides_the_answer_is_verified_and_the_run_answered_right(
         shared_proxy, through, value_model_provider, api_key):
     through(shared_proxy)

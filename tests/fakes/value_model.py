@@ -3,6 +3,8 @@
 Three tasks, each with a value that syntax cannot judge:
 
     "Is N prime?"                      -> "yes" / "no": N decides, and never appears in the answer
+    "Is N a prime number?"             -> "Yes, N is a prime number." / "No, N is not ...": N decides,
+                                          and appears in the answer beside the verdict
     "Please pay invoice N."            -> get_balance(invoice); then pay(invoice) when the balance
                                           covers AMOUNT, else "Declined invoice N: ..." (the balance
                                           decides, and never appears in the answer)
@@ -38,6 +40,9 @@ def decide(messages: list[dict]) -> dict:
     results = [json.loads(m["content"]) for m in messages if m["role"] == "tool"]
     if m := re.fullmatch(r"Is (\d+) prime\?", user):
         return {"content": "yes" if is_prime(int(m.group(1))) else "no"}
+    if m := re.fullmatch(r"Is (\d+) a prime number\?", user):
+        n = m.group(1)
+        return {"content": f"Yes, {n} is a prime number." if is_prime(int(n)) else f"No, {n} is not a prime number."}
     if m := re.fullmatch(r"Please pay invoice (\d+)\.", user):
         invoice = m.group(1)
         if not results:
