@@ -13,8 +13,11 @@ request path and learns a template (order id, customer, amount, refund id are
 values; the words are not). A learned template is first verified: runs 3
 and 4 still go to the provider (`butter-cache: verify`), and butter checks
 that the provider answered what the template would have; two agreements
-promote it. The first step, where the customer's name does not reach the
-reply, is verified for five names before new names are served. After that,
+promote it. A value that may decide a reply is verified for five values
+before new ones are served: the customer's name where it does not reach the
+reply (the refund call), and the values the final answer states in its
+text ("Refunded 49.99 to ..."), since such text can be a verdict on them
+(docs/trust.md). After that,
 every request is answered from the tree with the run's own values
 substituted. A last run with a changed
 instruction ("cancel" instead of "refund") shows that a look-alike is never
