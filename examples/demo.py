@@ -15,7 +15,7 @@ and 4 still go to the provider (`butter-cache: verify`), and butter checks
 that the provider answered what the template would have; two agreements
 promote it. A value that may decide a reply is verified for five values
 before new ones are served: the customer's name where it does not reach the
-reply (the refund call), and the values the final answer states in its
+reply (the lookup and the refund call), and the values the final answer states in its
 text ("Refunded 49.99 to ..."), since such text can be a verdict on them
 (docs/trust.md). After that,
 every request is answered from the tree with the run's own values
