@@ -815,8 +815,10 @@ def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) 
     parts = [f"{state}", f"{entry.get('agreements', 0)} of {rules.needed} verified agreements"]
     if inputs:
         freed = "freed" if entry.get("inputs_free") else "not free"
+        stated = [name for name in entry.get("stated") or () if name in inputs]
+        said = f"; the reply states {', '.join(stated)}" if stated else ""
         parts.append(f"decision inputs {', '.join(inputs)} {freed} ({entry.get('input_agreements', 0)} of "
-                     f"{rules.free_inputs_after} verified values; {len(entry.get('seen_inputs', []))} seen)")
+                     f"{rules.free_inputs_after} verified values; {len(entry.get('seen_inputs', []))} seen{said})")
     text = f"{parts[0]} ({'; '.join(parts[1:])})"
     rewritable = entry.get("rewritable") or []
     if rewritable:

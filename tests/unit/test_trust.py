@@ -755,6 +755,7 @@ def test_a_number_the_reply_states_is_a_decision_input_so_promotion_does_not_ser
         assert trust_ledger.conclude(cache.backend, pending.verify, answer(f"Yes, {n} is prime."), RULES).agreed
     entry = trust_ledger.read(cache.backend, pending.verify.node_id, pending.verify.reply_id)
     assert entry["state"] == TRUSTED and entry["stated"] == entry["inputs"] == entry["slots"]
+    assert f"the reply states {entry['stated'][0]}" in trust.describe(entry, RULES)
     assert isinstance(cache.lookup("ns", ask("Is 17 prime?")), Hit), "a verified value is served"
     # The number shows in the reply, yet the rest of the text is a verdict on it.
     result = cache.lookup("ns", ask("Is 8 prime?"))
