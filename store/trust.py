@@ -207,6 +207,7 @@ def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
     rewritable = tuple(entry.get("rewritable") or ())
     verbatim = entry.get("verbatim") or {}
     whole = entry.get("whole") or {}
+    kept = _ranges(entry) if ranges else {}
     return View(entry.get("state", PROBATION), entry.get("source") == "declared", tuple(entry.get("slots") or ()),
                 tuple(entry.get("inputs") or ()), bool(entry.get("inputs_free")),
                 frozenset(tuple(v) for v in entry.get("seen", ())),
@@ -215,7 +216,7 @@ def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
                 rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable},
                 frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
                 {name: tuple(whole[name]) for name in rewritable if whole.get(name)},
-                _ranges(entry) if ranges else {}, *_input_evidence(entry), orders=_orders(entry) if ranges else {})
+                kept, *_input_evidence(entry), orders=_orders(entry, kept) if ranges else {})
 
 
 def _input_evidence(entry: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -241,15 +242,15 @@ def _ranges(entry: Mapping[str, Any]) -> dict[str, tuple]:
             for name, bounds in ordered_ranges(inputs, entry.get("seen_inputs", ())).items()}
 
 
-def _orders(entry: Mapping[str, Any]) -> dict[tuple[str, str], frozenset]:
+def _orders(entry: Mapping[str, Any], ranges: Mapping[str, tuple]) -> dict[tuple[str, str], frozenset]:
     """For each pair of decision inputs that both have a range of one kind (two numbers,
-    two dates): how they compared in each value tuple seen with the reply (-1, 0, 1)."""
+    two dates; `ranges` as `_ranges` gives them): how they compared in each value tuple
+    seen with the reply (-1, 0, 1)."""
     inputs = tuple(entry.get("inputs") or ())
     rows = [tuple(row) for row in entry.get("seen_inputs", ())]
-    kinds = ordered_ranges(inputs, rows)
-    names = sorted(kinds, key=inputs.index)
+    names = sorted(ranges, key=inputs.index)
     return {(a, b): frozenset(_compare(row[inputs.index(a)], row[inputs.index(b)]) for row in rows)
-            for i, a in enumerate(names) for b in names[i + 1:] if kinds[a][0] == kinds[b][0]}
+            for i, a in enumerate(names) for b in names[i + 1:] if ranges[a][0] == ranges[b][0]}
 
 
 def _compare(a: Any, b: Any) -> int | None:
@@ -264,9 +265,12 @@ def _reordered(view: View, bindings: Mapping[str, str]) -> list[str]:
     """The pairs of ordered decision inputs that compare here as they never did in the
     values seen with the reply ("approve if amount < limit": amount 400 and limit 100,
     each seen, but never the amount above the limit)."""
-    return [f"{a} {'<=>'[_compare(bindings.get(a), bindings.get(b)) + 1]} {b}"
-            for (a, b), seen in view.orders.items()
-            if _compare(bindings.get(a), bindings.get(b)) not in seen | {None}]
+    found = []
+    for (a, b), seen in view.orders.items():
+        order = _compare(bindings.get(a), bindings.get(b))
+        if order is not None and order not in seen:
+            found.append(f"{a} {'<=>'[order + 1]} {b}")
+    return found
 
 
 def _ordered(value: Any) -> tuple[str, Any] | None:
