@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import partial
 from typing import Callable
 
 from .script import Run, Turn
@@ -63,14 +64,21 @@ def _order(r: random.Random) -> str:
 
 # -- each set: (make(r, same_answer: bool) -> turns) ---------------------------------------------
 
-def balance(r: random.Random, same: bool) -> list[Turn]:
+def balance(r: random.Random, same: bool, stated: bool = False) -> list[Turn]:
+    """`stated`: the answer quotes the balance beside its verdict (and the question differs,
+    so the two sets never share a tree path)."""
     account = _account(r)
     value = round(r.uniform(3, 95), 2) if same else round(r.uniform(150, 9000), 2)
     result = {"account": account, "balance": value, "currency": "EUR"}
-    answer = ("No, the balance is too low to pay the 100.00 EUR invoice." if value < 100
-              else "Yes, the balance covers the 100.00 EUR invoice.")
-    return [Turn(f"Can account {account} pay an invoice of 100.00 EUR?", TOOLS, (
-        call("get_balance", {"account": account}, result), say(answer)))]
+    if stated:
+        question = f"What is the balance of account {account}, and does it cover an invoice of 100.00 EUR?"
+        answer = (f"No, a balance of {value} EUR is too low to pay the 100.00 EUR invoice." if value < 100
+                  else f"Yes, a balance of {value} EUR covers the 100.00 EUR invoice.")
+    else:
+        question = f"Can account {account} pay an invoice of 100.00 EUR?"
+        answer = ("No, the balance is too low to pay the 100.00 EUR invoice." if value < 100
+                  else "Yes, the balance covers the 100.00 EUR invoice.")
+    return [Turn(question, TOOLS, (call("get_balance", {"account": account}, result), say(answer)))]
 
 
 PRIMES = [p for p in range(11, 400) if all(p % d for d in range(2, int(p ** 0.5) + 1))]
@@ -88,17 +96,6 @@ def prime_stated(r: random.Random, same: bool) -> list[Turn]:
     n = r.choice(PRIMES if same else COMPOSITES)
     answer = f"Yes, {n} is a prime number." if n in PRIMES else f"No, {n} is not a prime number."
     return [Turn(f"Is {n} a prime number?", TOOLS, (say(answer),))]
-
-
-def balance_stated(r: random.Random, same: bool) -> list[Turn]:
-    """The balance from a tool, quoted in the answer, which also says whether it covers the invoice."""
-    account = _account(r)
-    value = round(r.uniform(3, 95), 2) if same else round(r.uniform(150, 9000), 2)
-    result = {"account": account, "balance": value, "currency": "EUR"}
-    answer = (f"No, a balance of {value} EUR is too low to pay the 100.00 EUR invoice." if value < 100
-              else f"Yes, a balance of {value} EUR covers the 100.00 EUR invoice.")
-    return [Turn(f"What is the balance of account {account}, and does it cover an invoice of 100.00 EUR?", TOOLS, (
-        call("get_balance", {"account": account}, result), say(answer)))]
 
 
 def return_window(r: random.Random, same: bool) -> list[Turn]:
@@ -192,7 +189,8 @@ SETS: dict[str, tuple[str, Callable[[random.Random, bool], list[Turn]], str]] = 
     "weather-city": ("model-rewritten value (Milan -> Milano)", rewritten, SYSTEM),
     # The deciding value stated in the reply, which still decides the rest of it.
     "primes-stated": ("primes, the number stated in the verdict", prime_stated, SYSTEM),
-    "balance-stated": ("balance vs threshold, the balance quoted in the answer", balance_stated, SYSTEM),
+    "balance-stated": ("balance vs threshold, the balance quoted in the answer", partial(balance, stated=True),
+                       SYSTEM),
 }
 
 
