@@ -404,6 +404,9 @@ async def test_a_slow_induction_delays_no_response(tmp_path, monkeypatch):
         await answered("Please refund order 9876.")
         assert events == ["answered miss", "answered hit", "answered miss", "answered hit"]
         release.set()
+        # The writer records each miss, then hands it to induction: wait for the writer
+        # first, or the no-op below may run before the second miss's job is queued.
+        addon._drain_future().result(timeout=30)
         addon.inducer.submit(lambda: None).result(timeout=30)
         assert events[4:] == ["induction finished", "induction finished"]
         third = await answered("Please refund order 5555.")
