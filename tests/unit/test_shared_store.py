@@ -132,6 +132,8 @@ def test_writes_made_while_redis_is_down_reach_the_others_when_it_returns(tmp_pa
         a, b = Cache(url("a")), Cache(url("b"))
         ns = a.namespace(None)
         a.record(ns, conv("before"), {"text": "1"})
+        # a's publisher thread sends the write; b's promise starts once it reached Redis.
+        assert eventually(lambda: a.backend.queued() == 0)
         assert isinstance(b.lookup(ns, conv("before")), Hit)
         # Captured from the kill on: the replicas' background readers may notice the outage
         # at once, before the test's next line runs.
@@ -243,6 +245,7 @@ def test_the_cli_inspects_and_steers_a_shared_tree_and_every_replica_sees_the_ch
     ns = proxy.namespace(None)
     proxy.record(ns, conv("refund order 1234"), {"text": "done"})
     proxy.record(ns, conv("cancel order 77"), {"text": "cancelled"})
+    assert eventually(lambda: proxy.backend.queued() == 0), "the proxy's writes reach Redis before the CLI opens"
     node = plan_record(conv("refund order 1234"), ns)[1].hex()
     url = shared_store_url("cli")
     try:
