@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from . import feedback
+from . import feedback, trust, trust_ledger
 from .lmdb_backend import LmdbBackend
 from .model import StoredReply
 from .tree import ServePolicy
@@ -25,6 +25,10 @@ from .tree import ServePolicy
 # Subtree tops deleted per write transaction: big enough to be quick, small
 # enough that a proxy's queued recording never waits long behind a prune.
 BATCH = 64
+# Side tables keyed by node id: their rows say something about that node, so they
+# go with it. Left behind, a template's trust only takes room and travels in every
+# export (a template learned again starts over anyway: trust.merge_learned).
+NODE_TABLES = (trust.TABLE,)
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,7 @@ def delete(backend: LmdbBackend, tops: list[bytes], unused_since: float | None =
     removed = Removed()
     for start in range(0, len(tops), BATCH):
         batch = tops[start:start + BATCH]
-        tops_deleted, nodes, replies = backend.delete_subtrees(batch, unused_since)
+        tops_deleted, nodes, replies = backend.delete_subtrees(batch, unused_since, NODE_TABLES)
         removed.tops += tops_deleted
         removed.nodes += nodes
         removed.replies += replies
@@ -182,7 +186,10 @@ def prune(backend: LmdbBackend, unused_for: float, *, now: float | None = None, 
         on_plan(len(tops))
     if dry_run:
         return _dry(backend, nodes, tops)
-    return delete(backend, tops, unused_since=cutoff, on_batch=on_batch)
+    removed = delete(backend, tops, unused_since=cutoff, on_batch=on_batch)
+    for table in NODE_TABLES:  # what a prune or forget by an older butter left behind
+        backend.delete_orphaned_aux(table, trust_ledger.ID)
+    return removed
 
 
 def clear(backend: LmdbBackend, namespace: str | None, *, dry_run: bool = False,

@@ -784,12 +784,17 @@ class LmdbBackend:
                              max(raw.get("created", 0.0), last.get(node_id, 0.0))))
             return rows
 
-    def delete_subtrees(self, tops: list[bytes], unused_since: float | None = None) -> tuple[int, int, int]:
+    def delete_subtrees(self, tops: list[bytes], unused_since: float | None = None,
+                        node_tables: Iterable[str] = ()) -> tuple[int, int, int]:
         """Delete each top node with everything below it: nodes, edges, replies,
-        stats. One write transaction, so a proxy recording at the same moment
-        sees the subtree whole or gone, never half. With `unused_since`, a
-        subtree used at or after that time (re-checked inside the transaction)
-        is kept. Returns (tops, nodes, replies) deleted."""
+        stats, and the rows of the side tables `node_tables` whose keys start
+        with a deleted node's id (a template's trust). One write transaction, so
+        a proxy recording at the same moment sees the subtree whole or gone,
+        never half. With `unused_since`, a subtree used at or after that time
+        (re-checked inside the transaction) is kept. Returns (tops, nodes,
+        replies) deleted."""
+        prefixes = [_aux_key(table, b"") for table in node_tables]
+
         def write(txn: lmdb.Transaction) -> tuple[int, int, int]:
             deleted = nodes = replies = 0
             for top in tops:
@@ -809,11 +814,34 @@ class LmdbBackend:
                     txn.delete(node_id, db=self.stats_db)
                     _delete_prefix(txn, self.children, node_id)
                     replies += _delete_prefix(txn, self.replies_db, node_id)
+                    for prefix in prefixes:
+                        _delete_prefix(txn, self.aux, prefix + node_id)
                 nodes += len(ids)
                 deleted += 1
             if deleted:
                 _bump_template_generation(txn, self.meta)  # templates may be among them
             return deleted, nodes, replies
+
+        return self._write(write)
+
+    def delete_orphaned_aux(self, table: str, id_length: int) -> int:
+        """Delete the rows of a side table keyed by node id (its first `id_length`
+        bytes) whose node is gone: left by a deletion from before `node_tables`.
+        One write transaction, so a node recorded meanwhile keeps its rows."""
+        prefix = _aux_key(table, b"")
+
+        def write(txn: lmdb.Transaction) -> int:
+            cur, doomed = txn.cursor(db=self.aux), []
+            if cur.set_range(prefix):
+                for key in cur.iternext(keys=True, values=False):
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        break
+                    if txn.get(key[len(prefix):len(prefix) + id_length], db=self.nodes) is None:
+                        doomed.append(key)
+            for key in doomed:
+                txn.delete(key, db=self.aux)
+            return len(doomed)
 
         return self._write(write)
 

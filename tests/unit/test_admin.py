@@ -7,7 +7,7 @@ import time
 import lmdb.verify
 import pytest
 
-from butter.store import Cache, Conversation, Hit, Miss, admin
+from butter.store import Cache, Conversation, Hit, Miss, admin, trust, trust_ledger
 from butter.store.admin import NodeUsage
 from butter.store.lmdb_backend import ID, LmdbBackend
 from butter.store.tree import child_id, root_id
@@ -47,6 +47,9 @@ def consistent(backend: LmdbBackend) -> list[str]:
         for key, _ in txn.cursor(db=backend.stats_db):
             if bytes(key) not in nodes:
                 problems.append(f"stats for missing node {bytes(key).hex()}")
+    for key, _ in backend.iter_aux(trust.TABLE):
+        if key[:ID] not in nodes:
+            problems.append(f"trust for missing node {key[:ID].hex()}")
     for record in backend.iter_nodes():
         if record.parent is not None and record.parent not in nodes:
             problems.append(f"node {record.node_id.hex()} has no parent")
@@ -75,6 +78,34 @@ def test_forget_removes_the_node_its_subtree_and_replies_and_nothing_else(cache)
     assert isinstance(cache.lookup("ns:u", a), Miss) and isinstance(cache.lookup("ns:u", ab), Miss)
     assert isinstance(cache.lookup("ns:u", c_), Hit), "a sibling branch was touched"
     assert cache.backend.node(path_ids("ns:u", a)[-2]) is not None, "the parent went too"
+    assert consistent(cache.backend) == []
+
+
+def learn(cache: Cache, *questions: str) -> None:
+    for question in questions:
+        c = Conversation(CTX, ({"role": "user", "content": question},))
+        cache.record("ns:u", c, {"text": "noted " + question.split()[-1]})
+        cache.induce("ns:u", c)
+
+
+def test_forget_takes_the_trust_of_the_templates_below_it_and_leaves_the_others(cache):
+    learn(cache, "refund order 1001", "refund order 2002", "cancel booking ABC-1", "cancel booking XYZ-2")
+    learned = trust_ledger.everything(cache.backend)
+    assert len(learned) == 2, learned  # one template per flow, each on probation
+    refund = next(node for node in learned if "refund" in str(cache.backend.node(node).content))
+    admin.forget(cache.backend, refund)
+    assert set(trust_ledger.everything(cache.backend)) == set(learned) - {refund}
+    assert consistent(cache.backend) == []
+
+
+def test_prune_drops_trust_rows_whose_node_an_older_butter_deleted(cache):
+    learn(cache, "refund order 1001", "refund order 2002")
+    (kept,) = trust_ledger.everything(cache.backend)
+    orphan = b"\x07" * ID  # a forget before trust went with its node left this
+    cache.backend.put_aux(trust.TABLE, trust.trust_key(orphan, b"\x01" * ID), {"state": trust.TRUSTED})
+    assert consistent(cache.backend) == [f"trust for missing node {orphan.hex()}"]
+    admin.prune(cache.backend, 3600)  # nothing is that old: only the orphan goes
+    assert set(trust_ledger.everything(cache.backend)) == {kept}
     assert consistent(cache.backend) == []
 
 
