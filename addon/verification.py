@@ -63,7 +63,8 @@ def add_options(loader) -> None:
                       "(butter_min_observations, when higher, counts the same agreements).")
     loader.add_option("butter_verify_inputs_min", int, 5,
                       "Verified agreements on distinct values of a template's decision inputs (slots that "
-                      "never reach its reply) before new values of them are served.")
+                      "never reach its reply, that it states in its text, or numbers and dates it passes "
+                      "into a tool call) before new values of them are served.")
     loader.add_option("butter_verify_ranges", bool, False,
                       "Serve new values of freed decision inputs that are numbers or ISO dates only within the "
                       "range verified with the template (a limit may lie beyond it), and two of them only "

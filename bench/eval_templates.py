@@ -19,7 +19,7 @@ multi-step tool workflows with real-shaped data (`tools`: bare-id results,
 JSON with optional fields and lists of varying length, 4-5 requests a run)
 and look-alikes whose deciding value is absent from the reply
 (`lookalikes`: thresholds, primes, date windows, statuses, list lengths,
-model-rewritten values). The last two also play live traffic after the
+model-rewritten values, an amount passed into the call it decides). The last two also play live traffic after the
 recordings through the recording proxy, which is where a template's
 probation is paid when verification is on (`--verify both` compares). Every
 request goes through a real mitmdump running butter to an oracle provider

@@ -21,7 +21,7 @@ from .agreement import same_answer
 from .templates import explain_mismatch, free_text_in_words, is_declared, match_message, render_reply
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
-from .trust import TABLE as TRUST_TABLE, VERIFY_CONTESTED, Judgement, TrustRules, judge, prepare, with_rewritable, with_stated
+from .trust import TABLE as TRUST_TABLE, VERIFY_CONTESTED, Judgement, TrustRules, judge, prepare, with_rewritable, with_inputs
 
 DEFAULT_DB_ENV = "BUTTER_DB"
 _UNREAD = object()  # a trust entry not read yet at this generation (None: read, and there is none)
@@ -120,7 +120,7 @@ class Cache:
         if view is _UNREAD:
             raw = snap.get_aux_raw(TRUST_TABLE, key)
             entry = None if raw is None else json.loads(raw)
-            view = None if entry is None else prepare(with_rewritable(with_stated(entry, hit.reply), hit.reply,
+            view = None if entry is None else prepare(with_rewritable(with_inputs(entry, hit.reply), hit.reply,
                                                                       hit.bindings), self.trust.keep_to_ranges)
             # An entry from before rewritable slots is judged by this request's values (their
             # shapes say which slots are prose): prepared anew for each, never kept for the next.

@@ -22,8 +22,11 @@ also marked bad, so another reply at the node may be chosen).
 Slots whose value never reaches the reply are *decision inputs*: the value
 may decide the answer ("yes" for 7, "no" for 8). So are slots the reply
 states in its own text, outside tool calls' arguments ("Yes, 7 is prime." is
-a verdict on 7; an order id passed to a tool is not): `stated` in the entry,
-and an entry from before it is judged as if it had it (`with_stated`). Even a trusted template is
+a verdict on 7), and numbers and dates it passes into a tool call's arguments
+(a limit may decide which call: `send_payment(amount=40)`, but
+`request_approval(amount=5000)`); an id or a name passed to a tool is not.
+They are `stated` and `carried` in the entry, and an entry from before them
+is judged as if it had them (`with_inputs`). Even a trusted template is
 served only for decision-input values already seen with this reply (a
 recorded or verified run); other values are verified. They are freed only
 after `free_inputs_after` agreements on distinct values of them (more than
@@ -64,8 +67,9 @@ Public API
     TrustRules(verify, promote_after, free_inputs_after, min_observations, free_rewritable_after, keep_to_ranges)
         .needed -> agreements that promote (butter_min_observations counts them too)
     trust_key(node_id, reply_id) -> bytes
-    learned_entry(slot_names, reply_slots, run_bindings, now, rewritable=(), whole=None, stated=()) -> dict
-    with_stated(entry, reply) -> entry   an entry from before stated slots were inputs, judged as if they were
+    learned_entry(slot_names, reply_slots, run_bindings, now, rewritable=(), whole=None, stated=(), carried=()) -> dict
+    carried_ordered(shapes, reply) -> {slot}   numbers and dates a reply passes into tool calls
+    with_inputs(entry, reply) -> entry   an entry from before stated/carried slots were inputs, judged as if they were
     rewritable_slots(shapes, reply_template, given_as_data) -> set[str]
         prose-shaped slots inside tool-call arguments that only the user's words held
     declared_entry(now) -> dict
@@ -104,6 +108,8 @@ MAX_SEEN = 128  # value tuples remembered per template; older ones fall out (the
 # city, a name) and dates ("12/03/2026" may become "2026-12-03") it may not,
 # except values a tool takes literally (`kept_as_given`).
 KEPT_AS_GIVEN = frozenset({"number", "identifier", "email"})
+# Values that are compared with a limit or a window: wherever a reply shows one, it may decide it.
+ORDERED_SHAPES = frozenset({"number", "date"})
 # An ISO date (the form tools ask for), or one token joined by the punctuation
 # of names machines read (report.txt, john_doe, docs/q3, localhost:8080): a tool
 # resolves these as written, so a model that rewrote one would break its call. Not words
@@ -456,16 +462,18 @@ def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str,
 
 def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float,
                   rewritable: set[str] | tuple = (), whole: Mapping[str, list[str]] | None = None,
-                  stated: set[str] | frozenset = frozenset()) -> dict:
+                  stated: set[str] | frozenset = frozenset(), carried: set[str] | frozenset = frozenset()) -> dict:
     """A template reply induction just learned: on probation, its runs' values seen.
     `whole`: `typed_whole` of its rewritable slots. `stated`: the slots the reply
-    states in its own text (`slots_stated`), decision inputs like the unreached ones."""
+    states in its own text (`slots_stated`), `carried`: its numbers and dates in
+    tool calls' arguments (`carried_ordered`); decision inputs like the unreached ones."""
     slots = sorted(slot_names)
     stated = sorted(set(stated) & set(slots))
-    inputs = [s for s in slots if s not in reply_slots or s in stated]
+    carried = sorted(set(carried) & set(slots))
+    inputs = [s for s in slots if s not in reply_slots or s in stated or s in carried]
     entry = {"state": PROBATION, "source": "learned", "since": now, "slots": slots, "inputs": inputs,
              "inputs_free": not inputs, "agreements": 0, "input_agreements": 0, "seen": [], "seen_inputs": [],
-             "why": "", "stated": stated}
+             "why": "", "stated": stated, "carried": carried}
     # Always present (empty when none): an entry without the key is from before the rule (`with_rewritable`).
     entry.update(rewritable=sorted(rewritable), verbatim={name: [] for name in sorted(rewritable)}, rewritten={})
     whole = {name: list(texts) for name, texts in (whole or {}).items() if name in rewritable}
@@ -476,23 +484,42 @@ def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_b
     return entry
 
 
-def with_stated(entry: Mapping[str, Any], reply: Any) -> Mapping[str, Any]:
-    """An entry written before butter treated the values a reply states in its text as
-    decision inputs, judged as if it did: those slots join its inputs, each with the values
-    its recorded and verified runs had, and none freed until its own evidence frees it."""
-    if entry.get("source") != "learned" or "stated" in entry:
+def carried_ordered(shapes: Mapping[str, str], reply: Any) -> set[str]:
+    """The slots a reply (a template) passes into a tool call's arguments whose values
+    are numbers or dates: a limit or a window may decide which call they go to
+    (`transfer(amount=40)`, but `request_approval(amount=5000)`), so they are
+    decision inputs although the reply shows them."""
+    return {name for name in slots_in_calls(reply) if shapes.get(name) in ORDERED_SHAPES}
+
+
+def with_inputs(entry: Mapping[str, Any], reply: Any) -> Mapping[str, Any]:
+    """An entry written before butter treated the values a reply states in its text
+    (`stated`) and the numbers and dates it carries into tool calls (`carried`) as
+    decision inputs, judged as if it did: those slots join its inputs, each with the
+    values its recorded and verified runs had, and none freed until its own evidence
+    frees it. A carried slot is told by its values seen (every one a number or a date)."""
+    if entry.get("source") != "learned" or ("stated" in entry and "carried" in entry):
         return entry
     slots = list(entry.get("slots") or ())
     inputs = list(entry.get("inputs") or ())
-    stated = sorted((slots_stated(reply) & set(slots)) - set(inputs))
-    if not stated:
-        return {**entry, "stated": []}
-    inputs = sorted(inputs + stated)
     rows = [row for row in entry.get("seen", ()) if len(row) == len(slots)]
+    stated = (entry.get("stated") if "stated" in entry
+              else sorted((slots_stated(reply) & set(slots)) - set(inputs)))
+    if "carried" in entry:
+        carried = entry["carried"]
+    else:
+        shapes = {n: {shape_of(str(row[i])) for row in rows} for i, n in enumerate(slots)}
+        carried = sorted(n for n in slots_in_calls(reply) & set(slots)
+                         if n not in inputs and n not in stated and shapes[n] and shapes[n] <= ORDERED_SHAPES)
+    new = sorted((set(stated) | set(carried)) - set(inputs))
+    if not new:
+        return {**entry, "stated": stated, "carried": carried}
+    inputs = sorted(inputs + new)
     seen_inputs = list(dict.fromkeys(tuple(row[slots.index(n)] for n in inputs) for row in rows))
-    return {**entry, "stated": stated, "inputs": inputs, "seen_inputs": [list(r) for r in seen_inputs],
-            "inputs_free": False, "input_agreements": 0, "extrapolated": {},
-            "input_values": {n: c for n, c in (entry.get("input_values") or {}).items() if n not in stated}}
+    return {**entry, "stated": stated, "carried": carried, "inputs": inputs,
+            "seen_inputs": [list(r) for r in seen_inputs], "inputs_free": False, "input_agreements": 0,
+            "extrapolated": {}, "input_values": {n: c for n, c in (entry.get("input_values") or {}).items()
+                                                if n not in new}}
 
 
 def declared_entry(now: float) -> dict:
@@ -622,7 +649,8 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
 # Why a decision input is verified: the reply does not show it (it may decide the answer
 # without appearing in it), or states it in its own text (where a model says what it
 # concluded about it: "Yes, 7 is prime").
-_MAY_DECIDE = "may decide the reply (it does not show them, or states them in its own text)"
+_MAY_DECIDE = ("may decide the reply (it does not show them, states them in its own text, or passes a number or "
+               "date into a tool call)")
 
 
 def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: TrustRules) -> Judgement:
@@ -820,7 +848,9 @@ def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) 
     if inputs:
         freed = "freed" if entry.get("inputs_free") else "not free"
         stated = [name for name in entry.get("stated") or () if name in inputs]
-        said = f"; the reply states {', '.join(stated)}" if stated else ""
+        carried = [name for name in entry.get("carried") or () if name in inputs]
+        said = (f"; the reply states {', '.join(stated)}" if stated else "") + (
+            f"; the reply passes {', '.join(carried)} into a tool call" if carried else "")
         parts.append(f"decision inputs {', '.join(inputs)} {freed} ({entry.get('input_agreements', 0)} of "
                      f"{rules.free_inputs_after} verified values; {len(entry.get('seen_inputs', []))} seen{said})")
     text = f"{parts[0]} ({'; '.join(parts[1:])})"

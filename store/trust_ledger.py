@@ -23,7 +23,7 @@ from . import trust
 from .agreement import same_answer
 from .lmdb_backend import LmdbBackend
 from .model import Hit
-from .templates import RenderError, render_reply, slots_in, slots_in_data, slots_stated
+from .templates import RenderError, render_reply, shape_of, slots_in, slots_in_data, slots_stated
 
 ID = 16
 
@@ -35,11 +35,12 @@ def note_learned(backend: LmdbBackend, node: bytes, reply_id: bytes, slot_shapes
     now = time.time()
     rewritable = trust.rewritable_slots(slot_shapes, reply, slots_in_data(messages))
     fresh = trust.learned_entry(set(slot_shapes), slots_in(reply), list(run_bindings), now, rewritable,
-                                trust.typed_whole(reply, rewritable, messages), slots_stated(reply))
+                                trust.typed_whole(reply, rewritable, messages), slots_stated(reply),
+                                trust.carried_ordered(slot_shapes, reply))
     record = backend.node(node)
     created = record.created if record is not None else 0.0
     return backend.update_aux(trust.TABLE, trust.trust_key(node, reply_id),
-                              lambda existing: trust.merge_learned(existing and trust.with_stated(existing, reply),
+                              lambda existing: trust.merge_learned(existing and trust.with_inputs(existing, reply),
                                                                    fresh, created), bump_templates=True)
 
 
@@ -74,9 +75,11 @@ def conclude(backend: LmdbBackend, hit: Hit, actual: dict, rules: trust.TrustRul
     events: list[str] = []
 
     def change(existing: dict | None) -> dict:
-        entry = (trust.with_stated(existing, hit.reply) if existing else
+        entry = (trust.with_inputs(existing, hit.reply) if existing else
                  trust.learned_entry(set(hit.bindings), slots_in(hit.reply), (), now,
-                                     trust.rewritable_in_reply(hit.reply, hit.bindings), stated=slots_stated(hit.reply)))
+                                     trust.rewritable_in_reply(hit.reply, hit.bindings), stated=slots_stated(hit.reply),
+                                     carried=trust.carried_ordered({n: shape_of(v) for n, v in hit.bindings.items()},
+                                                                   hit.reply)))
         rewritten = () if agreed else trust.rewritten_slots(entry, expected, actual, hit.bindings)
         updated, event = trust.after_verification(entry, hit.bindings, agreed, rules, why, now, rewritten)
         events[:] = [event]

@@ -16,6 +16,8 @@ form of its own:
 - a list whose length decides (several results: ask which; one: take it);
 - model-rewritten values (Milan -> "Milano", Warsaw -> "Warszawa",
   Hangzhou -> "Hangzhou, China" in the tool call);
+- a number the reply passes into a tool call, which also decides the call
+  (up to a limit `send_payment(amount=…)`, above it `request_approval`);
 - the deciding value stated in the reply ("Yes, 7 is a prime number.",
   "a balance of 20.5 EUR is too low"): it reaches the reply, and the words
   around it are still a verdict on it.
@@ -50,6 +52,9 @@ TOOLS = (
     tool("get_restaurant", "A restaurant's details", restaurant_id="string"),
     tool("search_location", "Find a place by name", query="string"),
     tool("get_weather", "Current weather at a place id", location_id="string"),
+    tool("send_payment", "Pay a payee (up to 1000.00 EUR)", amount="number", payee="string"),
+    tool("request_approval", "Ask a manager to approve a payment above 1000.00 EUR", amount="number",
+         payee="string"),
 )
 CUISINES = ["thai", "italian", "mexican", "korean", "lebanese", "ethiopian", "greek", "peruvian"]
 
@@ -159,6 +164,22 @@ def amount_vs_balance(r: random.Random, same: bool) -> list[Turn]:
         call("get_balance", {"account": account}, result), say(answer)))]
 
 
+def payment(r: random.Random, same: bool) -> list[Turn]:
+    """A number the reply passes into a call, and which decides the call: up to 1000.00 EUR
+    the model pays, above it asks for approval. The amount reaches the reply either way."""
+    payee = f"PAYEE-{r.randint(1000, 9999)}"
+    amount = round(r.uniform(20, 950), 2) if same else round(r.uniform(1200, 9000), 2)
+    if amount <= 1000:
+        steps = (call("send_payment", {"amount": amount, "payee": payee},
+                      {"payment_id": f"PM-{r.randint(10000, 99999)}", "status": "sent"}),
+                 say("Done, the payment is on its way."))
+    else:
+        steps = (call("request_approval", {"amount": amount, "payee": payee},
+                      {"approval_id": f"AP-{r.randint(10000, 99999)}", "status": "waiting"}),
+                 say("That is above the limit, so I asked a manager to approve it."))
+    return [Turn(f"Pay {amount} EUR to {payee}.", TOOLS, steps)]
+
+
 # (as the user writes it, as the model writes it in the tool call)
 VERBATIM = ["Porto", "Lyon", "Graz", "Leeds", "Turku", "Ghent", "Bergen", "Bilbao", "Utrecht", "Aarhus", "Tartu",
             "Malmo", "Cork", "Brno", "Split", "Basel"]
@@ -187,6 +208,7 @@ SETS: dict[str, tuple[str, Callable[[random.Random, bool], list[Turn]], str]] = 
     "cancel-status": ("enum status decides the next call", cancel_status, SYSTEM),
     "restaurant-count": ("list length decides (one result)", list_length, SYSTEM),
     "weather-city": ("model-rewritten value (Milan -> Milano)", rewritten, SYSTEM),
+    "payment-limit": ("a number passed into the call decides the call (amount above the limit)", payment, SYSTEM),
     # The deciding value stated in the reply, which still decides the rest of it.
     "primes-stated": ("primes, the number stated in the verdict", prime_stated, SYSTEM),
     "balance-stated": ("balance vs threshold, the balance quoted in the answer", partial(balance, stated=True),
@@ -229,7 +251,7 @@ def build(recorded: int = 2, held_out: int = 4, negatives: int = 4, probation: i
 
 
 # Thresholds, windows and list lengths: decisions on an ordered value.
-ORDERED_SETS = ("balance-threshold", "return-window", "restaurant-count")
+ORDERED_SETS = ("balance-threshold", "return-window", "restaurant-count", "payment-limit")
 
 
 def build_rare(held_out: int = 4, negatives: int = 4, probation: int = 12) -> Workload:

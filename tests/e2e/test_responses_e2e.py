@@ -120,10 +120,12 @@ def test_a_stateful_turn_after_a_hit_reaches_a_provider_that_never_issued_the_se
 
 
 def test_a_stateful_verification_after_a_template_hit_reaches_the_provider_statelessly(
-        shared_proxy, through, provider, api_key):
-    # A template learned from two stateful runs; while it is verified on a new customer's name (a
-    # decision input), the first turn is served with ids derived from the run's values and the
-    # second goes to the provider as a verification, naming one of those ids.
+        shared_proxy, through, provider, api_key, monkeypatch):
+    # A template learned from two stateful runs and promoted by two more. An order verified
+    # before whose customer has changed since: the first turn (its order number, seen with the
+    # template) is served with ids derived from the run's values, and the second, whose tool
+    # result names a customer never seen (a decision input), goes to the provider as a
+    # verification, naming one of those ids.
     from tests.e2e.test_templates_e2e import VERIFIERS, promote, settle
 
     through(shared_proxy)
@@ -133,13 +135,14 @@ def test_a_stateful_verification_after_a_template_hit_reaches_the_provider_state
         run_agent(sdk, order_id, stateful=True)
     settle(shared_proxy, provider, api_key)
     promote(shared_proxy, lambda o: run_agent(sdk, o, stateful=True)["cache"], VERIFIERS[:2])
+    order = VERIFIERS[0]
+    monkeypatch.setitem(ORDERS, order, {**ORDERS[order], "customer": "Lu Moss"})
     calls = len(provider.calls)
-    run = run_agent(sdk, VERIFIERS[2], stateful=True)
-    assert run["cache"] == ["hit", "verify", "verify"]  # the answer states the new values: verified too
-    amount = ORDERS[VERIFIERS[2]]["amount"]
-    assert run["calls"] == [("get_order", {"order_id": VERIFIERS[2]}),
-                            ("refund", {"order_id": VERIFIERS[2], "amount": amount})]
-    assert run["answer"] == f"Refunded {amount} for order {VERIFIERS[2]} ({ORDERS[VERIFIERS[2]]['customer']})."
+    run = run_agent(sdk, order, stateful=True)
+    assert run["cache"] == ["hit", "verify", "verify"]  # the answer states the new name: verified too
+    amount = ORDERS[order]["amount"]
+    assert run["calls"] == [("get_order", {"order_id": order}), ("refund", {"order_id": order, "amount": amount})]
+    assert run["answer"] == f"Refunded {amount} for order {order} (Lu Moss)."
     verified = provider.calls[calls]  # the second turn's
     assert "previous_response_id" not in verified.json
     assert [i.get("type", "message") for i in verified.json["input"]] == ["message", "function_call",

@@ -61,3 +61,14 @@ def test_late_look_alikes_open_with_live_runs_on_the_recorded_side_and_stated_se
     for run in stated.recorded + workload.negatives[lookalikes.SETS["primes-stated"][0]]:
         number = run.turns[0].user.split()[1]
         assert number in run.steps()[0].reply.content  # the value reaches the reply, beside its verdict
+
+
+def test_the_payment_look_alike_passes_the_amount_into_a_call_that_the_amount_decides():
+    workload = lookalikes.build(recorded=2, held_out=2, negatives=2, probation=6, seed="smoke", only=("payment-limit",))
+    (flow,) = workload.flows
+    for run in flow.recorded + workload.negatives[lookalikes.SETS["payment-limit"][0]]:
+        amount = run.turns[0].user.split()[1]
+        (name, args), = run.steps()[0].reply.tool_calls
+        assert str(args["amount"]) == amount  # the value reaches the call either way...
+        assert name == ("send_payment" if float(amount) <= 1000 else "request_approval")  # ...and decides it
+    assert {r.steps()[0].reply.tool_calls[0][0] for r in flow.recorded} == {"send_payment"}

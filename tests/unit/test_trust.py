@@ -329,20 +329,35 @@ def test_a_disagreement_beyond_the_new_value_s_argument_demotes_the_template(tmp
     assert trust_ledger.conclude(cache2.backend, hit, rewrite("Roma"), RULES).event == "demoted"
 
 
-def test_ids_and_numbers_in_a_tool_call_are_not_rewritable_and_are_served_once_promoted(tmp_path):
-    def lookup_order(order: str) -> dict:
-        return {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
-            {"type": "function", "function": {"name": "get_order", "arguments": json.dumps({"order_id": order})}}]}}]}
+def lookup_order(order: str) -> dict:
+    return {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": "get_order", "arguments": json.dumps({"order_id": order})}}]}}]}
 
+
+def test_ids_in_a_tool_call_are_not_rewritable_and_are_served_once_promoted(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    for order in ("ORD-A1", "ORD-B2"):
+        cache.record("ns", ask(f"Where is order {order}?"), lookup_order(order))
+        cache.induce("ns", ask(f"Where is order {order}?"))
+    for order in ("ORD-C3", "ORD-D4"):
+        pending = cache.lookup("ns", ask(f"Where is order {order}?"))
+        assert pending.verify.trust != "rewritable"
+        assert trust_ledger.conclude(cache.backend, pending.verify, lookup_order(order), RULES).agreed
+    hit = cache.lookup("ns", ask("Where is order ORD-E5?"))
+    assert isinstance(hit, Hit) and hit.trust == "trusted"
+
+
+def test_a_number_in_a_tool_call_is_not_rewritable_and_is_served_once_its_own_values_free_it(tmp_path):
     cache = Cache(tmp_path / "db", trust=RULES)
     for order in ("ORD-1001", "ORD-2002"):
         cache.record("ns", ask(f"Where is order {order}?"), lookup_order(order))
         cache.induce("ns", ask(f"Where is order {order}?"))
-    for order in ("ORD-3003", "ORD-4004"):
+    for order in ("ORD-3003", "ORD-4004", "ORD-5005"):  # free_inputs_after=3
         pending = cache.lookup("ns", ask(f"Where is order {order}?"))
+        assert pending.reason == "verify" and pending.verify.trust != "rewritable", pending
         assert trust_ledger.conclude(cache.backend, pending.verify, lookup_order(order), RULES).agreed
-    hit = cache.lookup("ns", ask("Where is order ORD-5005?"))
-    assert isinstance(hit, Hit) and hit.trust == "trusted"
+    hit = cache.lookup("ns", ask("Where is order ORD-6006?"))
+    assert isinstance(hit, Hit) and hit.trust == "new-inputs"
 
 
 def test_rewrite_explains_only_differences_inside_the_argument_that_held_the_value():
@@ -786,6 +801,53 @@ def test_a_stated_value_is_freed_by_its_own_agreements_and_a_value_only_passed_t
         {"function": {"name": "get_order", "arguments": {"$butter": "json", "value": {
             "order_id": {"$butter": "text", "t": "{{v1}}"}}}}}]}}]}
     assert slots_stated(call) == {"v2"}
+
+
+# -- a number passed into a tool call may decide which call ------------------------------------------
+
+def pay(amount: str) -> dict:
+    """Up to 1000 the model pays; above, it asks for approval: the amount shows in both calls."""
+    tool = "send_payment" if float(amount) <= 1000 else "request_approval"
+    return {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": tool, "arguments": json.dumps({"amount": json.loads(amount)})}}]}}]}
+
+
+def test_a_number_passed_into_a_call_is_a_decision_input_so_promotion_does_not_serve_the_call_above_a_limit(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    for amount in ("40", "75"):
+        cache.record("ns", ask(f"Pay {amount} EUR to Bob."), pay(amount))
+        cache.induce("ns", ask(f"Pay {amount} EUR to Bob."))
+    for amount in ("120", "300"):  # two small payments agree: promoted
+        pending = cache.lookup("ns", ask(f"Pay {amount} EUR to Bob."))
+        assert trust_ledger.conclude(cache.backend, pending.verify, pay(amount), RULES).agreed
+    entry = trust_ledger.read(cache.backend, pending.verify.node_id, pending.verify.reply_id)
+    assert entry["state"] == TRUSTED and entry["carried"] == entry["inputs"] == entry["slots"]
+    assert f"the reply passes {entry['carried'][0]} into a tool call" in trust.describe(entry, RULES)
+    assert isinstance(cache.lookup("ns", ask("Pay 120 EUR to Bob.")), Hit), "a verified value is served"
+    # The amount reaches the call, and still decides which call it is.
+    result = cache.lookup("ns", ask("Pay 5000 EUR to Bob."))
+    assert isinstance(result, Miss) and result.reason == "verify", result
+    assert "passes a number or date into a tool call" in result.detail
+    outcome = trust_ledger.conclude(cache.backend, result.verify, pay("5000"), RULES)
+    assert outcome.event == "demoted" and "request_approval" in outcome.why
+    assert not isinstance(cache.lookup("ns", ask("Pay 60 EUR to Bob.")), Hit)
+
+
+def test_an_entry_from_before_carried_numbers_were_inputs_verifies_a_new_amount(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    for amount in ("40", "75"):
+        cache.record("ns", ask(f"Pay {amount} EUR to Bob."), pay(amount))
+        cache.induce("ns", ask(f"Pay {amount} EUR to Bob."))
+    pending = cache.lookup("ns", ask("Pay 90 EUR to Bob."))
+    key = trust.trust_key(pending.verify.node_id, pending.verify.reply_id)
+    # As the butter before this rule wrote it: trusted, its slot free (it reaches the reply).
+    cache.backend.update_aux(trust.TABLE, key, lambda e: {
+        **{k: v for k, v in e.items() if k != "carried"}, "state": TRUSTED, "inputs": [], "seen_inputs": [],
+        "inputs_free": True, "agreements": 2}, bump_templates=True)
+    result = cache.lookup("ns", ask("Pay 5000 EUR to Bob."))
+    assert isinstance(result, Miss) and result.reason == "verify" and "decision input" in result.detail
+    assert isinstance(cache.lookup("ns", ask("Pay 75 EUR to Bob.")), Hit), "a recorded run's value is still served"
+    assert trust_ledger.conclude(cache.backend, result.verify, pay("5000"), RULES).event == "demoted"
 
 
 def test_an_entry_from_before_stated_values_were_inputs_verifies_a_new_value_and_serves_seen_ones(tmp_path):
