@@ -833,17 +833,22 @@ def test_a_number_passed_into_a_call_is_a_decision_input_so_promotion_does_not_s
     assert not isinstance(cache.lookup("ns", ask("Pay 60 EUR to Bob.")), Hit)
 
 
+def as_an_older_butter_wrote_it(cache: Cache, pending: Miss, unknown_key: str) -> None:
+    """The pending verification's template entry made trusted with no decision inputs, and without
+    `unknown_key` (a field an older butter did not write)."""
+    key = trust.trust_key(pending.verify.node_id, pending.verify.reply_id)
+    cache.backend.update_aux(trust.TABLE, key, lambda e: {
+        **{k: v for k, v in e.items() if k != unknown_key}, "state": TRUSTED, "inputs": [], "seen_inputs": [],
+        "inputs_free": True, "agreements": 2}, bump_templates=True)
+
+
 def test_an_entry_from_before_carried_numbers_were_inputs_verifies_a_new_amount(tmp_path):
     cache = Cache(tmp_path / "db", trust=RULES)
     for amount in ("40", "75"):
         cache.record("ns", ask(f"Pay {amount} EUR to Bob."), pay(amount))
         cache.induce("ns", ask(f"Pay {amount} EUR to Bob."))
-    pending = cache.lookup("ns", ask("Pay 90 EUR to Bob."))
-    key = trust.trust_key(pending.verify.node_id, pending.verify.reply_id)
     # As the butter before this rule wrote it: trusted, its slot free (it reaches the reply).
-    cache.backend.update_aux(trust.TABLE, key, lambda e: {
-        **{k: v for k, v in e.items() if k != "carried"}, "state": TRUSTED, "inputs": [], "seen_inputs": [],
-        "inputs_free": True, "agreements": 2}, bump_templates=True)
+    as_an_older_butter_wrote_it(cache, cache.lookup("ns", ask("Pay 90 EUR to Bob.")), "carried")
     result = cache.lookup("ns", ask("Pay 5000 EUR to Bob."))
     assert isinstance(result, Miss) and result.reason == "verify" and "decision input" in result.detail
     assert isinstance(cache.lookup("ns", ask("Pay 75 EUR to Bob.")), Hit), "a recorded run's value is still served"
@@ -854,11 +859,8 @@ def test_an_entry_from_before_stated_values_were_inputs_verifies_a_new_value_and
     cache = Cache(tmp_path / "db", trust=RULES)
     teach(cache, ("Is 7 prime?", "Yes, 7 is prime."), ("Is 13 prime?", "Yes, 13 is prime."))
     pending = cache.lookup("ns", ask("Is 17 prime?"))
-    key = trust.trust_key(pending.verify.node_id, pending.verify.reply_id)
     # As an older butter wrote it: trusted, no inputs, no word of stated slots.
-    cache.backend.update_aux(trust.TABLE, key, lambda e: {
-        **{k: v for k, v in e.items() if k != "stated"}, "state": TRUSTED, "inputs": [], "seen_inputs": [],
-        "inputs_free": True, "agreements": 2}, bump_templates=True)
+    as_an_older_butter_wrote_it(cache, pending, "stated")
     result = cache.lookup("ns", ask("Is 8 prime?"))
     assert isinstance(result, Miss) and result.reason == "verify" and "decision input" in result.detail
     assert isinstance(cache.lookup("ns", ask("Is 13 prime?")), Hit), "a recorded run's value is still served"
