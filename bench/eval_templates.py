@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 8)")
     parser.add_argument("--agentdojo", metavar="PYTHON", default=os.environ.get("BUTTER_EVAL_AGENTDOJO_PYTHON"),
                         help="a Python with agentdojo installed (default .venv-agentdojo/bin/python if present)")
+    parser.add_argument("--settled", action="store_true",
+                        help="after each live run, wait until the proxy has concluded its verifications and "
+                             "learned from it: the same counts on every run (for comparing two versions); "
+                             "without it, as in production, a verification may conclude after the next request")
     parser.add_argument("--no-timing", action="store_true", help="skip the store-level lookup timing")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds after which no new k is started")
     parser.add_argument("--json", metavar="PATH", help="also write every number as JSON ('-' for stdout)")
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         run_options = dict(options) if verify is None else {**options, "butter_verify": verify}
         keep = Path(args.keep) / f"verify-{verify or 'default'}" if args.keep else None
-        env = EvalEnv(keep, run_options)
+        env = EvalEnv(keep, run_options, settled=args.settled)
         try:
             _progress(f"proxies up (butter_verify={verify or 'default'}): auto on {env.auto.port}, replay on "
                       f"{env.replay.port}; provider on {env.provider.port}")

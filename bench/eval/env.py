@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import openai
 
 from tests.e2e.harness import Proxy
@@ -24,9 +25,13 @@ from tests.fakes.tls import make_ca_and_cert
 
 from .oracle import Oracle
 
+SESSION_CONTROL = Path(__file__).resolve().parents[2] / "addon" / "session_control.py"
+
 
 class EvalEnv:
-    def __init__(self, workdir: Path | None = None, proxy_options: dict | None = None):
+    def __init__(self, workdir: Path | None = None, proxy_options: dict | None = None, settled: bool = False):
+        """`settled`: the recording proxy also runs addon/session_control.py, so `drain`
+        can wait for it to conclude what a run left behind (see `drain`)."""
         # Import the store and the adapter now, before the proxies start, so
         # that explanations read the tree with the code that wrote it.
         import butter.addon.formats.openai_chat  # noqa: F401
@@ -42,8 +47,12 @@ class EvalEnv:
         db = self.workdir / "db"
         upstream = f"127.0.0.1:{self.provider.port}"
         options = proxy_options or {}
+        self.settled = settled
+        self._control_token = uuid.uuid4().hex if settled else ""
+        control = {"butter_control_token": self._control_token} if settled else {}
         self.auto = Proxy(confdir, db, self.workdir / "auto.log", mode="auto", upstream=upstream,
-                          upstream_ca=ca, options=options)
+                          upstream_ca=ca, options={**options, **control},
+                          scripts=(SESSION_CONTROL,) if settled else ())
         # Started second: the first proxy has written mitmproxy's CA by now.
         self.replay = Proxy(confdir, db, self.workdir / "replay.log", mode="replay", upstream=upstream,
                             upstream_ca=ca, options=options)
@@ -58,6 +67,22 @@ class EvalEnv:
     def new_key() -> str:
         """A fresh credential: its own namespace in the shared tree."""
         return "sk-eval-" + uuid.uuid4().hex
+
+    def drain(self) -> None:
+        """With `settled`: wait until the recording proxy has finished the exchanges sent so
+        far, its writer has concluded their verifications and recordings, and induction has
+        learned from them. Live traffic then meets the same trust state on every run of the
+        evaluation (without it, a verification may conclude before or after the next run's
+        request, and counts move from run to run)."""
+        if not self.settled:
+            return
+        http = httpx.Client(proxy=self.auto.url, trust_env=False, timeout=60)
+        try:
+            answer = http.post("http://butter-control.local/end",
+                               headers={"x-butter-control-token": self._control_token})
+            answer.raise_for_status()
+        finally:
+            http.close()
 
     def settle(self, quiet: float = 0.6, timeout: float = 60.0) -> None:
         """Wait until the recording proxy has written and learned from every miss.

@@ -217,6 +217,7 @@ def _live_traffic(env: EvalEnv, auto, workload: Workload, known: dict[str, dict[
             if i < len(flow.probation):
                 run = flow.probation[i]
                 result = play(auto, env.oracle, run)
+                env.drain()  # with --settled: the next run meets this one's verdicts
                 tally.add(run, result, known.get(flow.name))
                 statuses.update(s.status for s in result.steps)
     env.settle()

@@ -36,12 +36,15 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float =
 class Proxy:
     def __init__(self, confdir: Path, db: Path, log: Path, *, mode: str = "auto", upstream: str | None = None,
                  upstream_ca: Path | None = None, reverse: str | None = None, options: dict | None = None,
-                 butter: bool = True):
+                 butter: bool = True, scripts: tuple[Path, ...] = ()):
         # butter=False: a plain mitmdump (e.g. `-w FILE` recordings made without butter).
+        # scripts: more addons, loaded after butter (addon/session_control.py).
         self.confdir, self.db, self.log = confdir, db, log
         self.port = free_port()
         self.reverse_port = free_port() if reverse else None
         args = [str(MITMDUMP)] + (["-s", str(ADDON)] if butter else [])
+        for script in scripts:
+            args += ["-s", str(script)]
         if upstream:
             args += ["-s", str(REDIRECT), "--set", f"test_upstream={upstream}"]
         args += ["--mode", f"regular@{self.port}"]
