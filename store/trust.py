@@ -487,7 +487,7 @@ def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_b
 def carried_ordered(shapes: Mapping[str, str], reply: Any) -> set[str]:
     """The slots a reply (a template) passes into a tool call's arguments whose values
     are numbers or dates: a limit or a window may decide which call they go to
-    (`transfer(amount=40)`, but `request_approval(amount=5000)`), so they are
+    (`send_payment(amount=40)`, but `request_approval(amount=5000)`), so they are
     decision inputs although the reply shows them."""
     return {name for name in slots_in_calls(reply) if shapes.get(name) in ORDERED_SHAPES}
 
@@ -647,8 +647,9 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
 
 
 # Why a decision input is verified: the reply does not show it (it may decide the answer
-# without appearing in it), or states it in its own text (where a model says what it
-# concluded about it: "Yes, 7 is prime").
+# without appearing in it), states it in its own text (where a model says what it
+# concluded about it: "Yes, 7 is prime"), or passes a number or a date into a tool call
+# (a limit may decide which call).
 _MAY_DECIDE = ("may decide the reply (it does not show them, states them in its own text, or passes a number or "
                "date into a tool call)")
 
