@@ -120,7 +120,7 @@ class Cache:
         if view is _UNREAD:
             raw = snap.get_aux_raw(TRUST_TABLE, key)
             entry = None if raw is None else json.loads(raw)
-            view = None if entry is None else prepare(with_rewritable(with_inputs(entry, hit.reply), hit.reply,
+            view = None if entry is None else prepare(with_rewritable(with_inputs(entry, hit.reply, hit.bindings), hit.reply,
                                                                       hit.bindings), self.trust.keep_to_ranges)
             # An entry from before rewritable slots is judged by this request's values (their
             # shapes say which slots are prose): prepared anew for each, never kept for the next.

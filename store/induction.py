@@ -92,7 +92,7 @@ from rapidfuzz.distance import Indel
 
 from .agreement import JSON_KEYS, VOLATILE_REPLY_KEYS, is_empty, json_container, same_answer
 from .canonical import canonical_json
-from .templates import (COMPACT, MARK, MAX_DAY_OFFSET, TEXT_KINDS, any_marker, common_shape, escape_literal,
+from .templates import (COMPACT, MARK, MAX_DAY_OFFSET, VARYING, TEXT_KINDS, any_marker, common_shape, escape_literal,
                         has_markers, json_marker, json_style, list_marker, match_message, number_marker, number_text,
                         opt_marker, parse_text, placeholder, render_reply, shift_date, slots_in, template_content,
                         text_marker)
@@ -1000,11 +1000,15 @@ def propose_prefix(accepted: Proposal, prefix: Sequence[Observation]) -> Proposa
             if accepted.slots.get(name) == "number":
                 slots.numbers.add(name)
         reply = _Reply(slots, _conversations(prefix)).align([o.reply for o in prefix], "", None, False)
+        reproduced = []
         for o, expected in zip(prefix, bindings):
-            if _reproduce(nodes, reply, o.messages[accepted.start:], o.reply) != expected:
+            # VARYING fingerprints these earlier nodes' unbound parts alone: the run's is of all of them.
+            got = _reproduce(nodes, reply, o.messages[accepted.start:], o.reply)
+            if {k: v for k, v in got.items() if k != VARYING} != expected:
                 raise _Refuse("an earlier observation binds other values than its run")
+            reproduced.append(got)
         shapes = {k: v for k, v in accepted.slots.items() if k in used}
-        return Proposal(accepted.start, nodes, reply, shapes, keys, tuple(bindings))
+        return Proposal(accepted.start, nodes, reply, shapes, keys, tuple(reproduced))
     except _Refuse as e:
         return Rejected(str(e), keys)
 

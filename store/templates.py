@@ -93,6 +93,7 @@ Bindings are always strings: a JSON number binds as `number_text(x)`
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -103,6 +104,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from .canonical import canonical_json
 
 MARK = "$butter"
+# The binding that fingerprints what a walk matched without binding it (`_vary`). Not a
+# slot name (NAME), so no template, declared binding or reply can name it.
+VARYING = "~varying"
+_NOTED = "~noted"  # while one message is matched: the values `_vary` noted (never left in bindings)
 NAME = r"[A-Za-z_][A-Za-z0-9_.-]*"
 NAME_RE = re.compile(rf"^{NAME}$")
 _PLACEHOLDER = re.compile(r"\{\{(" + NAME + r")(?: ([+-]\d{1,3})d)?\}\}")
@@ -392,7 +397,7 @@ def _markers(value: Any) -> Iterator[dict]:
 def match_message(content: Mapping[str, Any], message: Any, bindings: Mapping[str, str]) -> dict | None:
     """The bindings extended by this message, or None when it does not fit."""
     try:
-        return _match(content["message"], message, dict(bindings), content.get("slots") or {}, None)
+        return _fingerprinted(_match(content["message"], message, dict(bindings), content.get("slots") or {}, None))
     except _NoMatch:
         return None
 
@@ -467,7 +472,9 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
             if type(c) is not dict or not _optional_fit(t, c):
                 raise _fail(where, lambda: f"fields differ ({sorted(t)} vs "
                                            f"{sorted(c) if isinstance(c, dict) else type(c).__name__})")
-            t = {k: v for k, v in t.items() if k in c}  # the optional fields this one leaves out
+            # The optional fields this one leaves out: which are present may decide too.
+            _vary(bindings, sorted(k for k in t if k not in c))
+            t = {k: v for k, v in t.items() if k in c}
         for key, tv in t.items():  # template key order: role and literals first, as written
             if type(tv) is str and where is None:  # a literal string field: the commonest case
                 if type(c[key]) is not str or c[key] != tv:
@@ -498,12 +505,32 @@ def _match_any(t: dict, c: Any, bindings: dict, where: str | None) -> dict:
     if t.get("kind") == "number":
         if isinstance(c, bool) or not isinstance(c, (int, float)):
             raise _fail(where, lambda: f"{_short(c)!r} is not a number")
-        return bindings
+        return _vary(bindings, c)
     if type(c) is not str:
         raise _fail(where, lambda: f"{_short(c)!r} is not a string")
     shape = t.get("shape")
     if shape is not None and not fits(shape, c):
         raise _fail(where, lambda: f"{_short(c)!r} is not a {shape}")
+    return _vary(bindings, c)
+
+
+def _vary(bindings: dict, value: Any) -> dict:
+    """Note a value the template lets vary without binding it (an `any`, which optional
+    fields are absent): it binds nothing, so no reply shows it, and it may still decide
+    the answer (one order "cancelled" among "shipped" ones). `match_message` folds the
+    values a message noted into the walk's fingerprint, VARYING, which trust treats as
+    a decision input. (Item copies share the list: an item's values are noted too.)"""
+    bindings.setdefault(_NOTED, []).append(value)
+    return bindings
+
+
+def _fingerprinted(bindings: dict) -> dict:
+    """The bindings with this message's noted values folded into VARYING (one hash per message)."""
+    noted = bindings.pop(_NOTED, None)
+    if noted:
+        before = bindings.get(VARYING, "")
+        bindings[VARYING] = "varying-" + hashlib.sha256(
+            f"{before}\x1f{canonical_json(noted)}".encode()).hexdigest()[:20]
     return bindings
 
 
@@ -519,8 +546,10 @@ def _match_list(t: dict, c: Any, bindings: dict, shapes: Mapping[str, str], wher
     for i in range(len(head), len(c)):
         if item is None:
             raise _fail(where, lambda: "more items than the template has")
-        # An item template binds nothing: each item is checked on its own.
-        _match(item, c[i], dict(bindings), shapes, None if where is None else f"{where}[{i}]")
+        # An item template binds nothing: each item is checked on its own (what its
+        # `any` parts matched is still noted: the copy shares the list, `_vary`).
+        _match(item, c[i], {**bindings, _NOTED: bindings.setdefault(_NOTED, [])}, shapes,
+               None if where is None else f"{where}[{i}]")
     return bindings
 
 

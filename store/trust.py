@@ -98,8 +98,8 @@ from typing import Any, Iterable, Mapping
 
 from .agreement import JSON_KEYS, answer_of
 from .canonical import canonical_json
-from .templates import RenderError, fits, parse_text, placeholder, render_text, shape_of, slots_in_calls, \
-    slots_stated, texts_in, texts_in_calls
+from .templates import VARYING, RenderError, fits, parse_text, placeholder, render_text, shape_of, \
+    slots_in_calls, slots_stated, texts_in, texts_in_calls
 
 TABLE = "trust"
 PROBATION, TRUSTED, DEMOTED = "probation", "trusted", "demoted"
@@ -492,13 +492,19 @@ def carried_ordered(shapes: Mapping[str, str], reply: Any) -> set[str]:
     return {name for name in slots_in_calls(reply) if shapes.get(name) in ORDERED_SHAPES}
 
 
-def with_inputs(entry: Mapping[str, Any], reply: Any) -> Mapping[str, Any]:
+def with_inputs(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str, str] | None = None) -> Mapping[str, Any]:
     """An entry written before butter treated the values a reply states in its text
-    (`stated`) and the numbers and dates it carries into tool calls (`carried`) as
-    decision inputs, judged as if it did: those slots join its inputs, each with the
-    values its recorded and verified runs had, and none freed until its own evidence
-    frees it. A carried slot is told by its values seen (every one a number or a date)."""
-    if entry.get("source") != "learned" or ("stated" in entry and "carried" in entry):
+    (`stated`), the numbers and dates it carries into tool calls (`carried`) and what
+    its template lets vary unbound (VARYING, in this walk's `bindings`) as decision
+    inputs, judged as if it did: those slots join its inputs, each with the values its
+    recorded and verified runs had (none known for VARYING), and none freed until its
+    own evidence frees it. A carried slot is told by its values seen (every one a
+    number or a date)."""
+    if entry.get("source") != "learned":
+        return entry
+    if bindings and VARYING in bindings and VARYING not in (entry.get("slots") or ()):
+        entry = _with_varying(entry)
+    if "stated" in entry and "carried" in entry:
         return entry
     slots = list(entry.get("slots") or ())
     inputs = list(entry.get("inputs") or ())
@@ -520,6 +526,17 @@ def with_inputs(entry: Mapping[str, Any], reply: Any) -> Mapping[str, Any]:
             "seen_inputs": [list(r) for r in seen_inputs], "inputs_free": False, "input_agreements": 0,
             "extrapolated": {}, "input_values": {n: c for n, c in (entry.get("input_values") or {}).items()
                                                 if n not in new}}
+
+
+def _with_varying(entry: Mapping[str, Any]) -> dict:
+    """`with_inputs` for VARYING: an input of its own, no value of it seen."""
+    slots = sorted([*(entry.get("slots") or ()), VARYING])
+    at = slots.index(VARYING)
+    rows = [[*row[:at], None, *row[at:]] for row in entry.get("seen", ()) if len(row) == len(slots) - 1]
+    inputs = sorted([*(entry.get("inputs") or ()), VARYING])
+    seen_inputs = list(dict.fromkeys(tuple(row[slots.index(n)] for n in inputs) for row in rows))
+    return {**entry, "slots": slots, "seen": rows, "inputs": inputs, "seen_inputs": [list(r) for r in seen_inputs],
+            "inputs_free": False, "input_agreements": 0}
 
 
 def declared_entry(now: float) -> dict:

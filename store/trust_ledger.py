@@ -23,7 +23,7 @@ from . import trust
 from .agreement import same_answer
 from .lmdb_backend import LmdbBackend
 from .model import Hit
-from .templates import RenderError, render_reply, shape_of, slots_in, slots_in_data, slots_stated
+from .templates import VARYING, RenderError, render_reply, shape_of, slots_in, slots_in_data, slots_stated
 
 ID = 16
 
@@ -33,15 +33,19 @@ def note_learned(backend: LmdbBackend, node: bytes, reply_id: bytes, slot_shapes
     """Induction wrote (or wrote again) a template reply: on probation, unless it
     already has a state. `messages`: the template nodes the reply hangs below."""
     now = time.time()
+    run_bindings = list(run_bindings)
     rewritable = trust.rewritable_slots(slot_shapes, reply, slots_in_data(messages))
-    fresh = trust.learned_entry(set(slot_shapes), slots_in(reply), list(run_bindings), now, rewritable,
+    # The fingerprint of what the template lets vary unbound is one more slot (a decision input).
+    names = set(slot_shapes) | {VARYING for b in run_bindings if VARYING in b}
+    fresh = trust.learned_entry(names, slots_in(reply), run_bindings, now, rewritable,
                                 trust.typed_whole(reply, rewritable, messages), slots_stated(reply),
                                 trust.carried_ordered(slot_shapes, reply))
     record = backend.node(node)
     created = record.created if record is not None else 0.0
     return backend.update_aux(trust.TABLE, trust.trust_key(node, reply_id),
-                              lambda existing: trust.merge_learned(existing and trust.with_inputs(existing, reply),
-                                                                   fresh, created), bump_templates=True)
+                              lambda existing: trust.merge_learned(
+                                  existing and trust.with_inputs(existing, reply, run_bindings[0] if run_bindings else None),
+                                  fresh, created), bump_templates=True)
 
 
 def note_declared(backend: LmdbBackend, node: bytes, reply_id: bytes) -> None:
@@ -75,7 +79,7 @@ def conclude(backend: LmdbBackend, hit: Hit, actual: dict, rules: trust.TrustRul
     events: list[str] = []
 
     def change(existing: dict | None) -> dict:
-        entry = (trust.with_inputs(existing, hit.reply) if existing else
+        entry = (trust.with_inputs(existing, hit.reply, hit.bindings) if existing else
                  trust.learned_entry(set(hit.bindings), slots_in(hit.reply), (), now,
                                      trust.rewritable_in_reply(hit.reply, hit.bindings), stated=slots_stated(hit.reply),
                                      carried=trust.carried_ordered({n: shape_of(v) for n, v in hit.bindings.items()},

@@ -18,6 +18,8 @@ form of its own:
   Hangzhou -> "Hangzhou, China" in the tool call);
 - a number the reply passes into a tool call, which also decides the call
   (up to a limit `send_payment(amount=…)`, above it `request_approval`);
+- a status inside a list's items (one order among several cancelled): the
+  items' varying fields bind nothing, so only their fingerprint tells;
 - the deciding value stated in the reply ("Yes, 7 is a prime number.",
   "a balance of 20.5 EUR is too low"): it reaches the reply, and the words
   around it are still a verdict on it.
@@ -52,6 +54,7 @@ TOOLS = (
     tool("get_restaurant", "A restaurant's details", restaurant_id="string"),
     tool("search_location", "Find a place by name", query="string"),
     tool("get_weather", "Current weather at a place id", location_id="string"),
+    tool("list_orders", "The user's open orders"),
     tool("send_payment", "Pay a payee (up to 1000.00 EUR)", amount="number", payee="string"),
     tool("request_approval", "Ask a manager to approve a payment above 1000.00 EUR", amount="number",
          payee="string"),
@@ -180,6 +183,25 @@ def payment(r: random.Random, same: bool) -> list[Turn]:
     return [Turn(f"Pay {amount} EUR to {payee}.", TOOLS, steps)]
 
 
+ON_TRACK = ["packed", "shipped", "in_transit", "delivered"]
+FIXED_QUESTION = {"order-list"}  # sets whose runs differ only in what a tool returns
+
+
+def order_list(r: random.Random, same: bool) -> list[Turn]:
+    """A status inside a list's items decides: items are lined up as one item template whose
+    varying fields bind nothing, so the reply never shows them (nor does it here). The
+    question never changes, so nothing else about a run is new: only the list."""
+    orders = [{"order_id": f"{r.randint(100000, 999999)}", "status": r.choice(ON_TRACK),
+               "items": r.randint(1, 4)} for _ in range(r.randint(2, 4))]
+    if not same:
+        orders[r.randrange(len(orders))]["status"] = r.choice(["cancelled", "payment_failed", "lost"])
+    bad = [o for o in orders if o["status"] not in ON_TRACK]
+    answer = (f"Yes: order {bad[0]['order_id']} is {bad[0]['status'].replace('_', ' ')}." if bad
+              else "No, every order is on track.")
+    return [Turn("Does any of my orders need my attention?", TOOLS, (
+        call("list_orders", {}, {"orders": orders}), say(answer)))]
+
+
 # (as the user writes it, as the model writes it in the tool call)
 VERBATIM = ["Porto", "Lyon", "Graz", "Leeds", "Turku", "Ghent", "Bergen", "Bilbao", "Utrecht", "Aarhus", "Tartu",
             "Malmo", "Cork", "Brno", "Split", "Basel"]
@@ -209,6 +231,7 @@ SETS: dict[str, tuple[str, Callable[[random.Random, bool], list[Turn]], str]] = 
     "restaurant-count": ("list length decides (one result)", list_length, SYSTEM),
     "weather-city": ("model-rewritten value (Milan -> Milano)", rewritten, SYSTEM),
     "payment-limit": ("a number passed into the call decides the call (amount above the limit)", payment, SYSTEM),
+    "order-list": ("a status inside a list's items decides (one order cancelled)", order_list, SYSTEM),
     # The deciding value stated in the reply, which still decides the rest of it.
     "primes-stated": ("primes, the number stated in the verdict", prime_stated, SYSTEM),
     "balance-stated": ("balance vs threshold, the balance quoted in the answer", partial(balance, stated=True),
@@ -239,7 +262,7 @@ def build(recorded: int = 2, held_out: int = 4, negatives: int = 4, probation: i
             candidate = run(f"rec{len(rec)}", True)
             if name == "cancel-status":  # both non-shipped statuses, so the status is a value
                 candidate = run(f"rec{len(rec)}", True, cancel_status(r, True, ["pending", "processing"][len(rec) % 2]))
-            if all(candidate.turns[0].user != o.turns[0].user for o in rec):
+            if name in FIXED_QUESTION or all(candidate.turns[0].user != o.turns[0].user for o in rec):
                 rec.append(candidate)
         live = [run(f"live{i}", i < lead or r.random() >= negative_share) for i in range(probation)]
         flows.append(Flow(name, rec, [run(f"held{i}", True) for i in range(held_out)], live))

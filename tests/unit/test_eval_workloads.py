@@ -34,7 +34,10 @@ def test_each_look_alike_shares_its_flows_words_but_gets_another_answer():
                 assert query not in run.turns[0].user
     for flow in workload.flows:  # recorded and held-out runs of a flow: one decision
         assert len({outline(r) for r in flow.recorded + flow.held_out}) == 1, flow.name
-        assert len({r.turns[0].user for r in flow.recorded}) == len(flow.recorded)
+        if flow.name in lookalikes.FIXED_QUESTION:  # the same question; the tool's lists differ
+            assert len({r.steps()[0].results[0] for r in flow.recorded}) == len(flow.recorded)
+        else:
+            assert len({r.turns[0].user for r in flow.recorded}) == len(flow.recorded)
 
 
 def test_tool_workflows_have_four_or_more_steps_bare_ids_and_lists_of_varying_length():

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from butter.store import Cache, Conversation, Hit, Miss
-from butter.store.templates import (COMPACT, RenderError, any_marker, bind_message, bind_reply, common_shape,
+from butter.store.templates import (COMPACT, VARYING, RenderError, any_marker, bind_message, bind_reply, common_shape,
                              explain_mismatch, json_marker, list_marker, match_message, number_marker, opt_marker,
                              parse_text, placeholder, render_reply, render_text, shape_of, slots_in,
                              template_content, text_marker)
@@ -229,11 +229,20 @@ def results(items: list) -> dict:
     return tool(json.dumps({"query": "Graz", "results": items}))
 
 
+def bound_slots(bindings: dict) -> dict:
+    return {k: v for k, v in bindings.items() if k != VARYING}
+
+
 def test_a_list_template_binds_its_head_and_length_and_lets_other_items_vary():
-    bound = match_message(RESULTS, results([{"id": "G1", "km": 2}, {"id": "X9", "km": 7.5, "note": "far"},
-                                            {"id": "Q4", "km": 1}]), {})
-    assert bound == {"city": "Graz", "first_id": "G1", "n": "3"}
+    items = [{"id": "G1", "km": 2}, {"id": "X9", "km": 7.5, "note": "far"}, {"id": "Q4", "km": 1}]
+    bound = match_message(RESULTS, results(items), {})
+    assert bound_slots(bound) == {"city": "Graz", "first_id": "G1", "n": "3"}
     assert slots_in(RESULTS["message"]) == {"city", "first_id", "n"}
+    # What varies unbound is fingerprinted (a decision input to trust): the same items give
+    # the same fingerprint, another value in an item another one.
+    assert match_message(RESULTS, results(items), {})[VARYING] == bound[VARYING]
+    other = [items[0], {**items[1], "km": 75}, items[2]]
+    assert match_message(RESULTS, results(other), {})[VARYING] != bound[VARYING]
 
 
 def test_a_list_template_refuses_too_few_items_unknown_fields_and_wrong_kinds():
@@ -247,7 +256,8 @@ def test_a_list_template_refuses_too_few_items_unknown_fields_and_wrong_kinds():
 def test_an_optional_field_may_be_absent_but_a_required_one_may_not():
     content = template_content(tool(json_marker({"id": text_marker("{{id}}"), "note": opt_marker(any_marker("string"))})),
                                {"id": "identifier"})
-    assert match_message(content, tool('{"id": "A1"}'), {}) == {"id": "A1"}
-    assert match_message(content, tool('{"id": "A1", "note": "x\\ny"}'), {}) == {"id": "A1"}
+    without, noted = (match_message(content, tool(text), {}) for text in ('{"id": "A1"}', '{"id": "A1", "note": "x\\ny"}'))
+    assert bound_slots(without) == bound_slots(noted) == {"id": "A1"}
+    assert without[VARYING] != noted[VARYING], "whether the field is there is fingerprinted too"
     assert match_message(content, tool('{"note": "x"}'), {}) is None
     assert match_message(content, tool('{"id": "A1", "note": 3}'), {}) is None

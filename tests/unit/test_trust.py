@@ -13,6 +13,7 @@ from mitmproxy.test import tflow, tutils
 from butter.addon import verification
 from butter.store import Cache, Conversation, Hit, Miss
 from butter.store import trust, trust_ledger
+from butter.store.templates import VARYING
 from butter.store.trust import DEMOTED, PROBATION, TRUSTED, TrustRules, after_verification, judge, learned_entry
 from tests.unit.exchange import send
 
@@ -801,6 +802,35 @@ def test_a_stated_value_is_freed_by_its_own_agreements_and_a_value_only_passed_t
         {"function": {"name": "get_order", "arguments": {"$butter": "json", "value": {
             "order_id": {"$butter": "text", "t": "{{v1}}"}}}}}]}}]}
     assert slots_stated(call) == {"v2"}
+
+
+# -- what a template lets vary unbound (list items, optional fields) may decide too --------------------
+
+def orders_checked(orders: list[dict]) -> Conversation:
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "list_orders", "arguments": "{}"}}]}
+    return Conversation(CONTEXT, (user("Does any of my orders need attention?"), call,
+                                  {"role": "tool", "tool_call_id": "c1", "content": json.dumps({"orders": orders})}))
+
+
+def orders_verdict(orders: list[dict]) -> dict:
+    bad = [o for o in orders if o["status"] not in ("delivered", "shipped", "packed")]
+    return answer(f"Yes, order {bad[0]['id']} was {bad[0]['status']}." if bad else "No, every order is on track.")
+
+
+def test_a_status_inside_a_list_item_decides_so_unbound_item_values_are_verified_not_served_as_seen(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    for orders in ([{"id": "A1", "status": "delivered"}, {"id": "A2", "status": "shipped"}],
+                   [{"id": "B1", "status": "shipped"}, {"id": "B2", "status": "packed"}, {"id": "B3", "status": "shipped"}]):
+        cache.record("ns", orders_checked(orders), orders_verdict(orders))
+        cache.induce("ns", orders_checked(orders))
+    # Two orders, as a recorded run had: the list's length is a value seen with the reply, but
+    # the items' ids and statuses bind nothing. One of them is a status never seen.
+    odd = [{"id": "Z1", "status": "delivered"}, {"id": "Z2", "status": "cancelled"}]
+    result = cache.lookup("ns", orders_checked(odd))
+    assert isinstance(result, Miss) and result.reason == "verify", served_text(result)
+    assert f"decision input(s) orders_count, {VARYING}" in result.detail
+    assert trust_ledger.conclude(cache.backend, result.verify, orders_verdict(odd), RULES).event == "demoted"
 
 
 # -- a number passed into a tool call may decide which call ------------------------------------------
