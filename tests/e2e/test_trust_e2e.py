@@ -84,6 +84,20 @@ def pay(sdk, invoice: str, balance: float) -> dict:
     raise AssertionError("the agent did not finish")
 
 
+def check_orders(sdk, orders: list[dict]) -> dict:
+    messages = conversation("Does any order need attention?")
+    cache = []
+    for _ in range(3):
+        message, headers = ask(sdk, messages)
+        cache.append(headers["butter-cache"])
+        messages.append(message)
+        if not message.get("tool_calls"):
+            return {"answer": message["content"], "cache": cache}
+        for tc in message["tool_calls"]:
+            messages.append({"role": "tool", "tool_call_id": tc["id"], "content": json.dumps({"orders": orders})})
+    raise AssertionError("the agent did not finish")
+
+
 def settle(proxy: Proxy, api_key: str) -> None:
     """Wait (not a timing assertion) until every recorded miss so far has been learned from:
     induction works in order, so one more miss under its own model name is learned from last."""
@@ -175,6 +189,23 @@ def test_a_balance_that_decides_the_answer_is_verified_and_the_run_answered_righ
     assert rich["answer"] == "Paid invoice 4413." and rich["calls"] == ["get_balance", "pay"]
     # Step 1 is a template on probation; step 2's balance never reaches "Declined …": both verified.
     assert rich["cache"] == ["verify", "verify", "miss"]
+
+
+def test_a_status_inside_a_list_that_decides_is_verified_though_the_list_length_was_seen(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+    first = check_orders(sdk, [{"id": "A1", "status": "shipped"}, {"id": "A2", "status": "delivered"}])
+    assert first == {"answer": "No, every order is on track.", "cache": ["miss", "miss"]}
+    # The same question: its first step (list_orders) is the recorded one.
+    second = check_orders(sdk, [{"id": "B1", "status": "packed"}, {"id": "B2", "status": "shipped"},
+                                {"id": "B3", "status": "shipped"}])
+    assert second == {"answer": "No, every order is on track.", "cache": ["hit", "miss"]}
+    settle(shared_proxy, api_key)
+    # Two orders, as in a recorded run, but one is lost: the list's items bind nothing and the
+    # answer shows none of them, so only their fingerprint (`~varying`) tells this run apart.
+    lost = check_orders(sdk, [{"id": "Z1", "status": "delivered"}, {"id": "Z2", "status": "lost"}])
+    assert lost == {"answer": "Yes: order Z2 is lost.", "cache": ["hit", "verify"]}
 
 
 def learn_weather(proxy: Proxy, through, api_key: str) -> tuple[openai.OpenAI, Verifications]:

@@ -10,6 +10,9 @@ Three tasks, each with a value that syntax cannot judge:
                                           decides, and never appears in the answer)
     "What is the weather in CITY?"     -> search_location(query=...) with the city as written, except
                                           the ones this model rewrites (Milan -> "Milano")
+    "Does any order need attention?"   -> list_orders(); then "No, every order is on track." unless
+                                          an order's status is not on track (the statuses decide,
+                                          inside the list's items, and never appear in the answer)
 
 Anything else gets a one-word answer, so any request can go through it.
 Plain JSON or SSE, fresh ids on every call (openai_chat.completion).
@@ -27,7 +30,8 @@ REWRITES = {"Milan": "Milano", "Warsaw": "Warszawa", "Hangzhou": "Hangzhou, Chin
 TOOLS = [
     {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": props}}}
     for name, props in (("get_balance", {"invoice": {"type": "string"}}), ("pay", {"invoice": {"type": "string"}}),
-                        ("search_location", {"query": {"type": "string"}}))]
+                        ("search_location", {"query": {"type": "string"}}), ("list_orders", {}))]
+ON_TRACK = ("packed", "shipped", "delivered")
 SYSTEM = "You are an assistant. Use the tools when you need them; answer briefly."
 
 
@@ -55,6 +59,12 @@ def decide(messages: list[dict]) -> dict:
     if m := re.fullmatch(r"What is the weather in ([A-Z][a-z]+)\?", user):
         city = m.group(1)
         return {"tool_calls": [("search_location", {"query": REWRITES.get(city, city)})]}
+    if user == "Does any order need attention?":
+        if not results:
+            return {"tool_calls": [("list_orders", {})]}
+        stuck = [o for o in results[0]["orders"] if o["status"] not in ON_TRACK]
+        return {"content": f"Yes: order {stuck[0]['id']} is {stuck[0]['status']}." if stuck
+                else "No, every order is on track."}
     return {"content": "ok"}
 
 
