@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from . import feedback, trust, trust_ledger
+from . import feedback, trust
 from .lmdb_backend import LmdbBackend
 from .model import StoredReply
 from .tree import ServePolicy
@@ -188,7 +188,7 @@ def prune(backend: LmdbBackend, unused_for: float, *, now: float | None = None, 
         return _dry(backend, nodes, tops)
     removed = delete(backend, tops, unused_since=cutoff, on_batch=on_batch)
     for table in NODE_TABLES:  # what a prune or forget by an older butter left behind
-        backend.delete_orphaned_aux(table, trust_ledger.ID)
+        backend.delete_orphaned_aux(table)
     return removed
 
 

@@ -824,9 +824,9 @@ class LmdbBackend:
 
         return self._write(write)
 
-    def delete_orphaned_aux(self, table: str, id_length: int) -> int:
-        """Delete the rows of a side table keyed by node id (its first `id_length`
-        bytes) whose node is gone: left by a deletion from before `node_tables`.
+    def delete_orphaned_aux(self, table: str) -> int:
+        """Delete the rows of a side table keyed by node id (its first ID bytes)
+        whose node is gone: left by a deletion from before `node_tables`.
         One write transaction, so a node recorded meanwhile keeps its rows."""
         prefix = _aux_key(table, b"")
 
@@ -837,7 +837,7 @@ class LmdbBackend:
                     key = bytes(key)
                     if not key.startswith(prefix):
                         break
-                    if txn.get(key[len(prefix):len(prefix) + id_length], db=self.nodes) is None:
+                    if txn.get(key[len(prefix):len(prefix) + ID], db=self.nodes) is None:
                         doomed.append(key)
             for key in doomed:
                 txn.delete(key, db=self.aux)

@@ -69,7 +69,8 @@ Public API
     trust_key(node_id, reply_id) -> bytes
     learned_entry(slot_names, reply_slots, run_bindings, now, rewritable=(), whole=None, stated=(), carried=()) -> dict
     carried_ordered(shapes, reply) -> {slot}   numbers and dates a reply passes into tool calls
-    with_inputs(entry, reply) -> entry   an entry from before stated/carried slots were inputs, judged as if they were
+    with_inputs(entry, reply, bindings=None) -> entry   an entry from before stated/carried/~varying
+        slots were inputs, judged as if they were
     rewritable_slots(shapes, reply_template, given_as_data) -> set[str]
         prose-shaped slots inside tool-call arguments that only the user's words held
     declared_entry(now) -> dict
@@ -521,9 +522,8 @@ def with_inputs(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str, str
     if not new:
         return {**entry, "stated": stated, "carried": carried}
     inputs = sorted(inputs + new)
-    seen_inputs = list(dict.fromkeys(tuple(row[slots.index(n)] for n in inputs) for row in rows))
     return {**entry, "stated": stated, "carried": carried, "inputs": inputs,
-            "seen_inputs": [list(r) for r in seen_inputs], "inputs_free": False, "input_agreements": 0,
+            "seen_inputs": _seen_inputs(slots, inputs, rows), "inputs_free": False, "input_agreements": 0,
             "extrapolated": {}, "input_values": {n: c for n, c in (entry.get("input_values") or {}).items()
                                                 if n not in new}}
 
@@ -534,9 +534,13 @@ def _with_varying(entry: Mapping[str, Any]) -> dict:
     at = slots.index(VARYING)
     rows = [[*row[:at], None, *row[at:]] for row in entry.get("seen", ()) if len(row) == len(slots) - 1]
     inputs = sorted([*(entry.get("inputs") or ()), VARYING])
-    seen_inputs = list(dict.fromkeys(tuple(row[slots.index(n)] for n in inputs) for row in rows))
-    return {**entry, "slots": slots, "seen": rows, "inputs": inputs, "seen_inputs": [list(r) for r in seen_inputs],
+    return {**entry, "slots": slots, "seen": rows, "inputs": inputs, "seen_inputs": _seen_inputs(slots, inputs, rows),
             "inputs_free": False, "input_agreements": 0}
+
+
+def _seen_inputs(slots: list[str], inputs: list[str], rows: list) -> list[list]:
+    """The distinct decision-input value tuples of the value rows `rows` (one per run, over `slots`)."""
+    return [list(r) for r in dict.fromkeys(tuple(row[slots.index(n)] for n in inputs) for row in rows)]
 
 
 def declared_entry(now: float) -> dict:
