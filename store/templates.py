@@ -108,6 +108,8 @@ MARK = "$butter"
 # slot name (NAME), so no template, declared binding or reply can name it.
 VARYING = "~varying"
 _NOTED = "~noted"  # while one message is matched: the values `_vary` noted (never left in bindings)
+ABSENT = "~absent"  # the field `_vary` notes an optional field's name under when a message leaves it out
+LENGTH = "#length"  # after a field's name: the length of its list, when no slot binds it
 NAME = r"[A-Za-z_][A-Za-z0-9_.-]*"
 NAME_RE = re.compile(rf"^{NAME}$")
 _PLACEHOLDER = re.compile(r"\{\{(" + NAME + r")(?: ([+-]\d{1,3})d)?\}\}")
@@ -397,7 +399,7 @@ def _markers(value: Any) -> Iterator[dict]:
 def match_message(content: Mapping[str, Any], message: Any, bindings: Mapping[str, str]) -> dict | None:
     """The bindings extended by this message, or None when it does not fit."""
     try:
-        return _fingerprinted(_match(content["message"], message, dict(bindings), content.get("slots") or {}, None))
+        return _fingerprinted(_match(content["message"], message, dict(bindings), content.get("slots") or {}, None, ""))
     except _NoMatch:
         return None
 
@@ -405,7 +407,7 @@ def match_message(content: Mapping[str, Any], message: Any, bindings: Mapping[st
 def explain_mismatch(content: Mapping[str, Any], message: Any, bindings: Mapping[str, str]) -> str:
     """Which literal or slot failed (empty when the message fits)."""
     try:
-        _match(content["message"], message, dict(bindings), content.get("slots") or {}, "")
+        _match(content["message"], message, dict(bindings), content.get("slots") or {}, "", "")
     except _NoMatch as e:
         return str(e)
     return ""
@@ -441,7 +443,9 @@ def _bind(name: str, value: str, bindings: dict, shape: str, where: str | None) 
     bindings[name] = value
 
 
-def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str | None) -> dict:
+def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str | None, field: str) -> dict:
+    """`field`: the name of the JSON field `c` is the value of (items of a list share
+    their list's), under which `_vary` notes what the template lets vary unbound."""
     if type(t) is dict:
         kind = t.get(MARK)
         if kind is not None:
@@ -458,13 +462,13 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
                 parsed = _json_container(c)
                 if parsed is None:
                     raise _fail(where, lambda: f"expected JSON text, got {_short(c)!r}")
-                return _match(t["value"], parsed, bindings, shapes, where)
+                return _match(t["value"], parsed, bindings, shapes, where, field)
             if kind == "any":
-                return _match_any(t, c, bindings, where)
+                return _match_any(t, c, bindings, where, field)
             if kind == "list":
-                return _match_list(t, c, bindings, shapes, where)
+                return _match_list(t, c, bindings, shapes, where, field)
             if kind == "opt":  # present: its value must match
-                return _match(t["value"], c, bindings, shapes, where)
+                return _match(t["value"], c, bindings, shapes, where, field)
             if kind == "dates":
                 raise _fail(where, lambda: "a date offset is written only in replies")
             raise _fail(where, lambda: f"unknown template marker {kind!r}")
@@ -473,7 +477,8 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
                 raise _fail(where, lambda: f"fields differ ({sorted(t)} vs "
                                            f"{sorted(c) if isinstance(c, dict) else type(c).__name__})")
             # The optional fields this one leaves out: which are present may decide too.
-            _vary(bindings, sorted(k for k in t if k not in c))
+            for absent in sorted(k for k in t if k not in c):
+                _vary(bindings, ABSENT, absent)
             t = {k: v for k, v in t.items() if k in c}
         for key, tv in t.items():  # template key order: role and literals first, as written
             if type(tv) is str and where is None:  # a literal string field: the commonest case
@@ -481,13 +486,13 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
                     raise _NoMatch()
                 continue
             sub = None if where is None else (f"{where}.{key}" if where else key)
-            bindings = _match(tv, c[key], bindings, shapes, sub)
+            bindings = _match(tv, c[key], bindings, shapes, sub, key)
         return bindings
     if type(t) is list:
         if type(c) is not list or len(t) != len(c):
             raise _fail(where, lambda: "list length differs")
         for i, (tv, cv) in enumerate(zip(t, c)):
-            bindings = _match(tv, cv, bindings, shapes, None if where is None else f"{where}[{i}]")
+            bindings = _match(tv, cv, bindings, shapes, None if where is None else f"{where}[{i}]", field)
         return bindings
     if not _same_literal(t, c):
         raise _fail(where, lambda: f"literal {_short(t)!r} differs from {_short(c)!r}")
@@ -501,47 +506,103 @@ def _optional_fit(t: dict, c: dict) -> bool:
     return all(k in c for k, v in t.items() if not (type(v) is dict and v.get(MARK) == "opt"))
 
 
-def _match_any(t: dict, c: Any, bindings: dict, where: str | None) -> dict:
+def _match_any(t: dict, c: Any, bindings: dict, where: str | None, field: str) -> dict:
     if t.get("kind") == "number":
         if isinstance(c, bool) or not isinstance(c, (int, float)):
             raise _fail(where, lambda: f"{_short(c)!r} is not a number")
-        return _vary(bindings, c)
+        return _vary(bindings, field, number_text(c))
     if type(c) is not str:
         raise _fail(where, lambda: f"{_short(c)!r} is not a string")
     shape = t.get("shape")
     if shape is not None and not fits(shape, c):
         raise _fail(where, lambda: f"{_short(c)!r} is not a {shape}")
-    return _vary(bindings, c)
+    return _vary(bindings, field, c)
 
 
-def _vary(bindings: dict, value: Any) -> dict:
+def _vary(bindings: dict, field: str, value: str) -> dict:
     """Note a value the template lets vary without binding it (an `any`, which optional
-    fields are absent): it binds nothing, so no reply shows it, and it may still decide
-    the answer (one order "cancelled" among "shipped" ones). `match_message` folds the
-    values a message noted into the walk's fingerprint, VARYING, which trust treats as
-    a decision input. (Item copies share the list: an item's values are noted too.)"""
-    bindings.setdefault(_NOTED, []).append(value)
+    fields are absent), under the JSON field it is the value of: it binds nothing, so no
+    reply shows it, and it may still decide the answer (one order "lost" among "shipped"
+    ones). `match_message` folds the values a message noted into VARYING, which trust
+    treats as a decision input. (Item copies share the list: an item's values are noted too.)"""
+    bindings.setdefault(_NOTED, []).append((field, value))
     return bindings
 
 
 def _fingerprinted(bindings: dict) -> dict:
-    """The bindings with this message's noted values folded into VARYING (one hash per message)."""
+    """The bindings with this message's noted values added to VARYING (`varying_text`)."""
     noted = bindings.pop(_NOTED, None)
     if noted:
-        before = bindings.get(VARYING, "")
-        bindings[VARYING] = "varying-" + hashlib.sha256(
-            f"{before}\x1f{canonical_json(noted)}".encode()).hexdigest()[:20]
+        fields = {name: set(values) for name, values in varying_elements(bindings.get(VARYING)).items()}
+        for field, value in noted:
+            fields.setdefault(field, set()).add(value)
+        bindings[VARYING] = varying_text(fields)
     return bindings
 
 
-def _match_list(t: dict, c: Any, bindings: dict, shapes: Mapping[str, str], where: str | None) -> dict:
+# VARYING's value is the set of values noted under each field name, one message's added
+# to the earlier ones' (a "status" in two tool results is one field). Trust judges it
+# value by value (store/trust.py): a field whose values repeat (a status) has a value
+# never seen verified; one whose values are new nearly every time (an id, a price)
+# earns its freedom as a slot does. Kept short, as it is stored with every
+# verified run: a long value is noted by a hash, and a field with many values in one
+# walk (a long list of ids) by one hash of them all, so it counts as new every time.
+VARYING_PREFIX = "varying:"
+_ELEMENT_CHARS = 40
+_FIELD_ELEMENTS = 16
+_VARYING_CHARS = 1024
+
+
+def _element(value: str) -> str:
+    if len(value) <= _ELEMENT_CHARS:
+        return value
+    return "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _many(values: Iterable[str]) -> list[str]:
+    return ["#many:" + hashlib.sha256(canonical_json(sorted(values))).hexdigest()[:16]]
+
+
+def varying_text(fields: Mapping[str, Iterable[str]]) -> str:
+    """VARYING's value for these noted values per field (`varying_elements` reads it back)."""
+    table = {name: sorted({_element(v) for v in values}) for name, values in fields.items()}
+    for name, values in table.items():
+        if len(values) > _FIELD_ELEMENTS:
+            table[name] = _many(values)
+    text = canonical_json(table).decode()
+    while len(text) > _VARYING_CHARS:
+        longest = max((n for n, values in table.items() if not (len(values) == 1 and values[0].startswith("#many:"))),
+                      key=lambda n: len(canonical_json(table[n])), default=None)
+        table = {"#": _many([text])} if longest is None else {**table, longest: _many(table[longest])}
+        text = canonical_json(table).decode()
+    return VARYING_PREFIX + text
+
+
+@lru_cache(maxsize=4096)
+def varying_elements(value: str | None) -> dict[str, frozenset]:
+    """The values noted per field in a VARYING value (empty for none, or for the single
+    hash an older butter wrote, which says nothing element by element)."""
+    if not isinstance(value, str) or not value.startswith(VARYING_PREFIX):
+        return {}
+    try:
+        table = json.loads(value[len(VARYING_PREFIX):])
+    except ValueError:
+        return {}
+    if not isinstance(table, dict):
+        return {}
+    return {str(name): frozenset(str(v) for v in values) for name, values in table.items() if isinstance(values, list)}
+
+
+def _match_list(t: dict, c: Any, bindings: dict, shapes: Mapping[str, str], where: str | None, field: str) -> dict:
     head = t.get("head") or []
     if type(c) is not list or len(c) < max(len(head), t.get("min") or 0):
         raise _fail(where, lambda: f"expected a list of at least {max(len(head), t.get('min') or 0)} items")
     if t.get("count"):
         _bind(t["count"], str(len(c)), bindings, "number", where)
+    elif t.get("item") is not None:
+        _vary(bindings, field + LENGTH, str(len(c)))  # how many may decide too ("which one?" for two)
     for i, (tv, cv) in enumerate(zip(head, c)):
-        bindings = _match(tv, cv, bindings, shapes, None if where is None else f"{where}[{i}]")
+        bindings = _match(tv, cv, bindings, shapes, None if where is None else f"{where}[{i}]", field)
     item = t.get("item")
     for i in range(len(head), len(c)):
         if item is None:
@@ -549,7 +610,7 @@ def _match_list(t: dict, c: Any, bindings: dict, shapes: Mapping[str, str], wher
         # An item template binds nothing: each item is checked on its own (what its
         # `any` parts matched is still noted: the copy shares the list, `_vary`).
         _match(item, c[i], {**bindings, _NOTED: bindings.setdefault(_NOTED, [])}, shapes,
-               None if where is None else f"{where}[{i}]")
+               None if where is None else f"{where}[{i}]", field)
     return bindings
 
 

@@ -100,7 +100,7 @@ from typing import Any, Iterable, Mapping
 from .agreement import JSON_KEYS, answer_of
 from .canonical import canonical_json
 from .templates import VARYING, RenderError, fits, parse_text, placeholder, render_text, shape_of, \
-    slots_in_calls, slots_stated, texts_in, texts_in_calls
+    slots_in_calls, slots_stated, texts_in, texts_in_calls, varying_elements
 
 TABLE = "trust"
 PROBATION, TRUSTED, DEMOTED = "probation", "trusted", "demoted"
@@ -206,6 +206,17 @@ class View:
     input_evidence: Mapping[str, int] = None
     # (input, input) -> how the two compared in the values seen (-1, 0, 1) (`_orders`).
     orders: Mapping[tuple[str, str], frozenset] = None
+    # What VARYING's values seen hold, field by field (`_varying_evidence`).
+    varying: "VaryingEvidence" = None
+
+
+@dataclass(frozen=True)
+class VaryingEvidence:
+    """The values a template let vary unbound, per field, in the runs seen with its reply:
+    every value seen, and how many of them were seen in one run only."""
+
+    values: Mapping[str, frozenset]
+    once: Mapping[str, int]
 
 
 def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
@@ -223,7 +234,47 @@ def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
                 rewritable, {name: frozenset(verbatim.get(name, ())) for name in rewritable},
                 frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
                 {name: tuple(whole[name]) for name in rewritable if whole.get(name)},
-                kept, *_input_evidence(entry), orders=_orders(entry, kept) if ranges else {})
+                kept, *_input_evidence(entry), orders=_orders(entry, kept) if ranges else {},
+                varying=_varying_evidence(entry))
+
+
+def _varying_evidence(entry: Mapping[str, Any]) -> VaryingEvidence | None:
+    """VARYING's column of `seen_inputs`, read field by field (None when it is no input).
+    A run whose VARYING is of an older butter (one hash) is no evidence about any field."""
+    inputs = tuple(entry.get("inputs") or ())
+    if VARYING not in inputs:
+        return None
+    at = inputs.index(VARYING)
+    runs: dict[str, dict[str, int]] = {}  # field -> value -> runs it was seen in
+    for row in entry.get("seen_inputs", ()):
+        for name, elements in (varying_elements(row[at]) if at < len(row) else {}).items():
+            counts = runs.setdefault(name, {})
+            for element in elements:
+                counts[element] = counts.get(element, 0) + 1
+    values = {name: frozenset(counts) for name, counts in runs.items()}
+    once = {name: sum(1 for n in counts.values() if n == 1) for name, counts in runs.items()}
+    return VaryingEvidence(values, once)
+
+
+def _unearned_fields(evidence: VaryingEvidence | None, value: str | None, needed: int) -> list[str]:
+    """The fields of a VARYING value that the runs seen with the reply do not vouch for.
+
+    A field with `needed` values seen in one run only (an id, a price: new values are
+    the rule there, and that many agreed) is free, as a freed slot is. Any other field
+    (a status, a membership tier, a list's length) has taken its values from a few that
+    repeat, so a value never seen there ("lost" after "shipped" and "packed") is one the
+    evidence says nothing about, and may be what decides: it is verified. Values seen,
+    in a combination never seen together, are served (the evidence is per value)."""
+    if evidence is None:
+        return []
+    now = varying_elements(value)
+    out = []
+    for name in sorted(set(now) | set(evidence.values)):
+        if evidence.once.get(name, 0) >= needed:
+            continue
+        if not now.get(name, frozenset()) <= evidence.values.get(name, frozenset()):
+            out.append(name or "(message)")
+    return out
 
 
 def _input_evidence(entry: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -683,8 +734,14 @@ def _judge_values(view: View, state: str, bindings: Mapping[str, str], rules: Tr
             return SERVE_TRUSTED
         if _values(bindings, inputs) in view.seen_inputs:
             return SERVE_TRUSTED
-        unearned = [name for name in inputs if view.input_evidence[name] < rules.free_inputs_after
+        unearned = [name for name in inputs if name != VARYING and view.input_evidence[name] < rules.free_inputs_after
                     and bindings.get(name) not in view.input_columns[name]]
+        if VARYING in inputs and bindings.get(VARYING) not in view.input_columns[VARYING]:
+            # Judged field by field, not as one value: a list of orders is new every run
+            # (its ids), but its statuses are not (`_unearned_fields`).
+            fields = _unearned_fields(view.varying, bindings.get(VARYING), rules.free_inputs_after)
+            if fields:
+                unearned.append(f"{VARYING} ({', '.join(fields)})")
         if unearned:
             # Agreements on new tuples free the inputs together, but each one is freed only by
             # its own: after "Is 7 prime? (ticket 103)", "(ticket 104)", ... nothing is known of 8.

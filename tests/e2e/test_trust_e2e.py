@@ -208,6 +208,32 @@ def test_a_status_inside_a_list_that_decides_is_verified_though_the_list_length_
     assert lost == {"answer": "Yes: order Z2 is lost.", "cache": ["hit", "verify"]}
 
 
+def listed(prefix: str, *statuses: str) -> list[dict]:
+    return [{"id": f"{prefix}{n}", "status": status} for n, status in enumerate(statuses, 1)]
+
+
+def test_once_five_lists_freed_the_checker_a_status_never_seen_in_them_is_still_verified(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+    assert check_orders(sdk, listed("A", "shipped", "delivered"))["cache"] == ["miss", "miss"]
+    assert check_orders(sdk, listed("B", "packed", "shipped", "shipped"))["cache"] == ["hit", "miss"]
+    settle(shared_proxy, api_key)
+    verified = Verifications(shared_proxy)
+    # Five lists, new ids every time, all on track: they agree, promote and free the inputs
+    # (butter_verify_inputs_min). A fingerprint of each whole list would now serve any list.
+    for n, statuses in enumerate((("delivered", "shipped"), ("shipped", "packed", "delivered"), ("shipped", "shipped"),
+                                  ("packed", "delivered"), ("delivered", "shipped", "packed"))):
+        run = check_orders(sdk, listed(f"V{n}", *statuses))
+        assert run == {"answer": "No, every order is on track.", "cache": ["hit", "verify"]}, run
+    assert "decision inputs freed" in verified.wait(5)[-1]
+    # The ids were new in every run: free. The statuses came from three that repeat.
+    fresh = check_orders(sdk, listed("F", "delivered", "shipped"))
+    assert fresh == {"answer": "No, every order is on track.", "cache": ["hit", "hit"]}
+    lost = check_orders(sdk, listed("Z", "shipped", "lost"))
+    assert lost == {"answer": "Yes: order Z2 is lost.", "cache": ["hit", "verify"]}
+
+
 def learn_weather(proxy: Proxy, through, api_key: str) -> tuple[openai.OpenAI, Verifications]:
     """Two recorded cities, learned from: `search_location(query={{city}})` on probation."""
     through(proxy)

@@ -6,10 +6,11 @@ import json
 import pytest
 
 from butter.store import Cache, Conversation, Hit, Miss
-from butter.store.templates import (COMPACT, VARYING, RenderError, any_marker, bind_message, bind_reply, common_shape,
+from butter.store.templates import (ABSENT, COMPACT, LENGTH, VARYING, RenderError, any_marker, bind_message, bind_reply,
+                             common_shape,
                              explain_mismatch, json_marker, list_marker, match_message, number_marker, opt_marker,
                              parse_text, placeholder, render_reply, render_text, shape_of, slots_in,
-                             template_content, text_marker)
+                             template_content, text_marker, varying_elements, varying_text)
 
 TRICKY = 'Zoë "Z" O\'Brien \\ 東京 \u2028 {{not_a_slot}}'
 
@@ -243,6 +244,31 @@ def test_a_list_template_binds_its_head_and_length_and_lets_other_items_vary():
     assert match_message(RESULTS, results(items), {})[VARYING] == bound[VARYING]
     other = [items[0], {**items[1], "km": 75}, items[2]]
     assert match_message(RESULTS, results(other), {})[VARYING] != bound[VARYING]
+
+
+def test_what_varies_unbound_is_noted_per_field_with_absent_fields_and_a_free_length():
+    items = [{"id": "G1", "km": 2}, {"id": "X9", "km": 7.5, "note": "far"}, {"id": "Q4", "km": 1}]
+    noted = varying_elements(match_message(RESULTS, results(items), {})[VARYING])
+    # The head item's id is a slot (not noted); its km and the others' values are, by field.
+    assert noted == {"id": {"X9", "Q4"}, "km": {"2", "7.5", "1"}, "note": {"far"}, ABSENT: {"note"}}
+    content = template_content(tool(json_marker({"orders": list_marker([], {"status": any_marker("string")}, 0)})), {})
+    # No slot binds this list's length: it is noted, beside the items' values.
+    listed = match_message(content, tool(json.dumps({"orders": [{"status": "shipped"}] * 3})), {})
+    assert varying_elements(listed[VARYING]) == {"status": {"shipped"}, "orders" + LENGTH: {"3"}}
+
+
+def test_unbound_values_are_kept_short_as_they_are_stored_with_every_verified_run():
+    long = "x" * 500
+    fields = {"note": [long], "id": [f"id{n}" for n in range(40)], "status": ["shipped"]}
+    text = varying_text(fields)
+    elements = varying_elements(text)
+    assert long not in text and len(next(iter(elements["note"]))) < 40, "a long value is noted by a hash"
+    assert len(elements["id"]) == 1, "a field with many values in one walk is one hash of them all"
+    assert elements["status"] == {"shipped"}
+    assert varying_text({**fields, "id": [f"id{n}" for n in range(41)]}) != text
+    many = varying_text({f"field{n}": [f"value{n}-{k}" for k in range(10)] for n in range(200)})
+    assert len(many) <= 1100 and varying_elements(many), "bounded however many fields a walk noted"
+    assert varying_elements("varying-0123456789abcdef0123") == {}, "an older butter's hash names no field"
 
 
 def test_a_list_template_refuses_too_few_items_unknown_fields_and_wrong_kinds():

@@ -833,6 +833,52 @@ def test_a_status_inside_a_list_item_decides_so_unbound_item_values_are_verified
     assert trust_ledger.conclude(cache.backend, result.verify, orders_verdict(odd), RULES).event == "demoted"
 
 
+def orders(*items: str) -> list[dict]:
+    """Orders from "ID:status" strings."""
+    return [{"id": i, "status": status} for i, status in (item.split(":") for item in items)]
+
+
+def trusted_list_checker(cache: Cache) -> None:
+    """Two recorded lists, then three more with new ids that agree: RULES free the inputs."""
+    for listed in (orders("A1:delivered", "A2:shipped"), orders("B1:shipped", "B2:packed", "B3:shipped")):
+        cache.record("ns", orders_checked(listed), orders_verdict(listed))
+        cache.induce("ns", orders_checked(listed))
+    for listed in (orders("C1:shipped", "C2:delivered"), orders("D1:packed", "D2:shipped", "D3:delivered"),
+                   orders("E1:delivered", "E2:shipped")):
+        pending = cache.lookup("ns", orders_checked(listed))
+        assert isinstance(pending, Miss) and pending.reason == "verify", pending
+        assert trust_ledger.conclude(cache.backend, pending.verify, orders_verdict(listed), RULES).agreed
+    entry = trust_ledger.read(cache.backend, pending.verify.node_id, pending.verify.reply_id)
+    assert entry["state"] == TRUSTED and entry["inputs_free"], entry
+
+
+def test_once_freed_list_items_are_judged_field_by_field_so_new_ids_are_served_and_a_new_status_is_verified(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    trusted_list_checker(cache)
+    # Ids new every run: free. Statuses and their combination seen with the reply.
+    hit = cache.lookup("ns", orders_checked(orders("F1:delivered", "F2:shipped")))
+    assert isinstance(hit, Hit) and hit.trust == "new-inputs", hit
+    assert served_text(hit) == "No, every order is on track."
+    # Five lists, each new as a whole, agreed; none had a lost order. The status field took its
+    # values from three that repeat: a fourth is not vouched for by them.
+    lost = orders("G1:delivered", "G2:lost")
+    result = cache.lookup("ns", orders_checked(lost))
+    assert isinstance(result, Miss) and result.reason == "verify", served_text(result)
+    assert f"{VARYING} (status)" in result.detail
+    assert trust_ledger.conclude(cache.backend, result.verify, orders_verdict(lost), RULES).event == "demoted"
+
+
+def test_runs_whose_unbound_values_an_older_butter_fingerprinted_are_no_evidence_for_any_field():
+    rules = TrustRules(promote_after=2, free_inputs_after=3)
+    entry = learned_entry(["v1", VARYING], set(), [], 0.0)
+    entry.update(state=TRUSTED, inputs_free=True, input_agreements=9,
+                 seen_inputs=[["a", f"varying-{n:020x}"] for n in range(9)], input_values={VARYING: 9, "v1": 9})
+    from butter.store.templates import varying_text
+    now = {"v1": "a", VARYING: varying_text({"status": ["shipped"]})}
+    verdict = judge(entry, now, rules)
+    assert verdict.action == "verify" and f"{VARYING} (status)" in verdict.why, verdict
+
+
 # -- a number passed into a tool call may decide which call ------------------------------------------
 
 def pay(amount: str) -> dict:
