@@ -65,12 +65,14 @@ def add_options(loader) -> None:
                       "Verified agreements on distinct values of a template's decision inputs (slots that "
                       "never reach its reply, that it states in its text, or numbers and dates it passes "
                       "into a tool call) before new values of them are served.")
-    loader.add_option("butter_verify_ranges", bool, False,
+    loader.add_option("butter_verify_ranges", bool, True,
                       "Serve new values of freed decision inputs that are numbers or ISO dates only within the "
                       "range verified with the template (a limit may lie beyond it), and two of them only "
                       "compared as in the values seen (an amount above a limit); each side opens after "
                       "butter_verify_inputs_min agreements beyond it, an order after one. Costs verifications "
-                      "on data with many numeric fields.")
+                      "while data with many numeric fields widens its ranges; false: a freed input serves "
+                      "any new value (a threshold crossed only after five one-sided agreements is served wrong "
+                      "until a sampled re-check finds it).")
     loader.add_option("butter_verify_rewritable_min", int, 0,
                       "Values of a rewritable slot (the user's words the model writes into a tool call: a city, "
                       "a name) seen copied verbatim, with none ever rewritten, before new values are served "

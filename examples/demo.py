@@ -17,7 +17,9 @@ promote it. A value that may decide a reply is verified for five values
 before new ones are served: the customer's name where it does not reach the
 reply (the lookup and the refund call), and the values the final answer states in its
 text ("Refunded 49.99 to ..."), since such text can be a verdict on them
-(docs/trust.md). After that,
+(docs/trust.md). So is a number beyond every value verified so far (a
+refund larger than any before, the shop's next order number), since a limit
+may lie there, until five values beyond it agreed. After that,
 every request is answered from the tree with the run's own values
 substituted. A last run with a changed
 instruction ("cancel" instead of "refund") shows that a look-alike is never
@@ -68,8 +70,10 @@ CUSTOMERS = ["Ana Ruiz", "Bo Chen", "Cyril Okafor", "Dana Novak", "Emeka Haddad"
 def make_orders(n: int, seed: int) -> dict[str, dict]:
     r = random.Random(seed)
     orders = {}
+    number = r.randint(10000, 80000)
     for name in r.sample(CUSTOMERS, n):
-        order_id = str(r.randint(10000, 99999))
+        number += r.randint(1, 400)  # a shop numbers its orders as they come
+        order_id = str(number)
         orders[order_id] = {"order_id": order_id, "customer": name,
                             "amount": r.randint(5, 300) + r.choice([25, 49, 75, 99]) / 100, "status": "paid"}
     return orders

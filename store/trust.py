@@ -135,7 +135,7 @@ class TrustRules:
     free_rewritable_after: int = 0
     # New values of freed decision inputs that are numbers or dates: only within the
     # range verified (each side opens after free_inputs_after agreements beyond it).
-    keep_to_ranges: bool = False
+    keep_to_ranges: bool = True
 
     @property
     def needed(self) -> int:

@@ -26,8 +26,8 @@ EXPECTED_1234 = {"answer": "Refunded 42.5 for order 1234 (Ana Ruiz).",
                  "calls": [("get_order", {"order_id": "1234"}), ("refund", {"order_id": "1234", "amount": 42.5})]}
 EXPECTED_9876 = {"answer": "Refunded 17.0 for order 9876 (Bo Chen).",
                  "calls": [("get_order", {"order_id": "9876"}), ("refund", {"order_id": "9876", "amount": 17.0})]}
-EXPECTED_5555 = {"answer": "Refunded 99.9 for order 5555 (Cy Diaz).",
-                 "calls": [("get_order", {"order_id": "5555"}), ("refund", {"order_id": "5555", "amount": 99.9})]}
+EXPECTED_5555 = {"answer": "Refunded 29.9 for order 5555 (Cy Diaz).",
+                 "calls": [("get_order", {"order_id": "5555"}), ("refund", {"order_id": "5555", "amount": 29.9})]}
 
 
 def client(api_key: str, **kwargs) -> openai.OpenAI:

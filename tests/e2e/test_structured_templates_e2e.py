@@ -101,7 +101,11 @@ def test_a_real_shaped_workflow_is_served_whole_after_its_templates_are_promoted
     # flight-booking: a search whose result list is 1-4 flights long, the
     # first one's number and price flowing into the booking call.
     flow = workflow(name, oracle)
-    agent = Agent(start_proxy(options=QUIET), provider, oracle)
+    # Prices and zip codes drawn at random keep landing beyond the range verified so far, and
+    # butter_verify_ranges (on by default) verifies each of those first: held-out runs are then
+    # served only after many more live runs (docs/evaluation.md). This test is about the shapes
+    # induction lines up, so freed values are served here as with the option off.
+    agent = Agent(start_proxy(options={**QUIET, "butter_verify_ranges": "false"}), provider, oracle)
     for run in flow.recorded:
         assert "hit" not in statuses(agent.run(run))
     # Live traffic pays the probation: each learned template is verified

@@ -30,9 +30,11 @@ TRICKY = 'Zoë "Z" O\'Brien \\ 東京'
 ORDERS = {
     "1234": {"order_id": "1234", "customer": "Ana Ruiz", "amount": 42.5, "status": "paid"},
     "9876": {"order_id": "9876", "customer": "Bo Chen", "amount": 17.0, "status": "paid"},
-    "5555": {"order_id": "5555", "customer": "Cy Diaz", "amount": 99.9, "status": "paid"},
+    "5555": {"order_id": "5555", "customer": "Cy Diaz", "amount": 29.9, "status": "paid"},
     "7777": {"order_id": "7777", "customer": TRICKY, "amount": 5.25, "status": "paid"},
     "8888": {"order_id": "8888", "customer": "Di Eze", "amount": 8.0, "status": "refunded"},
+    # A refund far above every amount the template was verified with (a limit may lie there).
+    "6666": {"order_id": "6666", "customer": "Lu Park", "amount": 99.9, "status": "paid"},
 }
 # Customers whose runs verify a learned template before it is served (see `promote`).
 VERIFIERS = ("2001", "2002", "2003", "2004", "2005")
@@ -273,6 +275,20 @@ def test_two_recorded_customers_serve_a_third_with_every_value_and_no_provider_c
     assert len(provider.calls) == calls, "a templated run reached the provider"
 
 
+def test_a_refund_above_every_amount_verified_goes_to_the_provider_though_the_template_is_trusted(
+        shared_proxy, through, provider, api_key, openai_model):
+    # butter_verify_ranges (the default): the amounts verified were 1 to 42.5, all refunded. A
+    # refund of 99.9 may cross a limit none of them did, so it is verified before it is served.
+    through(shared_proxy)
+    sdk = openai_client(api_key)
+    record_two_customers(shared_proxy, provider, api_key, run_openai, sdk)
+    calls = len(provider.calls)
+    above = run_openai(sdk, "Please refund order 6666.")
+    assert outcome(above) == refund_outcome("6666"), "the client gets the provider's answer"
+    assert above["cache"] == ["hit", "verify", "verify"], "the order id lies within the ids verified"
+    assert len(provider.calls) == calls + 2
+
+
 def test_a_customer_named_in_the_request_but_unused_by_the_first_call_is_served_from_the_first_step(
         shared_proxy, through, provider, api_key, openai_model):
     # The issue's own example: the name is in the user's words, the first
@@ -450,8 +466,8 @@ def test_ollama_two_recorded_customers_serve_a_third_with_every_value(shared_pro
     promote_past_a_decision_input(shared_proxy, verifying)
     calls, verdicts[:] = len(provider.calls), []
     third = ollama_chat.run_agent(sdk, "5555", stream=stream)
-    assert third["answer"] == "Refunded 99.9 for order 5555 (Cy Diaz)."
-    assert third["calls"] == [("get_order", {"order_id": "5555"}), ("refund", {"order_id": "5555", "amount": 99.9})]
+    assert third["answer"] == "Refunded 29.9 for order 5555 (Cy Diaz)."
+    assert third["calls"] == [("get_order", {"order_id": "5555"}), ("refund", {"order_id": "5555", "amount": 29.9})]
     assert verdicts == ["hit"] * 3 and len(provider.calls) == calls
 
 

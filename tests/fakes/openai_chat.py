@@ -100,7 +100,7 @@ def handler(call: Call) -> JSONReply | StreamReply:
 ORDERS = {
     "1234": {"order_id": "1234", "customer": "Ana Ruiz", "amount": 42.5, "status": "paid"},
     "9876": {"order_id": "9876", "customer": "Bo Chen", "amount": 17.0, "status": "paid"},
-    "5555": {"order_id": "5555", "customer": "Cy Diaz", "amount": 99.9, "status": "paid"},
+    "5555": {"order_id": "5555", "customer": "Cy Diaz", "amount": 29.9, "status": "paid"},
 }
 # A crowd of further customers for concurrency tests.
 ORDERS.update({str(2000 + n): {"order_id": str(2000 + n), "customer": f"Customer {n}", "amount": float(n), "status": "paid"}

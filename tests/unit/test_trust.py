@@ -131,6 +131,7 @@ def test_decision_inputs_are_served_only_for_seen_values_until_enough_distinct_v
 
 
 RANGES = TrustRules(promote_after=2, free_inputs_after=3, keep_to_ranges=True)
+UNKEPT = TrustRules(promote_after=2, free_inputs_after=3, keep_to_ranges=False)  # butter_verify_ranges=false
 
 
 def freed_balance_entry(balances=("20", "35"), verified=("3", "50", "95")) -> dict:
@@ -150,7 +151,7 @@ def test_with_ranges_kept_a_freed_number_input_is_served_between_the_verified_va
     for beyond in ("5000", "2", "-40", "1,000", "1e3", "lots"):
         verdict = judge(entry, {"account": "X", "balance": beyond}, RANGES)
         assert verdict.action == "verify" and "beyond the values verified" in verdict.why, beyond
-    unkept = judge(entry, {"account": "X", "balance": "5000"}, RULES)  # the option off (the default)
+    unkept = judge(entry, {"account": "X", "balance": "5000"}, UNKEPT)
     assert (unkept.action, unkept.kind) == ("serve", "new-inputs")
     # The provider agreed for 5000: the range now reaches it, and 4000 is served.
     entry, _ = after_verification(entry, {"account": "Y", "balance": "5000"}, True, RANGES, "", 9.0)
@@ -199,7 +200,7 @@ def test_with_ranges_kept_the_balance_look_alike_is_verified_even_after_its_inpu
     beyond = cache.lookup("ns", ask("Can account E7 with balance 5000 pay invoice 100?"))
     assert isinstance(beyond, Miss) and beyond.reason == "verify" and "beyond" in beyond.detail
     cache.close()
-    other = Cache(tmp_path / "db", trust=RULES)  # ranges not kept: served (and sampled)
+    other = Cache(tmp_path / "db", trust=UNKEPT)  # ranges not kept: served (and sampled)
     try:
         assert isinstance(other.lookup("ns", ask("Can account E7 with balance 5000 pay invoice 100?")), Hit)
         other.set_trust(RANGES)  # trust entries prepared without their ranges are not reused
@@ -208,16 +209,16 @@ def test_with_ranges_kept_the_balance_look_alike_is_verified_even_after_its_inpu
         other.close()
 
 
-def test_the_proxy_keeps_to_ranges_only_when_butter_verify_ranges_is_set(tmp_path):
+def test_the_proxy_keeps_to_ranges_unless_butter_verify_ranges_is_turned_off(tmp_path):
     from mitmproxy.test import taddons
 
     from butter.addon.cache_addon import Butter
     addon = Butter()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, butter_db=str(tmp_path / "db"))
-        assert addon.cache.trust.keep_to_ranges is False
-        tctx.configure(addon, butter_verify_ranges=True)
         assert addon.cache.trust.keep_to_ranges is True
+        tctx.configure(addon, butter_verify_ranges=False)
+        assert addon.cache.trust.keep_to_ranges is False
         addon.done()
 
 

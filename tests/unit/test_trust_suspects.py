@@ -9,7 +9,7 @@ import io
 from butter.store import Cache, Hit, Miss
 from butter.store import cassette, portable, trust, trust_ledger
 from butter.store.trust import DEMOTED, TRUSTED, TrustRules, judge, learned_entry
-from tests.unit.test_trust import RULES, answer, ask, rewrite, served_text, teach, teach_and_promote
+from tests.unit.test_trust import RULES, UNKEPT, answer, ask, rewrite, served_text, teach, teach_and_promote
 
 
 # -- 1. two freed decision inputs in a combination no agreement covered --------------------------
@@ -28,10 +28,11 @@ def freed_amount_and_limit(cache: Cache) -> None:
 
 
 def test_freed_inputs_in_a_combination_never_verified_are_served_and_re_checked_like_any_new_value(tmp_path):
-    # The limit documented in docs/trust.md: amount 400 and limit 100 were each seen with
-    # "approved", never together (400 > 100). Freed inputs serve a new tuple on their own
-    # evidence; what catches it is the sampled re-check of "new-inputs" hits.
-    cache = Cache(tmp_path / "db", trust=RULES)
+    # The limit documented in docs/trust.md, with butter_verify_ranges turned off: amount 400
+    # and limit 100 were each seen with "approved", never together (400 > 100). Freed inputs
+    # serve a new tuple on their own evidence; what catches it is the sampled re-check of
+    # "new-inputs" hits.
+    cache = Cache(tmp_path / "db", trust=UNKEPT)
     freed_amount_and_limit(cache)
     result = cache.lookup("ns", ask(approval("400", "100")))
     assert isinstance(result, Hit) and served_text(result) == "approved"
@@ -56,7 +57,8 @@ def test_an_agreement_with_two_numbers_compared_the_other_way_serves_that_order_
     runs = [{"v1": a, "v2": b} for a, b in (("10", "100"), ("20", "200"), ("400", "1000"), ("30", "300"))]
     entry = {**learned_entry({"v1", "v2"}, set(), runs, 1.0), "state": TRUSTED, "inputs_free": True}
     assert judge(entry, {"v1": "300", "v2": "150"}, rules).action == "verify"
-    assert judge(entry, {"v1": "300", "v2": "150"}, TrustRules(free_inputs_after=3)).action == "serve", \
+    unkept = TrustRules(free_inputs_after=3, keep_to_ranges=False)
+    assert judge(entry, {"v1": "300", "v2": "150"}, unkept).action == "serve", \
         "without ranges kept, no order is kept either"
     entry, _ = trust.after_verification(entry, {"v1": "200", "v2": "100"}, True, rules, "", 2.0)
     assert judge(entry, {"v1": "300", "v2": "150"}, rules) == trust.SERVE_NEW_INPUTS
