@@ -570,11 +570,20 @@ def varying_text(fields: Mapping[str, Iterable[str]]) -> str:
         if len(values) > _FIELD_ELEMENTS:
             table[name] = _many(values)
     text = canonical_json(table).decode()
-    while len(text) > _VARYING_CHARS:
-        longest = max((n for n, values in table.items() if not (len(values) == 1 and values[0].startswith("#many:"))),
-                      key=lambda n: len(canonical_json(table[n])), default=None)
-        table = {"#": _many([text])} if longest is None else {**table, longest: _many(table[longest])}
+    if len(text) > _VARYING_CHARS:
+        # The largest fields become one hash each until the text fits: one pass, sizes
+        # counted once (a tool result may carry thousands of free fields).
+        sizes = {name: len(canonical_json(values)) for name, values in table.items()}
+        length = len(text)
+        for name in sorted(table, key=sizes.__getitem__, reverse=True):
+            if length <= _VARYING_CHARS:
+                break
+            collapsed = _many(table[name])
+            length -= sizes[name] - len(canonical_json(collapsed))
+            table[name] = collapsed
         text = canonical_json(table).decode()
+        if len(text) > _VARYING_CHARS:  # too many fields even so: one hash of everything
+            text = canonical_json({"#": _many([text])}).decode()
     return VARYING_PREFIX + text
 
 
