@@ -292,6 +292,7 @@ def lost_recordings(db: Path, conversations: list[list[dict]]) -> int:
     from butter.addon.formats.openai_chat import FORMAT
     from butter.addon.formats import WireRequest
     from butter.addon import credentials
+    from butter.addon.exchange import upstream_of, with_upstream
     if not conversations:
         return 0
     cache = Cache(db)
@@ -301,6 +302,8 @@ def lost_recordings(db: Path, conversations: list[list[dict]]) -> int:
         for msgs in conversations:
             parsed = FORMAT.parse_request(WireRequest("POST", PATH, {}, {"content-type": "application/json"},
                                                       body_for(msgs)))
+            # As the proxy keys it: by the server it went to (the client CONNECTs to HOST:443).
+            parsed = with_upstream(parsed, upstream_of("https", HOST, 443))
             if not isinstance(cache.lookup(namespace, parsed.conversation), Hit):
                 lost += 1
         return lost
