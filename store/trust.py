@@ -267,14 +267,9 @@ def _unearned_fields(evidence: VaryingEvidence | None, value: str | None, needed
     in a combination never seen together, are served (the evidence is per value)."""
     if evidence is None:
         return []
-    now = varying_elements(value)
-    out = []
-    for name in sorted(set(now) | set(evidence.values)):
-        if evidence.once.get(name, 0) >= needed:
-            continue
-        if not now.get(name, frozenset()) <= evidence.values.get(name, frozenset()):
-            out.append(name or "(message)")
-    return out
+    now = varying_elements(value)  # a field seen before but not noted here has no new value
+    return [name or "(message)" for name, values in sorted(now.items())
+            if evidence.once.get(name, 0) < needed and not values <= evidence.values.get(name, frozenset())]
 
 
 def _input_evidence(entry: Mapping[str, Any]) -> tuple[dict, dict]:
