@@ -77,6 +77,10 @@ def add_options(loader) -> None:
                       "Values of a rewritable slot (the user's words the model writes into a tool call: a city, "
                       "a name) seen copied verbatim, with none ever rewritten, before new values are served "
                       "and re-checked like new decision inputs (0: never; each new value is verified).")
+    loader.add_option("butter_verify_quoted_min", int, 5,
+                      "The same for a rewritable slot the user's words hold in quotes (\"a folder named "
+                      "'Drafts'\"): a quoted value is meant as typed, so verbatim copies free it after this "
+                      "many values, none rewritten (0: never).")
     loader.add_option("butter_verify_sample", int, 0,
                       "Re-ask the provider for 1 in N hits of trusted templates, off the request path, and "
                       "demote a template it disagrees with (0: off).")
@@ -89,7 +93,8 @@ def check_options(updated: set[str]) -> None:
     for name in ("butter_verify_min", "butter_verify_inputs_min"):
         if name in updated and getattr(ctx.options, name) < 1:
             raise exceptions.OptionsError(f"{name} must be at least 1")
-    for name in ("butter_verify_sample", "butter_verify_inputs_sample", "butter_verify_rewritable_min"):
+    for name in ("butter_verify_sample", "butter_verify_inputs_sample", "butter_verify_rewritable_min",
+                 "butter_verify_quoted_min"):
         if name in updated and getattr(ctx.options, name) < 0:
             raise exceptions.OptionsError(f"{name} must be 0 (off) or more")
 
@@ -98,7 +103,8 @@ def rules() -> TrustRules:
     o = ctx.options
     return TrustRules(verify=o.butter_verify, promote_after=o.butter_verify_min,
                       free_inputs_after=o.butter_verify_inputs_min, min_observations=o.butter_min_observations,
-                      free_rewritable_after=o.butter_verify_rewritable_min, keep_to_ranges=o.butter_verify_ranges)
+                      free_rewritable_after=o.butter_verify_rewritable_min, free_quoted_after=o.butter_verify_quoted_min,
+                      keep_to_ranges=o.butter_verify_ranges)
 
 
 def recheck(result, flow: http.HTTPFlow):

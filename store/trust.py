@@ -56,7 +56,10 @@ the value with Butter-Bindings to have every value served, or let evidence
 free the slot (`free_rewritable_after`, option butter_verify_rewritable_min:
 that many values copied verbatim and none ever rewritten; new values are
 then re-checked at the decision-input sample rate, and the first rewrite
-found stops the freeing for good).
+found stops the freeing for good). A slot the user's words hold only in
+quotes ("a folder named 'Drafts'", `quoted_slots`) is meant as typed, so that
+evidence frees it by default (`free_quoted_after`, option
+butter_verify_quoted_min).
 
 Client-declared templates (Butter-Bindings) are the client's word: trusted
 at once. Exact recorded replies never have a trust entry and are not judged.
@@ -64,10 +67,12 @@ at once. Exact recorded replies never have a trust entry and are not judged.
 Public API
 ----------
     TABLE, PROBATION, TRUSTED, DEMOTED
-    TrustRules(verify, promote_after, free_inputs_after, min_observations, free_rewritable_after, keep_to_ranges)
+    TrustRules(verify, promote_after, free_inputs_after, min_observations, free_rewritable_after,
+               free_quoted_after, keep_to_ranges)
         .needed -> agreements that promote (butter_min_observations counts them too)
     trust_key(node_id, reply_id) -> bytes
-    learned_entry(slot_names, reply_slots, run_bindings, now, rewritable=(), whole=None, stated=(), carried=()) -> dict
+    learned_entry(slot_names, reply_slots, run_bindings, now, rewritable=(), whole=None, stated=(), carried=(),
+                  quoted=()) -> dict
     carried_ordered(shapes, reply) -> {slot}   numbers and dates a reply passes into tool calls
     with_inputs(entry, reply, bindings=None) -> entry   an entry from before stated/carried/~varying
         slots were inputs, judged as if they were
@@ -87,6 +92,7 @@ Public API
     rewritable_in_reply(reply, bindings) -> set[str]               rewritable_slots from a hit alone
     kept_as_given(value) -> bool          a rewritable slot's value the model passes on as it is (an ISO date)
     typed_whole(reply, rewritable, messages) -> {slot: [texts]}    call texts around a slot the user typed whole
+    quoted_slots(rewritable, messages) -> {slot}   rewritable slots the user's words hold only in quotes
     disagreement(expected, actual, bindings, new_names) -> str   a short why, for people
     describe(entry, rules) -> str                                one line for the CLI
 """
@@ -133,9 +139,17 @@ class TrustRules:
     # Values of a rewritable slot seen copied verbatim (and none rewritten) before new ones
     # are served, then re-checked like new decision inputs; 0: never (each value verified).
     free_rewritable_after: int = 0
+    # The same for a rewritable slot the user's words hold in quotes ("a folder named
+    # 'Drafts'"): a quoted value is one the user wants used as typed, so copies are the
+    # rule, and evidence frees it; 0: never.
+    free_quoted_after: int = 5
     # New values of freed decision inputs that are numbers or dates: only within the
     # range verified (each side opens after free_inputs_after agreements beyond it).
     keep_to_ranges: bool = True
+
+    def free_after(self, quoted: bool) -> int:
+        """Values copied verbatim that free a rewritable slot (0: never)."""
+        return self.free_quoted_after if quoted else self.free_rewritable_after
 
     @property
     def needed(self) -> int:
@@ -208,6 +222,7 @@ class View:
     orders: Mapping[tuple[str, str], frozenset] = None
     # What VARYING's values seen hold, field by field (`_varying_evidence`).
     varying: "VaryingEvidence" = None
+    quoted: frozenset = frozenset()  # rewritable slots the user's words hold in quotes (`quoted_slots`)
 
 
 @dataclass(frozen=True)
@@ -235,7 +250,7 @@ def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
                 frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
                 {name: tuple(whole[name]) for name in rewritable if whole.get(name)},
                 kept, *_input_evidence(entry), orders=_orders(entry, kept) if ranges else {},
-                varying=_varying_evidence(entry))
+                varying=_varying_evidence(entry), quoted=frozenset(entry.get("quoted") or ()) & frozenset(rewritable))
 
 
 def _varying_evidence(entry: Mapping[str, Any]) -> VaryingEvidence | None:
@@ -407,6 +422,38 @@ def typed_whole(reply: Any, rewritable: Iterable[str], messages: Any) -> dict[st
     return out
 
 
+# A quoted span of the user's words: the quote opens after no word character and closes
+# before none ("the user's 'Drafts' folder": the apostrophe of "user's" opens nothing).
+# Slots stand in the text as private-use characters (`_QUOTABLE`), so a span may hold
+# a slot with constant words around it ('Report {{v1}}').
+_QUOTE_PAIRS = (("'", "'"), ('"', '"'), ("`", "`"), ("\u2018", "\u2019"), ("\u201c", "\u201d"), ("\u00ab", "\u00bb"))
+_QUOTED_SPAN = re.compile("|".join(rf"(?<!\w){re.escape(a)}([^{re.escape(a + b)}\n]{{1,200}}){re.escape(b)}(?!\w)"
+                                   for a, b in _QUOTE_PAIRS))
+_QUOTABLE = 0xE000  # the first private-use code point: a slot's stand-in in `quoted_slots`
+
+
+def quoted_slots(rewritable: Iterable[str], messages: Any) -> set[str]:
+    """The rewritable slots that the conversation before the reply (`messages`, its
+    template nodes; the user's and the system prompt's words, not the model's) holds
+    only inside quotes, wherever it holds them: "create a folder named 'Drafts'". A
+    quoted value is one the user wants used as typed, so a model copies it far more
+    reliably than a city it may know by another name; evidence still has to free it
+    (TrustRules.free_quoted_after)."""
+    names = sorted(set(rewritable))
+    stand_in = {name: chr(_QUOTABLE + i) for i, name in enumerate(names)}
+    held: dict[str, bool] = {}  # slot -> every occurrence so far inside quotes
+    for message in messages:
+        if _model_wrote(message):
+            continue
+        for text in texts_in(message):
+            line = "".join(part if type(part) is str else stand_in.get(part[0], " ") for part in parse_text(text))
+            quoted = "".join(g for m in _QUOTED_SPAN.finditer(line) for g in m.groups() if g)
+            for name, char in stand_in.items():
+                if char in line:
+                    held[name] = held.get(name, True) and line.count(char) == quoted.count(char)
+    return {name for name, inside in held.items() if inside}
+
+
 def _holds_whole(text: str, inner: str) -> bool:
     """Whether a template text holds another (a call's `{{v1}}.docx`) as a whole
     token: not the start of 'Delta.docx2' or the end of 'old_Delta.docx'."""
@@ -509,7 +556,8 @@ def with_rewritable(entry: Mapping[str, Any], reply: Any, bindings: Mapping[str,
 
 def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_bindings, now: float,
                   rewritable: set[str] | tuple = (), whole: Mapping[str, list[str]] | None = None,
-                  stated: set[str] | frozenset = frozenset(), carried: set[str] | frozenset = frozenset()) -> dict:
+                  stated: set[str] | frozenset = frozenset(), carried: set[str] | frozenset = frozenset(),
+                  quoted: set[str] | frozenset = frozenset()) -> dict:
     """A template reply induction just learned: on probation, its runs' values seen.
     `whole`: `typed_whole` of its rewritable slots. `stated`: the slots the reply
     states in its own text (`slots_stated`), `carried`: its numbers and dates in
@@ -526,6 +574,9 @@ def learned_entry(slot_names: list[str] | set[str], reply_slots: set[str], run_b
     whole = {name: list(texts) for name, texts in (whole or {}).items() if name in rewritable}
     if whole:  # absent when none: most entries, and those written before it was kept
         entry["whole"] = whole
+    quoted = sorted(set(quoted) & set(rewritable))
+    if quoted:  # absent when none, as `whole`
+        entry["quoted"] = quoted
     for bindings in run_bindings:
         _remember(entry, bindings)
     return entry
@@ -626,6 +677,13 @@ def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0)
     merged.pop("whole", None)
     if whole:
         merged["whole"] = whole
+    # Quoted likewise: a learning whose user words left a slot unquoted takes it back for good.
+    before = existing.get("quoted")
+    quoted = [name for name in fresh.get("quoted") or () if name in merged["rewritable"]
+              and (before is None or name in before)]
+    merged.pop("quoted", None)
+    if quoted:
+        merged["quoted"] = quoted
     _trim(merged)
     return merged
 
@@ -699,10 +757,10 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
     if view.rewritable:
         verbatim = view.verbatim
         unseen = _unverified(view.rewritable, verbatim, bindings, view.whole)
-        if unseen and state == TRUSTED and rules.free_rewritable_after:
+        if unseen and state == TRUSTED:
             # Freed by evidence: enough values copied verbatim, none ever rewritten.
             freed = [name for name in unseen if name not in view.rewrites
-                     and len(verbatim[name]) >= rules.free_rewritable_after]
+                     and 0 < rules.free_after(name in view.quoted) <= len(verbatim[name])]
             freed_new = bool(freed)
             unseen = [name for name in unseen if name not in freed]
         if unseen:
@@ -934,12 +992,15 @@ def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) 
         rewritten = entry.get("rewritten") or {}
         whole = entry.get("whole") or {}
 
+        quoted = set(entry.get("quoted") or ())
+
         def slot(n: str) -> str:
             seen, rewrites = len(verbatim.get(n, [])), len(rewritten.get(n, []))
-            freed = (rules.free_rewritable_after and not rewrites and seen >= rules.free_rewritable_after
-                     and state == TRUSTED)
+            needed = rules.free_after(n in quoted)
+            freed = needed and not rewrites and seen >= needed and state == TRUSTED
             typed = f"; names typed whole: {', '.join(whole[n])}" if whole.get(n) else ""
-            return f"{n} ({seen} seen, {rewrites} rewritten{', freed' if freed else ''}{typed})"
+            said = "; quoted by the user" if n in quoted else ""
+            return f"{n} ({seen} seen, {rewrites} rewritten{', freed' if freed else ''}{said}{typed})"
         text += "; served only for values the model copied verbatim: " + ", ".join(map(slot, rewritable))
     ranges = _ranges(entry) if rules.keep_to_ranges else None
     if ranges:

@@ -39,7 +39,7 @@ def note_learned(backend: LmdbBackend, node: bytes, reply_id: bytes, slot_shapes
     names = set(slot_shapes) | {VARYING for b in run_bindings if VARYING in b}
     fresh = trust.learned_entry(names, slots_in(reply), run_bindings, now, rewritable,
                                 trust.typed_whole(reply, rewritable, messages), slots_stated(reply),
-                                trust.carried_ordered(slot_shapes, reply))
+                                trust.carried_ordered(slot_shapes, reply), trust.quoted_slots(rewritable, messages))
     record = backend.node(node)
     created = record.created if record is not None else 0.0
     return backend.update_aux(trust.TABLE, trust.trust_key(node, reply_id),

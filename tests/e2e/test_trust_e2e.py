@@ -286,6 +286,28 @@ def test_a_template_is_promoted_after_two_agreements_then_serves_the_cities_the_
     query, headers = weather(sdk, "Oslo")
     assert (query, headers["butter-cache"]) == ("Oslo", "verify")
 
+def test_a_city_the_user_quoted_is_served_after_five_cities_were_copied_verbatim(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+
+    def quoted(city: str) -> tuple[str, dict]:
+        message, headers = ask(sdk, conversation(f"What is the weather in '{city}'?"))
+        return json.loads(message["tool_calls"][0]["function"]["arguments"])["query"], headers
+    assert [quoted(city)[0] for city in ("Paris", "Berlin")] == ["Paris", "Berlin"]
+    settle(shared_proxy, api_key)
+    verified = Verifications(shared_proxy)
+    # Promoted after two agreements; a quoted city never seen is still verified until five were copied.
+    for n, city in enumerate(("Rome", "Madrid", "Vienna"), 1):
+        query, headers = quoted(city)
+        assert (query, headers["butter-cache"]) == (city, "verify"), city
+        verified.wait(n)
+    query, headers = quoted("Oslo")
+    assert (query, headers["butter-cache"]) == ("Oslo", "hit"), "five cities copied verbatim freed the quoted slot"
+    shown = butter_show(shared_proxy.db, headers["butter-node"])
+    assert "quoted by the user" in shown and "freed" in shown, shown
+
+
 def test_a_request_that_opts_out_is_not_used_as_a_verification(
         shared_proxy, through, value_model_provider, api_key):
     sdk, _ = learn_weather(shared_proxy, through, api_key)

@@ -10,6 +10,7 @@ Three tasks, each with a value that syntax cannot judge:
                                           decides, and never appears in the answer)
     "What is the weather in CITY?"     -> search_location(query=...) with the city as written, except
                                           the ones this model rewrites (Milan -> "Milano")
+    "What is the weather in 'CITY'?"   -> search_location(query=CITY): a city the user quoted is copied
     "Does any order need attention?"   -> list_orders(); then "No, every order is on track." unless
                                           an order's status is not on track (the statuses decide,
                                           inside the list's items, and never appear in the answer)
@@ -59,6 +60,8 @@ def decide(messages: list[dict]) -> dict:
     if m := re.fullmatch(r"What is the weather in ([A-Z][a-z]+)\?", user):
         city = m.group(1)
         return {"tool_calls": [("search_location", {"query": REWRITES.get(city, city)})]}
+    if m := re.fullmatch(r"What is the weather in '([A-Z][a-z]+)'\?", user):
+        return {"tool_calls": [("search_location", {"query": m.group(1)})]}
     if user == "Does any order need attention?":
         if not results:
             return {"tool_calls": [("list_orders", {})]}

@@ -525,6 +525,84 @@ def test_evidence_frees_a_rewritable_slot_only_when_asked_and_the_first_rewrite_
     assert judge(entry, {"city": "Cork"}, loose).action == "serve", "a value seen verbatim still is"
 
 
+# -- a value the user quoted: meant as typed, so evidence may free it -------------------------------
+
+def quoting(city: str) -> str:
+    return f"What is the weather in '{city}'?"
+
+
+def verified_cities(cache: Cache, question, cities) -> None:
+    """Each city's request is verified (the template would answer) and the provider agrees."""
+    for city in cities:
+        pending = cache.lookup("ns", ask(question(city)))
+        assert isinstance(pending, Miss) and pending.reason == "verify", (city, pending)
+        assert trust_ledger.conclude(cache.backend, pending.verify, rewrite(city), cache.trust).agreed
+
+
+def taught_cities(tmp_path, question, name="db") -> Cache:
+    cache = Cache(tmp_path / name, trust=RULES)
+    for city in ("Paris", "Berlin"):
+        cache.record("ns", ask(question(city)), rewrite(city))
+        cache.induce("ns", ask(question(city)))
+    return cache
+
+
+def test_a_quoted_city_is_served_after_five_cities_copied_verbatim_and_an_unquoted_one_never_is(tmp_path):
+    assert RULES.free_quoted_after == 5 and RULES.free_rewritable_after == 0, "the defaults this test is about"
+    cache = taught_cities(tmp_path, quoting)
+    verified_cities(cache, quoting, ("Rome", "Madrid", "Vienna"))  # promoted after two; five copied verbatim
+    hit = cache.lookup("ns", ask(quoting("Oslo")))
+    assert isinstance(hit, Hit) and hit.trust == "new-inputs", "freed, and re-checked at the sampled rate"
+    entry = trust_ledger.read(cache.backend, hit.node_id, hit.reply_id)
+    assert entry["quoted"] == entry["rewritable"] and "quoted by the user" in trust.describe(entry, RULES)
+    assert "freed" in trust.describe(entry, RULES)
+    # The same five cities asked without quotes: the model may know Oslo by another name.
+    plain = taught_cities(tmp_path, lambda city: f"What is the weather in {city}?", "plain")
+    verified_cities(plain, lambda city: f"What is the weather in {city}?", ("Rome", "Madrid", "Vienna"))
+    new = plain.lookup("ns", ask("What is the weather in Oslo?"))
+    assert isinstance(new, Miss) and new.verify.trust == "rewritable"
+
+
+def test_four_quoted_copies_are_not_enough_and_one_rewrite_stops_the_freeing_for_good(tmp_path):
+    cache = taught_cities(tmp_path, quoting)
+    verified_cities(cache, quoting, ("Rome", "Madrid"))
+    # Four values copied verbatim: one short.
+    pending = cache.lookup("ns", ask(quoting("Milan")))
+    assert isinstance(pending, Miss) and pending.verify.trust == "rewritable"
+    # The provider writes "Milano" though the user quoted 'Milan': noted, the template stays.
+    outcome = trust_ledger.conclude(cache.backend, pending.verify, rewrite("Milano"), cache.trust)
+    assert outcome.event == "rewritten" and outcome.entry["state"] == TRUSTED
+    verified_cities(cache, quoting, ("Vienna", "Lyon", "Graz"))  # seven verbatim now
+    again = cache.lookup("ns", ask(quoting("Oslo")))
+    assert isinstance(again, Miss) and again.verify.trust == "rewritable", "a slot the model rewrote once stays verified"
+    assert isinstance(cache.lookup("ns", ask(quoting("Lyon"))), Hit), "a value seen verbatim is still served"
+
+
+def test_quoted_slots_are_those_the_user_s_words_hold_only_inside_quotes():
+    from butter.store.templates import text_marker
+
+    def said(text: str, role: str = "user") -> dict:
+        return {"message": {"role": role, "content": text_marker(text)}}
+    names = ["a", "b", "c", "d", "e", "f"]
+    messages = [said("Move '{{a}}' and the user's \"{{b}}.pdf\" to \u2018{{c}}\u2019, then tell {{d}} "
+                     "about `{{e}}` and '{{e}}'; also '{{f}}' and {{f}}")]
+    assert trust.quoted_slots(names, messages) == {"a", "b", "c", "e"}, "d bare; f once bare"
+    assert trust.quoted_slots(["a"], [said("Find {{a}}"), said("'{{a}}'", "assistant")]) == set(), \
+        "the model's own quotes are not the user's"
+    assert trust.quoted_slots(["a"], [said("It's {{a}}'s turn")]) == set(), "apostrophes quote nothing"
+    assert trust.quoted_slots(["a"], [said("Name it 'Report {{a}} final'")]) == {"a"}, "constant words inside"
+    assert trust.quoted_slots(["a"], [said("use '{{a}}'", "system"), said("then {{a}}")]) == set()
+
+
+def test_a_slot_learned_again_from_unquoted_words_is_no_longer_quoted():
+    fresh = {**learned_entry({"city"}, {"city"}, [{"city": "Porto"}], 1.0, {"city"}, quoted={"city"}), "state": TRUSTED}
+    assert fresh["quoted"] == ["city"]
+    again = trust.merge_learned(fresh, learned_entry({"city"}, {"city"}, [{"city": "Lyon"}], 2.0, {"city"}))
+    assert "quoted" not in again
+    assert trust.merge_learned(fresh, learned_entry({"city"}, {"city"}, [], 2.0, {"city"}, quoted={"city"}))["quoted"] \
+        == ["city"]
+
+
 def promoted_as_an_older_butter_wrote_it(tmp_path) -> tuple[Cache, Hit]:
     """A promoted city template whose trust entry has no word of rewritable slots; and a pending hit of it."""
     cache = Cache(tmp_path / "db", trust=RULES)
