@@ -92,7 +92,8 @@ from rapidfuzz.distance import Indel
 
 from .agreement import JSON_KEYS, VOLATILE_REPLY_KEYS, is_empty, json_container, same_answer
 from .canonical import canonical_json
-from .templates import (COMPACT, MARK, MAX_DAY_OFFSET, VARYING, TEXT_KINDS, any_marker, common_shape, escape_literal,
+from .templates import (CALL_ARGUMENT_KEYS, COMPACT, MARK, MAX_DAY_OFFSET, VARYING, TEXT_KINDS, any_marker,
+                        common_shape, escape_literal,
                         has_markers, json_marker, json_style, list_marker, match_message, number_marker, number_text,
                         opt_marker, parse_text, placeholder, render_reply, shift_date, slots_in, template_content,
                         text_marker)
@@ -375,6 +376,9 @@ class _Builder:
         self.level = level
         self.varied_lists = False  # a list template was made: another list_head may do better
         self.in_tool = False  # inside a tool result: its whole text may be one value
+        # Strings the observations' tool calls pass as arguments, one group per argument
+        # (`passed_on_groups`): a span of prose that is one of them is data, whatever its length.
+        self.passed_on: dict[str, tuple[str, ...]] = {}
 
     def align(self, values: list[Any], where: str, hint: str | None, in_json: bool) -> Any:
         first = values[0]
@@ -428,8 +432,29 @@ class _Builder:
             explained = _explain_text(values, self.slots.live())
             if explained is not None:
                 return text_marker(explained)
-            return text_marker(self._prose(values, where))
+            try:
+                return text_marker(self._prose(values, where))
+            except _Refuse:
+                passed_on = self._passed_on(values)
+                if passed_on is None:
+                    raise
+                return text_marker(passed_on)
         raise _Refuse(f"{where}: the values differ in kind")
+
+    def _passed_on(self, texts: list[str]) -> str | None:
+        """Running text that differs only by strings a tool call passes on whole: the
+        tweet the user quoted (`post_tweet(content=…)`), longer than a span of prose
+        may be. Its words are the call's data, copied, not an instruction that picks
+        the call (an instruction changes the call, which then holds no such string).
+        None unless the words around those strings are the same in every text."""
+        explained = _explain_text(texts, self.passed_on) if self.passed_on else None
+        if explained is None:
+            return None
+        parts = parse_text(explained)
+        if sum(_word_count(p) for p in parts if type(p) is str) < MIN_PROSE_LITERAL_WORDS:
+            return None  # the words around must say what the text is (`_check_anchor`); a whole text is never a value
+        return "".join(escape_literal(p) if type(p) is str else
+                       "{{" + self.slots.slot(self.passed_on[p[0]], prose=True) + "}}" for p in parts)
 
     def _prose(self, texts: list[str], where: str) -> str:
         spans = _aligned_spans(texts)
@@ -887,6 +912,7 @@ def _propose_with(obs: list[Observation], min_observations: int, builder: "_Buil
     if start == length:
         raise _Refuse("the conversations are the same")
     slots = builder.slots
+    builder.passed_on = passed_on_groups(obs)
     templated = [builder.align([o.messages[i] for o in obs], f"message {i}", None, False)
                  for i in range(start, length)]
     reply = _Reply(slots, _conversations(obs)).align([o.reply for o in obs], "", None, False)
@@ -937,6 +963,34 @@ def _propose_with(obs: list[Observation], min_observations: int, builder: "_Buil
             raise _Refuse(f"slot {{{{{name}}}}} ({', '.join(map(repr, values[:3]))}) is free text that never "
                           "reaches the reply: it stays literal")
     return Proposal(start, tuple(nodes), reply, shapes, keys, tuple(all_bindings))
+
+
+def passed_on_groups(observations: Sequence[Observation]) -> dict[str, tuple[str, ...]]:
+    """The strings of tool-call arguments (in the messages and the reply) that differ
+    between the observations, one group per argument position: {name: one value per
+    observation}. Only arguments every observation passes, as text, at that position."""
+    per_obs = [_call_strings([*o.messages, o.reply]) for o in observations]
+    out: dict[str, tuple[str, ...]] = {}
+    for path in per_obs[0]:
+        values = tuple(strings.get(path) for strings in per_obs)
+        if all(isinstance(v, str) and v.strip() for v in values) and len(set(values)) > 1:
+            out[f"passed{len(out)}"] = values
+    return out
+
+
+def _call_strings(value: Any, path: str = "", in_call: bool = False) -> dict[str, str]:
+    """Every string below a tool call's arguments in `value`, by its path."""
+    out: dict[str, str] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(_call_strings(v, f"{path}.{k}", in_call or k in CALL_ARGUMENT_KEYS))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out.update(_call_strings(v, f"{path}[{i}]", in_call))
+    elif isinstance(value, str) and in_call:
+        parsed = json_container(value)
+        out.update(_call_strings(parsed, path, True) if parsed is not None else {path: value})
+    return out
 
 
 def _conversations(observations: Sequence[Observation]) -> list[str]:

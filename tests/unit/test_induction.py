@@ -224,6 +224,37 @@ def test_free_text_slots_may_not_outweigh_the_literal_words():
     assert isinstance(result, Rejected) and "literal ones" in result.reason
 
 
+TWEETS = ("Sunrise over the harbour, coffee in hand, ready for the long drive north!",
+          "Packed the car, charged the phones, and the dog is already asleep in the back!",
+          "Three hundred miles of coastline ahead and not a single cloud in the sky today!")
+
+
+def tweet_step(text: str, content: str) -> Observation:
+    return first_step(text.encode(), f"Also, post on Twitter with content '{text}', tagging #RoadTrip.", "post_tweet",
+                      {"content": content, "tags": ["#RoadTrip"]})
+
+
+def test_a_long_text_the_user_gives_and_the_call_passes_on_whole_is_one_value():
+    # Fourteen words: as prose, far too long to be a value; but the call passes them on
+    # whole, so they are the call's data, not an instruction that picks it.
+    result = propose([tweet_step(t, t) for t in TWEETS[:2]])
+    assert isinstance(result, Proposal), result
+    third = tweet_step(TWEETS[2], TWEETS[2])
+    bound = bindings_for(result, third.messages)
+    assert bound is not None and list(bound.values()) == [TWEETS[2]]
+    assert render_reply(result.reply, bound) == third.reply
+
+
+def test_a_long_text_the_call_does_not_pass_on_whole_is_still_no_value():
+    # The model shortened each tweet: the words are no argument's value, so the long span stays refused.
+    result = propose([tweet_step(t, t.split(",")[0] + "!") for t in TWEETS[:2]])
+    assert isinstance(result, Rejected) and "too long to be a value" in result.reason
+    # Nor does passing it on whole anchor a text with too few words of its own around it.
+    bare = [first_step(t.encode(), f"Tweet '{t}'", "post_tweet", {"content": t}) for t in TWEETS[:2]]
+    result = propose(bare)
+    assert isinstance(result, Rejected) and "too long to be a value" in result.reason
+
+
 def test_texts_that_share_only_punctuation_are_never_one_template():
     a = observation(ANA, 0, "Refund 1234.")
     b = observation(BO, 0, "Cancel 9876.")
