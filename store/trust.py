@@ -677,7 +677,7 @@ def merge_learned(existing: dict | None, fresh: dict, node_created: float = 0.0)
     merged.pop("whole", None)
     if whole:
         merged["whole"] = whole
-    # Quoted likewise: a learning whose user words left a slot unquoted takes it back for good.
+    # Quoted likewise: a slot stays quoted while every learning of this template path agrees.
     before = existing.get("quoted")
     quoted = [name for name in fresh.get("quoted") or () if name in merged["rewritable"]
               and (before is None or name in before)]

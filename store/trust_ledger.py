@@ -79,11 +79,15 @@ def conclude(backend: LmdbBackend, hit: Hit, actual: dict, rules: trust.TrustRul
     events: list[str] = []
 
     def change(existing: dict | None) -> dict:
-        entry = (trust.with_inputs(existing, hit.reply, hit.bindings) if existing else
-                 trust.learned_entry(set(hit.bindings), slots_in(hit.reply), (), now,
-                                     trust.rewritable_in_reply(hit.reply, hit.bindings), stated=slots_stated(hit.reply),
-                                     carried=trust.carried_ordered({n: shape_of(v) for n, v in hit.bindings.items()},
-                                                                   hit.reply)))
+        if existing:
+            entry = trust.with_inputs(existing, hit.reply, hit.bindings)
+        else:
+            # Learned before trust was kept: its template nodes are not at hand, so the
+            # shapes come from this request's values (`trust.rewritable_in_reply`).
+            shapes = {n: shape_of(v) for n, v in hit.bindings.items()}
+            entry = trust.learned_entry(set(hit.bindings), slots_in(hit.reply), (), now,
+                                        trust.rewritable_slots(shapes, hit.reply), stated=slots_stated(hit.reply),
+                                        carried=trust.carried_ordered(shapes, hit.reply))
         rewritten = () if agreed else trust.rewritten_slots(entry, expected, actual, hit.bindings)
         updated, event = trust.after_verification(entry, hit.bindings, agreed, rules, why, now, rewritten)
         events[:] = [event]
