@@ -308,6 +308,32 @@ def test_a_city_the_user_quoted_is_served_after_five_cities_were_copied_verbatim
     assert "quoted by the user" in shown and "freed" in shown, shown
 
 
+TWEETS = ("Sunrise over the harbour, coffee in hand, ready for the long drive north",
+          "Packed the car, charged the phones, and the dog is already asleep in the back",
+          "Three hundred miles of coastline ahead and not a single cloud in the sky",
+          "Stopped for pancakes at the diner everyone told us about, worth every mile",
+          "The ferry was late but the sunset from the deck made up for all of it",
+          "Last night on the road, tomorrow the long climb back into the real world")
+
+
+def test_a_long_text_the_user_quotes_and_the_call_passes_on_is_learned_and_served_with_the_run_s_own_text(
+        shared_proxy, through, value_model_provider, api_key):
+    # Fourteen-odd words: as prose, far too long to be a value; passed on whole, they are the call's data.
+    through(shared_proxy)
+    sdk = client(api_key)
+
+    def tweet(text: str) -> tuple[dict, str]:
+        message, headers = ask(sdk, conversation(f"Please post this for me on Twitter: '{text}'"))
+        return json.loads(message["tool_calls"][0]["function"]["arguments"]), headers["butter-cache"]
+    assert [tweet(t)[1] for t in TWEETS[:2]] == ["miss", "miss"]
+    settle(shared_proxy, api_key)
+    verified = Verifications(shared_proxy)
+    for n, text in enumerate(TWEETS[2:5], 1):  # promoted after two; quoted, so five copies free it
+        assert tweet(text) == ({"content": text}, "verify"), text
+        verified.wait(n)
+    assert tweet(TWEETS[5]) == ({"content": TWEETS[5]}, "hit"), "the run's own text, served from the template"
+
+
 def test_a_request_that_opts_out_is_not_used_as_a_verification(
         shared_proxy, through, value_model_provider, api_key):
     sdk, _ = learn_weather(shared_proxy, through, api_key)

@@ -11,6 +11,8 @@ Three tasks, each with a value that syntax cannot judge:
     "What is the weather in CITY?"     -> search_location(query=...) with the city as written, except
                                           the ones this model rewrites (Milan -> "Milano")
     "What is the weather in 'CITY'?"   -> search_location(query=CITY): a city the user quoted is copied
+    "Please post this for me on Twitter: 'TEXT'" -> post_tweet(content=TEXT), then "Posted.": a long text
+                                          the user gives, passed on whole
     "Does any order need attention?"   -> list_orders(); then "No, every order is on track." unless
                                           an order's status is not on track (the statuses decide,
                                           inside the list's items, and never appear in the answer)
@@ -31,7 +33,8 @@ REWRITES = {"Milan": "Milano", "Warsaw": "Warszawa", "Hangzhou": "Hangzhou, Chin
 TOOLS = [
     {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": props}}}
     for name, props in (("get_balance", {"invoice": {"type": "string"}}), ("pay", {"invoice": {"type": "string"}}),
-                        ("search_location", {"query": {"type": "string"}}), ("list_orders", {}))]
+                        ("search_location", {"query": {"type": "string"}}), ("list_orders", {}),
+                        ("post_tweet", {"content": {"type": "string"}}))]
 ON_TRACK = ("packed", "shipped", "delivered")
 SYSTEM = "You are an assistant. Use the tools when you need them; answer briefly."
 
@@ -62,6 +65,8 @@ def decide(messages: list[dict]) -> dict:
         return {"tool_calls": [("search_location", {"query": REWRITES.get(city, city)})]}
     if m := re.fullmatch(r"What is the weather in '([A-Z][a-z]+)'\?", user):
         return {"tool_calls": [("search_location", {"query": m.group(1)})]}
+    if m := re.fullmatch(r"Please post this for me on Twitter: '([^']+)'", user):
+        return {"tool_calls": [("post_tweet", {"content": m.group(1)})]} if not results else {"content": "Posted."}
     if user == "Does any order need attention?":
         if not results:
             return {"tool_calls": [("list_orders", {})]}
