@@ -286,24 +286,35 @@ def test_a_template_is_promoted_after_two_agreements_then_serves_the_cities_the_
     query, headers = weather(sdk, "Oslo")
     assert (query, headers["butter-cache"]) == ("Oslo", "verify")
 
+def first_call(sdk: openai.OpenAI, content: str) -> tuple[dict, dict]:
+    """The arguments of the tool call the model answers `content` with, and the response headers."""
+    message, headers = ask(sdk, conversation(content))
+    return json.loads(message["tool_calls"][0]["function"]["arguments"]), headers
+
+
+def learned_then_verified(proxy: Proxy, api_key: str, sdk: openai.OpenAI, prompt, field: str,
+                          taught: tuple[str, ...], verified_values: tuple[str, ...]) -> None:
+    """Runs recorded and learned from, then each later value verified (the provider agreeing), one by one."""
+    assert [first_call(sdk, prompt(v))[1]["butter-cache"] for v in taught] == ["miss"] * len(taught)
+    settle(proxy, api_key)
+    verified = Verifications(proxy)
+    for n, value in enumerate(verified_values, 1):
+        arguments, headers = first_call(sdk, prompt(value))
+        assert (arguments[field], headers["butter-cache"]) == (value, "verify"), value
+        verified.wait(n)
+
+
 def test_a_city_the_user_quoted_is_served_after_five_cities_were_copied_verbatim(
         shared_proxy, through, value_model_provider, api_key):
     through(shared_proxy)
     sdk = client(api_key)
-
-    def quoted(city: str) -> tuple[str, dict]:
-        message, headers = ask(sdk, conversation(f"What is the weather in '{city}'?"))
-        return json.loads(message["tool_calls"][0]["function"]["arguments"])["query"], headers
-    assert [quoted(city)[0] for city in ("Paris", "Berlin")] == ["Paris", "Berlin"]
-    settle(shared_proxy, api_key)
-    verified = Verifications(shared_proxy)
+    question = "What is the weather in '{}'?".format
     # Promoted after two agreements; a quoted city never seen is still verified until five were copied.
-    for n, city in enumerate(("Rome", "Madrid", "Vienna"), 1):
-        query, headers = quoted(city)
-        assert (query, headers["butter-cache"]) == (city, "verify"), city
-        verified.wait(n)
-    query, headers = quoted("Oslo")
-    assert (query, headers["butter-cache"]) == ("Oslo", "hit"), "five cities copied verbatim freed the quoted slot"
+    learned_then_verified(shared_proxy, api_key, sdk, question, "query", ("Paris", "Berlin"),
+                          ("Rome", "Madrid", "Vienna"))
+    arguments, headers = first_call(sdk, question("Oslo"))
+    assert (arguments["query"], headers["butter-cache"]) == ("Oslo", "hit"), \
+        "five cities copied verbatim freed the quoted slot"
     shown = butter_show(shared_proxy.db, headers["butter-node"])
     assert "quoted by the user" in shown and "freed" in shown, shown
 
@@ -321,17 +332,12 @@ def test_a_long_text_the_user_quotes_and_the_call_passes_on_is_learned_and_serve
     # Fourteen-odd words: as prose, far too long to be a value; passed on whole, they are the call's data.
     through(shared_proxy)
     sdk = client(api_key)
-
-    def tweet(text: str) -> tuple[dict, str]:
-        message, headers = ask(sdk, conversation(f"Please post this for me on Twitter: '{text}'"))
-        return json.loads(message["tool_calls"][0]["function"]["arguments"]), headers["butter-cache"]
-    assert [tweet(t)[1] for t in TWEETS[:2]] == ["miss", "miss"]
-    settle(shared_proxy, api_key)
-    verified = Verifications(shared_proxy)
-    for n, text in enumerate(TWEETS[2:5], 1):  # promoted after two; quoted, so five copies free it
-        assert tweet(text) == ({"content": text}, "verify"), text
-        verified.wait(n)
-    assert tweet(TWEETS[5]) == ({"content": TWEETS[5]}, "hit"), "the run's own text, served from the template"
+    post = "Please post this for me on Twitter: '{}'".format
+    # Promoted after two agreements; quoted, so five texts copied verbatim free it.
+    learned_then_verified(shared_proxy, api_key, sdk, post, "content", TWEETS[:2], TWEETS[2:5])
+    arguments, headers = first_call(sdk, post(TWEETS[5]))
+    assert (arguments, headers["butter-cache"]) == ({"content": TWEETS[5]}, "hit"), \
+        "the run's own text, served from the template"
 
 
 def test_a_request_that_opts_out_is_not_used_as_a_verification(
