@@ -94,7 +94,8 @@ from .agreement import JSON_KEYS, VOLATILE_REPLY_KEYS, is_empty, json_container,
 from .canonical import canonical_json
 from .templates import (CALL_ARGUMENT_KEYS, COMPACT, MARK, MAX_DAY_OFFSET, VARYING, TEXT_KINDS, any_marker,
                         common_shape, escape_literal,
-                        has_markers, json_marker, json_style, list_marker, match_message, number_marker, number_text,
+                        has_markers, json_marker, json_style, keys_marker, list_marker, match_message, number_marker,
+                        number_text,
                         opt_marker, parse_text, placeholder, render_reply, shift_date, slots_in, template_content,
                         text_marker)
 
@@ -349,6 +350,8 @@ class _Slots:
                     return {**v, "value": go(v["value"])}
                 if v.get(MARK) == "list":
                     return {**v, "head": go(v["head"])}  # an item template has no slots
+                if v.get(MARK) == "keys":
+                    return {**v, "fields": [[go(k), go(x)] for k, x in v["fields"]]}
                 if MARK in v:
                     return v
                 return {k: go(x) for k, x in v.items()}
@@ -393,7 +396,8 @@ class _Builder:
             if any(set(v) != set(keys) for v in values):
                 if not in_json:
                     raise _Refuse(f"{where or 'message'}: the fields differ")
-                return self._optional_fields(values, where)
+                keyed = self._keyed_fields(values, where)
+                return keyed if keyed is not None else self._optional_fields(values, where)
             outer = self.in_tool
             self.in_tool = outer or _is_tool_result(first)
             try:
@@ -484,6 +488,33 @@ class _Builder:
 
 
     # -- structured data that may vary without binding -----------------------------------
+
+    def _keyed_fields(self, values: list[dict], where: str) -> dict | None:
+        """A JSON object keyed by values: the fields every observation has, and as many
+        more in each whose keys, position by position, are a slot an earlier part of
+        the conversation bound (`{"ONYX119": [...], "USR007": [...]}` after the run
+        logged in as ONYX119). None when the other keys are not such values: then they
+        are optional fields (`_optional_fields`), and a new key is a field no template has."""
+        common = [k for k in values[0] if all(k in v for v in values[1:])]
+        rest = [[k for k in v if k not in common] for v in values]
+        if not rest[0] or any(len(r) != len(rest[0]) for r in rest):
+            return None
+        live = self.slots.live()
+        groups = []
+        for keys in zip(*rest):
+            name = self.slots.by_values.get(tuple(keys))
+            if name is None or name not in live:
+                return None
+            groups.append(name)
+        fields = []
+        for key in values[0]:
+            if key in common:
+                fields.append((key, self.align([v[key] for v in values], f"{where}.{key}", key, True)))
+            else:
+                j = rest[0].index(key)
+                sub = [v[r[j]] for v, r in zip(values, rest)]
+                fields.append((text_marker("{{" + groups[j] + "}}"), self.align(sub, f"{where}.{{{groups[j]}}}", None, True)))
+        return keys_marker(fields)
 
     def _optional_fields(self, values: list[dict], where: str) -> dict:
         """A JSON object whose fields differ between the observations.

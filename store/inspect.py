@@ -252,6 +252,8 @@ def unmark(value: Any) -> Any:
         if marker == "list":
             items = [unmark(v) for v in value.get("head") or []]
             return items + ([unmark(value["item"]), "..."] if value.get("item") is not None else [])
+        if marker == "keys":  # an object keyed by values: `{"{{user_id}}": [...]}`
+            return {unmark(k) if isinstance(k, dict) else k: unmark(v) for k, v in value.get("fields") or []}
         return {(k + "?" if isinstance(v, dict) and v.get("$butter") == "opt" else k): unmark(v)
                 for k, v in value.items()}
     if isinstance(value, list):

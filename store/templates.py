@@ -204,6 +204,13 @@ def opt_marker(value: Any) -> dict:
     return {MARK: "opt", "value": value}
 
 
+def keys_marker(fields: list[tuple[Any, Any]]) -> dict:
+    """A JSON object some of whose keys are values (`{"ONYX119": [...]}`, a map keyed by the
+    run's own user id): each field a (key, value template), the key a literal string or a
+    text marker over slots an earlier part of the conversation bound."""
+    return {MARK: "keys", "fields": [[key, value] for key, value in fields]}
+
+
 def list_marker(head: list, item: Any, minimum: int, count: str | None = None) -> dict:
     out = {MARK: "list", "head": list(head), "item": item, "min": minimum}
     if count is not None:
@@ -386,6 +393,8 @@ def _markers(value: Any) -> Iterator[dict]:
             elif value[MARK] == "list":
                 yield from _markers(value.get("head"))
                 yield from _markers(value.get("item"))
+            elif value[MARK] == "keys":
+                yield from _markers(value.get("fields"))
             return
         for v in value.values():
             yield from _markers(v)
@@ -467,6 +476,8 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
                 return _match_any(t, c, bindings, where, field)
             if kind == "list":
                 return _match_list(t, c, bindings, shapes, where, field)
+            if kind == "keys":
+                return _match_keys(t, c, bindings, shapes, where)
             if kind == "opt":  # present: its value must match
                 return _match(t["value"], c, bindings, shapes, where, field)
             if kind == "dates":
@@ -496,6 +507,23 @@ def _match(t: Any, c: Any, bindings: dict, shapes: Mapping[str, str], where: str
         return bindings
     if not _same_literal(t, c):
         raise _fail(where, lambda: f"literal {_short(t)!r} differs from {_short(c)!r}")
+    return bindings
+
+
+def _match_keys(t: dict, c: Any, bindings: dict, shapes: Mapping[str, str], where: str | None) -> dict:
+    """An object whose keys are values: each key a slot bound earlier (never bound from
+    a key: which key is which would be a guess), the same fields and no others."""
+    if type(c) is not dict or len(c) != len(t["fields"]):
+        raise _fail(where, lambda: f"expected an object of {len(t['fields'])} fields, got {_short(c)!r}")
+    for key, value in t["fields"]:
+        if type(key) is not str:
+            parts = parse_text(key["t"])
+            if any(type(p) is tuple and (len(p) > 1 or p[0] not in bindings) for p in parts):
+                raise _fail(where, lambda: f"key {key['t']} holds a slot no earlier message bound")
+            key = "".join(p if type(p) is str else bindings[p[0]] for p in parts)
+        if key not in c:
+            raise _fail(where, lambda: f"no field {_short(key)!r}")
+        bindings = _match(value, c[key], bindings, shapes, None if where is None else f"{where}.{key}", key)
     return bindings
 
 
@@ -759,6 +787,8 @@ def render_reply(reply: Any, bindings: Mapping[str, str]) -> Any:
                 items, keys, ascii_only = reply.get("style") or COMPACT
                 return json.dumps(render_reply(reply["value"], bindings), separators=(items, keys),
                                   ensure_ascii=bool(ascii_only))
+            if kind == "keys":
+                return {render_reply(k, bindings): render_reply(v, bindings) for k, v in reply["fields"]}
             raise RenderError(f"unknown template marker {kind!r}")
         return {k: render_reply(v, bindings) for k, v in reply.items()}
     if isinstance(reply, list):

@@ -7,6 +7,8 @@ it; what a reply depends on must still be explained by substitution.
 """
 from __future__ import annotations
 
+import json
+
 from butter.store import Cache, Hit, Miss, trust, trust_ledger
 from butter.store.trust import TrustRules
 from butter.store.induction import Observation, Proposal, Rejected, propose
@@ -51,13 +53,17 @@ def test_a_tool_result_that_is_one_bare_id_is_a_value_the_next_call_binds():
     assert arguments(render_reply(result.reply, bound)) == {"user_id": "sofia_rossi_8776"}
 
 
-def test_every_step_after_a_bare_id_result_is_served_after_two_runs(tmp_path):
-    cache = learned(tmp_path, RUNS)
-    for step, (conversation, reply) in enumerate(THIRD):
+def assert_every_step_served(cache: Cache, run_steps: list) -> None:
+    """Each request of a run is a hit whose rendered reply is the run's own."""
+    for step, (conversation, reply) in enumerate(run_steps):
         found = cache.lookup("ns", conversation)
         assert isinstance(found, Hit), (step, found)
         assert render_reply(found.reply, found.bindings) == reply
     cache.close()
+
+
+def test_every_step_after_a_bare_id_result_is_served_after_two_runs(tmp_path):
+    assert_every_step_served(learned(tmp_path, RUNS), THIRD)
 
 
 def test_a_bare_word_tool_result_is_still_never_a_value():
@@ -188,6 +194,54 @@ def test_a_servable_template_answers_though_another_one_on_probation_matches_fir
         hit = cache.lookup("ns", fourth)
         assert isinstance(hit, Hit) and hit.node_id == trusted[0], hit.detail
     cache.close()
+
+
+# -- an object keyed by values: the messages each user sent, keyed by user id ----------------------
+
+def sent_by(user_id: str, words: int, others: tuple[str, ...] = ("USR007", "USR008")) -> list:
+    """The run logs in as `user_id`; the tool's answer is keyed by user ids, its own first."""
+    sent = {user_id: ["Hey Sarah, ready?"], **{other: ["See you soon."] for other in others}}
+    return run(f"Log in as {user_id} and show me every message I sent.", [
+        ("call", "get_user", {"user_id": user_id}, {"ok": True}),
+        ("call", "read_file", {"file_name": "sent"}, {"messages": sent, "words": words}),
+        ("say", f"You sent {words} words."),
+    ])
+
+
+KEYED = [sent_by("ONYX119", 12), sent_by("WILLOW235", 30)]
+
+
+def test_an_object_keyed_by_a_value_bound_earlier_is_one_template_whose_key_is_that_slot(tmp_path):
+    from butter.store.inspect import unmark
+    result = propose(observations(KEYED, 2))
+    assert isinstance(result, Proposal), result
+    shown = json.dumps(unmark(result.nodes[-1][1]["message"]))
+    assert '{\\"{{user_id}}\\": [\\"Hey Sarah, ready?\\"]' in shown, shown
+    assert_every_step_served(learned(tmp_path, KEYED), sent_by("DELTA487", 7))
+
+
+def test_an_object_keyed_by_values_matches_only_its_own_keys():
+    result = propose(observations(KEYED, 2))
+    # Another user's messages under the run's key, an extra key, or a key missing: each misses.
+    for other in (sent_by("DELTA487", 7, ("USR007", "USR009")), sent_by("DELTA487", 7, ("USR007", "USR008", "USR009")),
+                  sent_by("DELTA487", 7, ("USR007",))):
+        assert walk(result, other[2][0].messages) is None
+    swapped = sent_by("DELTA487", 7)[2][0].messages
+    text = json.dumps(swapped).replace("DELTA487\\\": [", "KELP100\\\": [")
+    assert walk(result, json.loads(text)) is None, "the key is the user the run logged in as, or no match"
+
+
+def test_keys_that_are_no_value_seen_earlier_stay_optional_fields():
+    # Keyed by ids that appear nowhere before: which field is which would be a guess.
+    runs = [run(f"Show me the sent messages of order {n}.", [
+        ("call", "read_file", {"file_name": "sent"}, {"messages": {key: ["hi"]}, "words": n}),
+        ("say", f"You sent {n} words.")]) for n, key in ((12, "ONYX119"), (30, "WILLOW235"))]
+    result = propose(observations(runs, 1))
+    assert isinstance(result, Proposal), result
+    assert '"keys"' not in json.dumps(result.nodes)
+    assert walk(result, run("Show me the sent messages of order 7.", [
+        ("call", "read_file", {"file_name": "sent"}, {"messages": {"DELTA487": ["hi"]}, "words": 7}),
+        ("say", "x")])[1][0].messages) is None
 
 
 def test_butter_show_writes_item_templates_and_optional_fields_readably():
