@@ -231,6 +231,16 @@ def test_an_object_keyed_by_values_matches_only_its_own_keys():
     assert walk(result, json.loads(text)) is None, "the key is the user the run logged in as, or no match"
 
 
+def test_a_slot_key_that_is_also_a_literal_key_never_leaves_another_field_unchecked():
+    from butter.store.templates import any_marker, keys_marker, match_message, text_marker
+    template = {"message": {"sent": keys_marker([(text_marker("{{user}}"), any_marker("text")),
+                                                 ("USR007", any_marker("text"))])}, "slots": {"user": "identifier"}}
+    assert match_message(template, {"sent": {"ONYX119": "a", "USR007": "b"}}, {"user": "ONYX119"}) is not None
+    # Logged in as USR007: both fields name one key, and "X" would go unchecked.
+    assert match_message(template, {"sent": {"USR007": "a", "X": "b"}}, {"user": "USR007"}) is None
+    assert match_message(template, {"sent": {"ONYX119": "a", "USR007": "b"}}, {}) is None, "a key is never bound"
+
+
 def test_keys_that_are_no_value_seen_earlier_stay_optional_fields():
     # Keyed by ids that appear nowhere before: which field is which would be a guess.
     runs = [run(f"Show me the sent messages of order {n}.", [
