@@ -517,16 +517,19 @@ def _match_keys(t: dict, c: Any, bindings: dict, shapes: Mapping[str, str], wher
         raise _fail(where, lambda: f"expected an object of {len(t['fields'])} fields, got {_short(c)!r}")
     taken: set[str] = set()
     for key, value in t["fields"]:
+        # What its free values are noted under (`_vary`): the key as the template writes
+        # it, `{{user_id}}`, not this run's user, so runs' notes of one field add up.
+        name = key if type(key) is str else key["t"]
         if type(key) is not str:
             parts = parse_text(key["t"])
             if any(type(p) is tuple and (len(p) > 1 or p[0] not in bindings) for p in parts):
-                raise _fail(where, lambda: f"key {key['t']} holds a slot no earlier message bound")
+                raise _fail(where, lambda: f"key {name} holds a slot no earlier message bound")
             key = "".join(p if type(p) is str else bindings[p[0]] for p in parts)
         if key not in c or key in taken:
             # Taken: a slot's key that is also a literal one leaves another field unchecked.
             raise _fail(where, lambda: f"no field {_short(key)!r} of its own")
         taken.add(key)
-        bindings = _match(value, c[key], bindings, shapes, None if where is None else f"{where}.{key}", key)
+        bindings = _match(value, c[key], bindings, shapes, None if where is None else f"{where}.{key}", name)
     return bindings
 
 

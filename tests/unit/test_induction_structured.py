@@ -239,6 +239,11 @@ def test_a_slot_key_that_is_also_a_literal_key_never_leaves_another_field_unchec
     # Logged in as USR007: both fields name one key, and "X" would go unchecked.
     assert match_message(template, {"sent": {"USR007": "a", "X": "b"}}, {"user": "USR007"}) is None
     assert match_message(template, {"sent": {"ONYX119": "a", "USR007": "b"}}, {}) is None, "a key is never bound"
+    # Free values under a slot's key are noted under the key as written, whoever the run's user.
+    from butter.store.templates import VARYING, varying_elements
+    noted = [varying_elements(match_message(template, {"sent": {user: "a", "USR007": "b"}}, {"user": user})[VARYING])
+             for user in ("ONYX119", "DELTA487")]
+    assert noted[0] == noted[1] == {"{{user}}": frozenset({"a"}), "USR007": frozenset({"b"})}, noted
 
 
 def test_keys_that_are_no_value_seen_earlier_stay_optional_fields():
