@@ -24,7 +24,7 @@ markers (plain JSON dicts, so templates are stored and hashed like messages):
         a string that holds JSON, templated field by field (a tool result,
         tool-call `arguments`); `style` is how a reply re-serialises it
 
-Structured data (inside JSON, never in a reply) has three more forms, none of
+Structured data (inside JSON, never in a reply) has four more forms, none of
 which binds a value (they are what two runs' tool results may differ in
 without it mattering to a reply):
 
@@ -36,6 +36,9 @@ without it mattering to a reply):
         a list of at least `min` items (and at least len(head)): the first
         items match `head` in order (and may bind), the rest each match `item`;
         its length binds slot `count` (a number), so a length is a value too
+    {"$butter": "keys", "fields": [["USR007", <template>], [{"$butter": "text", "t": "{{user_id}}"}, <template>]]}
+        an object keyed by values: exactly these fields, each key a literal or a
+        text over slots an earlier message bound (never bound from the key)
 
 Everything else is literal and must be equal. Replies are stored with the
 same markers and rendered with the bindings of the walk.
@@ -62,7 +65,7 @@ Public API
     slots_in_data(messages) -> set[str]    slots a conversation holds inside structured data
         (a tool result's JSON, an earlier call's arguments), not only in running text
 
-    any_marker(kind, shape) / opt_marker(value) / list_marker(head, item, min)
+    any_marker(kind, shape) / opt_marker(value) / list_marker(head, item, min) / keys_marker(fields)
     match_message(content, message, bindings) -> dict | None
         the tree's TemplateMatcher: the bindings extended, or None; a name
         bound earlier must have the same value; a slot matches only values of
