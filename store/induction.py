@@ -899,6 +899,7 @@ def _slot_name(hint: str | None) -> str | None:
 
 def propose(observations: Sequence[Observation], min_observations: int = 2) -> Proposal | Rejected:
     keys = tuple(o.key for o in observations)
+    passed_on = passed_on_groups(observations)  # the same at every list level
     try:
         # Lists of records are collections first (their items free, any
         # length); a reply that uses the first item (the first search
@@ -906,10 +907,10 @@ def propose(observations: Sequence[Observation], min_observations: int = 2) -> P
         # equal lists lined up item by item, as before.
         for level in LIST_LEVELS[:-1]:
             try:
-                return _propose(list(observations), min_observations, level)
+                return _propose(list(observations), min_observations, level, passed_on)
             except _VariedListRefuse:
                 continue
-        return _propose(list(observations), min_observations, LIST_LEVELS[-1])
+        return _propose(list(observations), min_observations, LIST_LEVELS[-1], passed_on)
     except _Refuse as e:
         return Rejected(str(e), keys)
 
@@ -918,8 +919,10 @@ class _VariedListRefuse(_Refuse):
     pass
 
 
-def _propose(obs: list[Observation], min_observations: int, level: int) -> Proposal:
+def _propose(obs: list[Observation], min_observations: int, level: int,
+             passed_on: dict[str, tuple[str, ...]]) -> Proposal:
     builder = _Builder(_Slots(), level)
+    builder.passed_on = passed_on
     try:
         return _propose_with(obs, min_observations, builder)
     except _VariedListRefuse:
@@ -943,7 +946,6 @@ def _propose_with(obs: list[Observation], min_observations: int, builder: "_Buil
     if start == length:
         raise _Refuse("the conversations are the same")
     slots = builder.slots
-    builder.passed_on = passed_on_groups(obs)
     templated = [builder.align([o.messages[i] for o in obs], f"message {i}", None, False)
                  for i in range(start, length)]
     reply = _Reply(slots, _conversations(obs)).align([o.reply for o in obs], "", None, False)
@@ -1002,7 +1004,7 @@ def passed_on_groups(observations: Sequence[Observation]) -> dict[str, tuple[str
     observation}. Only arguments every observation passes, as text, at that position."""
     per_obs = [_call_strings([*o.messages, o.reply]) for o in observations]
     out: dict[str, tuple[str, ...]] = {}
-    for path in per_obs[0]:
+    for path in per_obs[0] if per_obs else ():
         values = tuple(strings.get(path) for strings in per_obs)
         if all(isinstance(v, str) and v.strip() for v in values) and len(set(values)) > 1:
             out[f"passed{len(out)}"] = values

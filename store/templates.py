@@ -524,10 +524,12 @@ def _match_keys(t: dict, c: Any, bindings: dict, shapes: Mapping[str, str], wher
         # it, `{{user_id}}`, not this run's user, so runs' notes of one field add up.
         name = key if type(key) is str else key["t"]
         if type(key) is not str:
-            parts = parse_text(key["t"])
-            if any(type(p) is tuple and (len(p) > 1 or p[0] not in bindings) for p in parts):
-                raise _fail(where, lambda: f"key {name} holds a slot no earlier message bound")
-            key = "".join(p if type(p) is str else bindings[p[0]] for p in parts)
+            try:  # a date offset in a key is nothing induction writes: no match
+                if any(type(p) is tuple and len(p) > 1 for p in parse_text(name)):
+                    raise RenderError(f"a date offset in key {name}")
+                key = render_text(name, bindings)
+            except RenderError:
+                raise _fail(where, lambda: f"key {name} holds a slot no earlier message bound") from None
         if key not in c or key in taken:
             # Taken: a slot's key that is also a literal one leaves another field unchecked.
             raise _fail(where, lambda: f"no field {_short(key)!r} of its own")

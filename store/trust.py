@@ -147,9 +147,10 @@ class TrustRules:
     # range verified (each side opens after free_inputs_after agreements beyond it).
     keep_to_ranges: bool = True
 
-    def free_after(self, quoted: bool) -> int:
-        """Values copied verbatim that free a rewritable slot (0: never)."""
-        return self.free_quoted_after if quoted else self.free_rewritable_after
+    def frees(self, quoted: bool, copied: int) -> bool:
+        """Whether `copied` values seen copied verbatim (none rewritten) free a rewritable slot."""
+        needed = self.free_quoted_after if quoted else self.free_rewritable_after
+        return 0 < needed <= copied
 
     @property
     def needed(self) -> int:
@@ -412,7 +413,7 @@ def typed_whole(reply: Any, rewritable: Iterable[str], messages: Any) -> dict[st
     Rendered with a value that makes each a name a tool reads literally
     (`kept_as_given`), the call copies what the user typed."""
     calls = texts_in_calls(reply)
-    said = [text for message in messages for text in texts_in(message) if not _model_wrote(message)]
+    said = _said(messages)
     out: dict[str, list[str]] = {}
     for name in rewritable:
         held = sorted({t for t in calls if any(type(p) is tuple and p[0] == name for p in parse_text(t))})
@@ -442,15 +443,12 @@ def quoted_slots(rewritable: Iterable[str], messages: Any) -> set[str]:
     names = sorted(set(rewritable))
     stand_in = {name: chr(_QUOTABLE + i) for i, name in enumerate(names)}
     held: dict[str, bool] = {}  # slot -> every occurrence so far inside quotes
-    for message in messages:
-        if _model_wrote(message):
-            continue
-        for text in texts_in(message):
-            line = "".join(part if type(part) is str else stand_in.get(part[0], " ") for part in parse_text(text))
-            quoted = "".join(g for m in _QUOTED_SPAN.finditer(line) for g in m.groups() if g)
-            for name, char in stand_in.items():
-                if char in line:
-                    held[name] = held.get(name, True) and line.count(char) == quoted.count(char)
+    for text in _said(messages):
+        line = "".join(part if type(part) is str else stand_in.get(part[0], " ") for part in parse_text(text))
+        quoted = "".join(g for m in _QUOTED_SPAN.finditer(line) for g in m.groups() if g)
+        for name, char in stand_in.items():
+            if char in line:
+                held[name] = held.get(name, True) and line.count(char) == quoted.count(char)
     return {name for name, inside in held.items() if inside}
 
 
@@ -458,6 +456,12 @@ def _holds_whole(text: str, inner: str) -> bool:
     """Whether a template text holds another (a call's `{{v1}}.docx`) as a whole
     token: not the start of 'Delta.docx2' or the end of 'old_Delta.docx'."""
     return re.search(rf"(?<![\w.\-/\\:@#]){re.escape(inner)}(?![\w\-/\\:@#]|\.\w)", text) is not None
+
+
+def _said(messages: Any) -> list[str]:
+    """The template texts of the user's and the system prompt's words in these template
+    nodes: what the model was told, not what it wrote."""
+    return [text for message in messages for text in texts_in(message) if not _model_wrote(message)]
 
 
 def _model_wrote(node: Any) -> bool:
@@ -760,7 +764,7 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
         if unseen and state == TRUSTED:
             # Freed by evidence: enough values copied verbatim, none ever rewritten.
             freed = [name for name in unseen if name not in view.rewrites
-                     and 0 < rules.free_after(name in view.quoted) <= len(verbatim[name])]
+                     and rules.frees(name in view.quoted, len(verbatim[name]))]
             freed_new = bool(freed)
             unseen = [name for name in unseen if name not in freed]
         if unseen:
@@ -996,8 +1000,7 @@ def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) 
 
         def slot(n: str) -> str:
             seen, rewrites = len(verbatim.get(n, [])), len(rewritten.get(n, []))
-            needed = rules.free_after(n in quoted)
-            freed = needed and not rewrites and seen >= needed and state == TRUSTED
+            freed = state == TRUSTED and not rewrites and rules.frees(n in quoted, seen)
             typed = f"; names typed whole: {', '.join(whole[n])}" if whole.get(n) else ""
             said = "; quoted by the user" if n in quoted else ""
             return f"{n} ({seen} seen, {rewrites} rewritten{', freed' if freed else ''}{said}{typed})"
