@@ -231,7 +231,11 @@ def _fresh(value: str, r: random.Random, variant: int, variants: int) -> str:
     stem, dot, ext = value.rpartition(".")
     if dot and stem and ext.isalpha() and len(ext) <= 4:
         return _fresh(stem, r, variant, variants) + "." + ext
-    share = WORDS[variant % variants::variants]
+    if variants <= len(WORDS):
+        share = WORDS[variant % variants::variants]
+    else:  # more variants than words: each variant's words start with its own two
+        n = len(WORDS)
+        share = [WORDS[variant // n % n] + WORDS[variant % n] + w for w in WORDS]
     out = []
     for piece in re.findall(r"[A-Za-z]+|\d+|[^A-Za-z\d]+", value):
         if piece.isdigit():
