@@ -224,6 +224,9 @@ class View:
     # What VARYING's values seen hold, field by field (`_varying_evidence`).
     varying: "VaryingEvidence" = None
     quoted: frozenset = frozenset()  # rewritable slots the user's words hold in quotes (`quoted_slots`)
+    # Rewritable slot -> the word forms (`word_form`) of its values seen copied verbatim,
+    # less those of any value the model rewrote.
+    verbatim_forms: Mapping[str, frozenset] = None
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,28 @@ def prepare(entry: Mapping[str, Any], ranges: bool = False) -> View:
                 frozenset(name for name, values in (entry.get("rewritten") or {}).items() if values),
                 {name: tuple(whole[name]) for name in rewritable if whole.get(name)},
                 kept, *_input_evidence(entry), orders=_orders(entry, kept) if ranges else {},
-                varying=_varying_evidence(entry), quoted=frozenset(entry.get("quoted") or ()) & frozenset(rewritable))
+                varying=_varying_evidence(entry), quoted=frozenset(entry.get("quoted") or ()) & frozenset(rewritable),
+                verbatim_forms=_verbatim_forms(entry, rewritable))
+
+
+def _verbatim_forms(entry: Mapping[str, Any], rewritable: tuple[str, ...]) -> dict[str, frozenset]:
+    verbatim, rewritten = entry.get("verbatim") or {}, entry.get("rewritten") or {}
+    return {name: frozenset(map(word_form, verbatim.get(name, ()))) - frozenset(map(word_form, rewritten.get(name, ())))
+            for name in rewritable}
+
+
+# A run of digits standing alone in a value (the 72 of "72 Market Square", the postcode
+# of "Bergen 37410"), not part of a word ("72nd", "A4"). Numbers are data the model
+# copies as given (KEPT_AS_GIVEN); whether it respells a value depends on the words.
+_LONE_DIGITS = re.compile(r"(?<!\w)\d+(?!\w)")
+_ANY_NUMBER = "\u2116"  # № : the stand-in of a lone digit run in a word form
+
+
+def word_form(value: str) -> str:
+    """A value with its lone digit runs replaced by one stand-in: "72 Market Square"
+    and "5 Market Square" have one form. A rewritable value whose form was seen copied
+    verbatim (and never rewritten) is one the model copies too: its words were."""
+    return _LONE_DIGITS.sub(_ANY_NUMBER, value)
 
 
 def _varying_evidence(entry: Mapping[str, Any]) -> VaryingEvidence | None:
@@ -364,12 +388,27 @@ def ordered_ranges(names: Iterable[str], rows: Iterable[Any]) -> dict[str, tuple
     rows = [tuple(row) for row in rows]
     out: dict[str, tuple] = {}
     for index, name in enumerate(names):
+        if names_identifier(name):
+            continue
         values = [_ordered(row[index]) if index < len(row) else None for row in rows]
         if not values or any(v is None for v in values) or len({kind for kind, _ in values}) != 1:
             continue
         numbers = [v for _, v in values]
         out[name] = (values[0][0], min(numbers), max(numbers))
     return out
+
+
+# A slot named by its API as an identifier (`order_id`, `userId`, `zip`, `postcode`,
+# `phone`, `invoice_number`; a repeated name's `_2` aside): its numbers are looked up,
+# not compared with a limit, so a new one beyond those seen is no new side of anything.
+_CAMEL_IDENTIFIER = re.compile(r"[a-z0-9](?:Id|ID|Uuid|Zip|Postcode|Number)$")
+
+
+def names_identifier(name: str) -> bool:
+    """Whether a slot's name says its value is an identifier (compared for equality only)."""
+    base = re.sub(r"_\d+$", "", name)
+    return bool(re.search(r"(?:^|_)(?:id|uid|uuid|zip|zipcode|postcode|postal_code|phone|[a-z]+_number)$",
+                          base.lower()) or _CAMEL_IDENTIFIER.search(base))
 
 
 def _side(bounds: tuple, value: Any) -> int | None:
@@ -762,9 +801,11 @@ def judge(entry: View | Mapping[str, Any] | None, bindings: Mapping[str, str], r
         verbatim = view.verbatim
         unseen = _unverified(view.rewritable, verbatim, bindings, view.whole)
         if unseen and state == TRUSTED:
-            # Freed by evidence: enough values copied verbatim, none ever rewritten.
-            freed = [name for name in unseen if name not in view.rewrites
-                     and rules.frees(name in view.quoted, len(verbatim[name]))]
+            # Freed by evidence: the value's words seen copied verbatim with other numbers
+            # (`word_form`), or enough values copied verbatim and none ever rewritten.
+            forms = view.verbatim_forms or {}
+            freed = [name for name in unseen if word_form(bindings.get(name) or "") in forms.get(name, ())
+                     or (name not in view.rewrites and rules.frees(name in view.quoted, len(verbatim[name])))]
             freed_new = bool(freed)
             unseen = [name for name in unseen if name not in freed]
         if unseen:
@@ -1003,6 +1044,8 @@ def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) 
             freed = state == TRUSTED and not rewrites and rules.frees(n in quoted, seen)
             typed = f"; names typed whole: {', '.join(whole[n])}" if whole.get(n) else ""
             said = "; quoted by the user" if n in quoted else ""
+            numbered = any(word_form(v) != v for v in verbatim.get(n, []))
+            said += "; served with new numbers in the words seen" if numbered and state == TRUSTED else ""
             return f"{n} ({seen} seen, {rewrites} rewritten{', freed' if freed else ''}{said}{typed})"
         text += "; served only for values the model copied verbatim: " + ", ".join(map(slot, rewritable))
     ranges = _ranges(entry) if rules.keep_to_ranges else None

@@ -319,6 +319,22 @@ def test_a_city_the_user_quoted_is_served_after_five_cities_were_copied_verbatim
     assert "quoted by the user" in shown and "freed" in shown, shown
 
 
+def test_an_address_whose_street_and_city_were_copied_verbatim_is_served_with_new_numbers(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+    ship = "Ship my order to {}.".format
+    learned_then_verified(shared_proxy, api_key, sdk, ship, "address", ("12 Elm Street, Lyon 69001",
+                                                                        "8 Mill Lane, Graz 8010"),
+                          ("30 Mill Lane, Lyon 69003", "5 Elm Street, Graz 8020"))
+    # House numbers and postcodes are data the model copies; the street and the city it was seen copying.
+    arguments, headers = first_call(sdk, ship("140 Elm Street, Lyon 69300"))
+    assert (arguments["address"], headers["butter-cache"]) == ("140 Elm Street, Lyon 69300", "hit")
+    # A city never seen copied: this model writes Warsaw its own way, and only the provider can say so.
+    arguments, headers = first_call(sdk, ship("140 Elm Street, Warsaw 00950"))
+    assert (arguments["address"], headers["butter-cache"]) == ("140 Elm Street, Warszawa 00950", "verify")
+
+
 TWEETS = ("Sunrise over the harbour, coffee in hand, ready for the long drive north",
           "Packed the car, charged the phones, and the dog is already asleep in the back",
           "Three hundred miles of coastline ahead and not a single cloud in the sky",

@@ -13,6 +13,8 @@ Three tasks, each with a value that syntax cannot judge:
     "What is the weather in 'CITY'?"   -> search_location(query=CITY): a city the user quoted is copied
     "Please post this for me on Twitter: 'TEXT'" -> post_tweet(content=TEXT), then "Posted.": a long text
                                           the user gives, passed on whole
+    "Ship my order to STREET, CITY ZIP." -> update_address(address=...) as written, except the cities
+                                          this model rewrites (Warsaw -> "Warszawa")
     "Does any order need attention?"   -> list_orders(); then "No, every order is on track." unless
                                           an order's status is not on track (the statuses decide,
                                           inside the list's items, and never appear in the answer)
@@ -34,7 +36,8 @@ TOOLS = [
     {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": props}}}
     for name, props in (("get_balance", {"invoice": {"type": "string"}}), ("pay", {"invoice": {"type": "string"}}),
                         ("search_location", {"query": {"type": "string"}}), ("list_orders", {}),
-                        ("post_tweet", {"content": {"type": "string"}}))]
+                        ("post_tweet", {"content": {"type": "string"}}),
+                        ("update_address", {"address": {"type": "string"}}))]
 ON_TRACK = ("packed", "shipped", "delivered")
 SYSTEM = "You are an assistant. Use the tools when you need them; answer briefly."
 
@@ -67,6 +70,9 @@ def decide(messages: list[dict]) -> dict:
         return {"tool_calls": [("search_location", {"query": m.group(1)})]}
     if m := re.fullmatch(r"Please post this for me on Twitter: '([^']+)'", user):
         return {"tool_calls": [("post_tweet", {"content": m.group(1)})]} if not results else {"content": "Posted."}
+    if m := re.fullmatch(r"Ship my order to (\d+ [A-Z][a-z]+ [A-Z][a-z]+), ([A-Z][a-z]+) (\d+)\.", user):
+        street, city, code = m.groups()
+        return {"tool_calls": [("update_address", {"address": f"{street}, {REWRITES.get(city, city)} {code}"})]}
     if user == "Does any order need attention?":
         if not results:
             return {"tool_calls": [("list_orders", {})]}

@@ -171,6 +171,22 @@ def test_a_freed_date_input_is_verified_outside_the_dates_seen_and_mixed_values_
     assert judge(words, {"account": "X", "balance": "5000"}, RANGES).action == "serve"
 
 
+def test_a_number_its_api_names_an_identifier_is_looked_up_not_compared_so_it_has_no_range_to_keep_to():
+    def freed(name: str) -> dict:
+        entry = {**learned_entry({"account", name}, {"account"},
+                                 [{"account": f"A{v}", name: v} for v in ("20417", "35120")], 1.0), "state": TRUSTED}
+        for i, value in enumerate(("30001", "50112", "41234")):
+            entry, _ = after_verification(entry, {"account": f"V{i}", name: value}, True, RANGES, "", float(i))
+        assert entry["inputs_free"]
+        return entry
+    for name in ("order_id", "orderId", "zip", "postcode_2", "invoice_number"):
+        served = judge(freed(name), {"account": "X", name: "99999"}, RANGES)
+        assert (served.action, served.kind) == ("serve", "new-inputs"), (name, "sampled like any new input")
+    for name in ("amount", "paid", "valid", "number"):
+        assert judge(freed(name), {"account": "X", name: "99999"}, RANGES).action == "verify", name
+    assert judge(freed("order_id"), {"account": "X", "order_id": "99999"}, RULES).action == "serve"
+
+
 def test_a_field_that_only_grows_earns_its_side_of_the_range_after_enough_agreements_beyond_it():
     # A timestamp in a tool result that the next reply never shows: every new run's is the largest yet.
     entry = {**learned_entry({"id", "stamp"}, {"id"}, [{"id": "a", "stamp": "1700000000"},
@@ -523,6 +539,24 @@ def test_evidence_frees_a_rewritable_slot_only_when_asked_and_the_first_rewrite_
         entry, _ = after_verification(entry, {"city": more}, True, loose, "", 3.0)
     assert judge(entry, {"city": "Oslo"}, loose).action == "verify"
     assert judge(entry, {"city": "Cork"}, loose).action == "serve", "a value seen verbatim still is"
+
+
+def test_a_street_whose_words_were_copied_verbatim_is_served_with_new_numbers_and_nothing_else_is():
+    seen = [{"street": s} for s in ("12 Market Square", "Bergen 37410", "Flat 3, 9 Mill Lane")]
+    entry = {**learned_entry({"street"}, {"street"}, seen, 1.0, {"street"}), "state": TRUSTED}
+    for new in ("72 Market Square", "Bergen 50211", "Flat 12, 140 Mill Lane"):
+        assert judge(entry, {"street": new}, RULES) == trust.SERVE_NEW_INPUTS, (new, "its words seen: re-checked")
+    for other in ("72 Market Sq", "Oslo 37410", "72nd Market Square", "Market Square", "12 Market Square 5"):
+        assert judge(entry, {"street": other}, RULES).action == "verify", other
+    assert judge({**entry, "state": PROBATION}, {"street": "72 Market Square"}, RULES).action == "verify"
+    assert "served with new numbers in the words seen" in trust.describe(entry, RULES)
+    # The model wrote "Bergen, Norway 50211" for one run: that form is seen verbatim no longer.
+    entry, event = after_verification(entry, {"street": "Bergen 50211"}, False, RULES, "address: Bergen, Norway",
+                                      2.0, ("street",))
+    assert event == "rewritten"
+    assert judge(entry, {"street": "Bergen 80000"}, RULES).action == "verify"
+    assert judge(entry, {"street": "72 Market Square"}, RULES) == trust.SERVE_NEW_INPUTS
+    assert trust.word_form("72nd St, A4 loc_9 3.5") == "72nd St, A4 loc_9 \u2116.\u2116", "digits inside words stay"
 
 
 # -- a value the user quoted: meant as typed, so evidence may free it -------------------------------
