@@ -36,7 +36,8 @@ served and re-checked at a sampled rate (the addon's `butter_verify_inputs_sampl
 `keep_to_ranges` (option butter_verify_ranges), a number or an ISO date
 beyond the range of the values seen with the reply (or in another form) is
 verified first, as a limit may lie there, until `free_inputs_after` values
-beyond it on that side agreed; and two such inputs of one kind that compare
+beyond it on that side agreed (a slot named as an id, `names_identifier`, has
+no range: it is looked up, not compared); and two such inputs of one kind that compare
 as they never did in the values seen (an amount above a limit) are verified,
 until one agreement shows that order.
 
@@ -47,7 +48,9 @@ earlier call, whose data the model passes on as given), are *rewritable*: the mo
 "Warsaw" or "Warszawa", and which it does depends on the value itself. Two
 verbatim cities say nothing about the third, so agreements never free them:
 a template is served only for rewritable values the model was seen copying
-verbatim with it (a recorded run or an agreeing verification); every other
+verbatim with it (a recorded run or an agreeing verification), or, once
+trusted, values whose words were (`word_form`: "72 Market Square" after
+"12 Market Square"; numbers are data, sampled like new inputs); every other
 value is verified. A disagreement that lies only in the argument fields that
 held a new rewritable value is the model's spelling of that value, not a
 wrong template: the value is noted as rewritten (that request's answer is
@@ -93,6 +96,8 @@ Public API
     kept_as_given(value) -> bool          a rewritable slot's value the model passes on as it is (an ISO date)
     typed_whole(reply, rewritable, messages) -> {slot: [texts]}    call texts around a slot the user typed whole
     quoted_slots(rewritable, messages) -> {slot}   rewritable slots the user's words hold only in quotes
+    word_form(value) -> str               a value with its lone digit runs as one stand-in ("№ Market Square")
+    names_identifier(name) -> bool        a slot its API names an id (order_id, zip): no range kept
     disagreement(expected, actual, bindings, new_names) -> str   a short why, for people
     describe(entry, rules) -> str                                one line for the CLI
 """
@@ -401,14 +406,15 @@ def ordered_ranges(names: Iterable[str], rows: Iterable[Any]) -> dict[str, tuple
 # A slot named by its API as an identifier (`order_id`, `userId`, `zip`, `postcode`,
 # `phone`, `invoice_number`; a repeated name's `_2` aside): its numbers are looked up,
 # not compared with a limit, so a new one beyond those seen is no new side of anything.
+_SNAKE_IDENTIFIER = re.compile(r"(?:^|_)(?:id|uid|uuid|zip|zipcode|postcode|postal_code|phone|[a-z]+_number)$")
 _CAMEL_IDENTIFIER = re.compile(r"[a-z0-9](?:Id|ID|Uuid|Zip|Postcode|Number)$")
+_REPEAT_SUFFIX = re.compile(r"_\d+$")
 
 
 def names_identifier(name: str) -> bool:
     """Whether a slot's name says its value is an identifier (compared for equality only)."""
-    base = re.sub(r"_\d+$", "", name)
-    return bool(re.search(r"(?:^|_)(?:id|uid|uuid|zip|zipcode|postcode|postal_code|phone|[a-z]+_number)$",
-                          base.lower()) or _CAMEL_IDENTIFIER.search(base))
+    base = _REPEAT_SUFFIX.sub("", name)
+    return bool(_SNAKE_IDENTIFIER.search(base.lower()) or _CAMEL_IDENTIFIER.search(base))
 
 
 def _side(bounds: tuple, value: Any) -> int | None:
