@@ -21,9 +21,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from . import trust_ledger
+from . import trust, trust_ledger
 from .canonical import digest
-from .induction import Observation, Proposal, Rejected, choose, propose_prefix
+from .induction import Observation, Proposal, Rejected, choose, propose, propose_prefix
 from .lmdb_backend import LmdbBackend
 from .model import Conversation
 from .declared import bound_contents
@@ -134,10 +134,42 @@ class Learner:
                                                      for f in failures])
         if proposal is None:
             return InductionOutcome(rejected=tuple(failures))
+        proposal = self._past_demotion(proposal, new, others, writes, min_observations)
+        if proposal is None:
+            return InductionOutcome(rejected=tuple(failures), skipped="the template these runs give was demoted; "
+                                    "no two of them share this run's values of what decided it")
         ids = self._write(proposal, writes, namespace)
         earlier = self._earlier_steps(proposal, writes, namespace)
         return InductionOutcome(accepted=proposal, rejected=tuple(failures), template_nodes=ids,
                                 earlier_replies=earlier)
+
+    def _past_demotion(self, proposal: Proposal, new: Observation, others: list[Observation],
+                       exact: list[NodeWrite], min_observations: int) -> Proposal | None:
+        """The proposal, unless the template it gives was demoted: then, when the
+        disagreement named the decision inputs that explain it (`decided_by`: a shipped
+        order's status, after pending and processing ones gave the same reply), the
+        proposal of the runs that share this run's values of them, which keeps those
+        values literal: the value becomes a branch of its own, learned and verified
+        anew. None when there is no such branch (yet)."""
+        demoted_at = _template_path(proposal, exact)[-1], reply_id(proposal.reply)
+        entry = trust_ledger.read(self.backend, *demoted_at)
+        if not entry or entry.get("state") != trust.DEMOTED:
+            return proposal
+        runs = {o.key: o for o in (new, *others)}
+        values = dict(zip(proposal.keys, proposal.bindings))
+        if new.key not in values:
+            return None
+        pinned = {name: values[new.key][name] for name in entry.get("decided_by") or () if name in values[new.key]}
+        if not pinned:
+            return None
+        group = [runs[key] for key in proposal.keys
+                 if key in runs and all(values[key].get(n) == v for n, v in pinned.items())]
+        if len(group) < max(2, min_observations):
+            return None
+        branch = propose(group, min_observations)
+        if not isinstance(branch, Proposal) or (_template_path(branch, exact)[-1], reply_id(branch.reply)) == demoted_at:
+            return None
+        return branch
 
     def _ancestor(self, node: bytes, depth: int) -> bytes | None:
         with self.backend.snapshot() as snap:
@@ -169,15 +201,14 @@ class Learner:
 
     def _write(self, proposal: Proposal, exact: list[NodeWrite], namespace: str,
                only_new: bool = False) -> tuple[bytes, ...]:
-        parent = exact[proposal.start].node_id
         rows = [(w.node_id, w.parent, w.depth, w.kind, w.content, namespace if w.kind == "root" else "")
                 for w in exact[: proposal.start + 1]]
-        ids = []
-        for depth, (kind, content) in enumerate(proposal.nodes, start=proposal.start + 1):
-            node = child_id(parent, content)
+        ids = _template_path(proposal, exact)
+        parents = (exact[proposal.start].node_id, *ids[:-1])
+        for depth, (node, parent, (kind, content)) in enumerate(zip(ids, parents, proposal.nodes),
+                                                                start=proposal.start + 1):
             rows.append((node, parent, depth, kind, content, ""))
-            ids.append(node)
-            parent = node
+        parent = ids[-1]
         rid = reply_id(proposal.reply)
         if only_new:
             with self.backend.snapshot() as snap:
@@ -190,6 +221,15 @@ class Learner:
         trust_ledger.note_learned(self.backend, parent, rid, proposal.slots, proposal.reply, proposal.bindings,
                                   [content for _, content in proposal.nodes])
         return tuple(ids)
+
+
+def _template_path(proposal: Proposal, exact: list[NodeWrite]) -> list[bytes]:
+    """The ids of the proposal's template nodes, under the exact node where its runs diverge."""
+    ids, parent = [], exact[proposal.start].node_id
+    for _, content in proposal.nodes:
+        parent = child_id(parent, content)
+        ids.append(parent)
+    return ids
 
 
 # -- client-declared bindings ----------------------------------------------------------

@@ -98,6 +98,7 @@ Public API
     quoted_slots(rewritable, messages) -> {slot}   rewritable slots the user's words hold only in quotes
     word_form(value) -> str               a value with its lone digit runs as one stand-in ("№ Market Square")
     names_identifier(name) -> bool        a slot its API names an id (order_id, zip): no range kept
+    deciding_inputs(entry, bindings) -> [slot]   inputs new in a disagreeing run: the branch to learn (`decided_by`)
     disagreement(expected, actual, bindings, new_names) -> str   a short why, for people
     describe(entry, rules) -> str                                one line for the CLI
 """
@@ -901,6 +902,9 @@ def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, r
         return entry, "rewritten"
     if not agreed:
         entry.update(state=DEMOTED, why=why, demoted_at=now)
+        decided = deciding_inputs(entry, bindings)
+        if decided:
+            entry["decided_by"] = decided
         return entry, "demoted"
     ranges = ordered_ranges(entry.get("inputs") or (), entry["seen_inputs"])  # before this run's values
     columns = _input_evidence(entry)[0]  # before this run's values
@@ -924,6 +928,17 @@ def after_verification(entry: dict, bindings: Mapping[str, str], agreed: bool, r
         entry["inputs_free"] = True
         event = "promoted, decision inputs freed" if event == "promoted" else "decision inputs freed"
     return entry, event
+
+
+def deciding_inputs(entry: Mapping[str, Any], bindings: Mapping[str, str]) -> list[str]:
+    """For a disagreement: the decision inputs that can explain it, those whose value here
+    was never seen with the reply (a shipped order's status, after pending and processing
+    ones). Not an input named as an identifier: an order id decides through what the
+    tool returns for it, which the template holds, not by its own value. Induction learns
+    the runs again with these values kept literal, one branch per value (store/learning.py)."""
+    columns = _input_evidence(entry)[0]
+    return [name for name, seen in columns.items()
+            if name in bindings and bindings[name] not in seen and not names_identifier(name)]
 
 
 def _count_input_values(entry: dict, columns: Mapping[str, frozenset], bindings: Mapping[str, str]) -> None:
@@ -1063,4 +1078,7 @@ def describe(entry: Mapping[str, Any] | None, rules: TrustRules = TrustRules()) 
             f"{n} (beyond it: below {side(n, 0)}, above {side(n, 1)})" for n in sorted(ranges))
     if state == DEMOTED and entry.get("why"):
         text += f": {entry['why']}"
+    if state == DEMOTED and entry.get("decided_by"):
+        text += (f"; decided by {', '.join(entry['decided_by'])}: runs that share a value of it are learned "
+                 "as a branch of their own")
     return text

@@ -1057,3 +1057,62 @@ def test_an_entry_from_before_stated_values_were_inputs_verifies_a_new_value_and
     trust_ledger.conclude(cache.backend, result.verify, answer("Yes, 8 is prime."), RULES)  # a provider's slip
     entry = trust_ledger.read(cache.backend, pending.verify.node_id, pending.verify.reply_id)
     assert entry["stated"] == entry["inputs"] == entry["slots"] and not entry["inputs_free"]
+
+
+# -- a disagreement a decision input explains: that value becomes a branch -------------------------
+
+def order_looked_up(order: str, status: str) -> Conversation:
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_order", "arguments": json.dumps({"order_id": order})}}]}
+    return Conversation(CONTEXT, (user(f"Cancel order {order}."), call, {"role": "tool", "tool_call_id": "c1",
+                                                                        "content": json.dumps({"status": status})}))
+
+
+def next_call(order: str, status: str) -> dict:
+    """An order not yet shipped is cancelled; a shipped one gets a return."""
+    tool = "create_return" if status == "shipped" else "cancel_order"
+    return {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "tool_calls": [
+        {"id": "c2", "type": "function", "function": {"name": tool, "arguments": json.dumps({"order_id": order})}}]}}]}
+
+
+def run_through(cache: Cache, order: str, status: str) -> Hit | Miss:
+    """What a proxy does with one request: look it up; a verification is concluded with the
+    provider's answer, and every request that went to the provider is recorded and learned from."""
+    conversation, reply = order_looked_up(order, status), next_call(order, status)
+    found = cache.lookup("ns", conversation)
+    if isinstance(found, Miss):
+        if found.reason == "verify":
+            trust_ledger.conclude(cache.backend, found.verify, reply, cache.trust)
+        cache.record("ns", conversation, reply)
+        cache.induce("ns", conversation)
+    return found
+
+
+def test_a_status_that_demoted_a_template_becomes_a_branch_learned_anew_from_runs_that_share_it(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RULES)
+    for order, status in (("1001", "pending"), ("1002", "processing")):
+        run_through(cache, order, status)
+    for order, status in (("1003", "on_hold"), ("1004", "new")):  # two agreements: promoted
+        assert run_through(cache, order, status).reason == "verify"
+    shipped = run_through(cache, "1005", "shipped")
+    assert shipped.reason == "verify", "a status never seen with the reply is verified"
+    demoted = trust_ledger.read(cache.backend, shipped.verify.node_id, shipped.verify.reply_id)
+    assert demoted["state"] == DEMOTED and demoted["decided_by"] == ["status"], "the order id is looked up, not deciding"
+    assert "decided by status: runs that share a value of it are learned as a branch" in trust.describe(demoted, RULES)
+    # The status decides: the template that let it vary is never served again, but runs that
+    # share a status are a branch of their own, learned (status literal) and verified anew.
+    first = run_through(cache, "1006", "pending")
+    assert isinstance(first, Miss) and first.reason != "verify", "no branch yet: one pending run since"
+    branch = run_through(cache, "1007", "processing")
+    assert branch.reason != "verify", "processing: its own branch, one run since"
+    again = run_through(cache, "1008", "pending")
+    assert again.reason == "verify" and again.verify.node_id != shipped.verify.node_id, again
+    entry = trust_ledger.read(cache.backend, again.verify.node_id, again.verify.reply_id)
+    assert entry["state"] == PROBATION and "status" not in entry["slots"], entry["slots"]
+    assert run_through(cache, "1009", "pending").reason == "verify"  # the second agreement: promoted
+    assert trust_ledger.read(cache.backend, again.verify.node_id, again.verify.reply_id)["state"] == TRUSTED
+    # A shipped order never meets the pending branch: it is another literal.
+    assert not isinstance(cache.lookup("ns", order_looked_up("1010", "shipped")), Hit)
+    # The order id is still a decision input (a number passed into the call) until freed: verified, not refused.
+    later = cache.lookup("ns", order_looked_up("1011", "pending"))
+    assert isinstance(later, Hit) or later.reason == "verify", later
