@@ -98,6 +98,23 @@ def check_orders(sdk, orders: list[dict]) -> dict:
     raise AssertionError("the agent did not finish")
 
 
+def cancel(sdk, order: str, status: str) -> dict:
+    """The agent cancels an order: get_order, then the call the status decides, then "Done."."""
+    messages, calls, cache, templates = conversation(f"Cancel order {order}."), [], [], []
+    for _ in range(4):
+        message, headers = ask(sdk, messages)
+        cache.append(headers["butter-cache"])
+        templates.append(headers.get("butter-template", ""))
+        messages.append(message)
+        if not message.get("tool_calls"):
+            return {"calls": calls, "cache": cache, "templates": templates}
+        for tc in message["tool_calls"]:
+            calls.append(tc["function"]["name"])
+            result = {"status": status} if tc["function"]["name"] == "get_order" else {"ok": True}
+            messages.append({"role": "tool", "tool_call_id": tc["id"], "content": json.dumps(result)})
+    raise AssertionError("the agent did not finish")
+
+
 def settle(proxy: Proxy, api_key: str) -> None:
     """Wait (not a timing assertion) until every recorded miss so far has been learned from:
     induction works in order, so one more miss under its own model name is learned from last."""
@@ -389,3 +406,32 @@ def test_a_sampled_recheck_that_disagrees_demotes_a_trusted_template(
     assert value_model_provider.calls[-1].json["messages"][-1]["content"] == "Is 9 prime?"
     assert value_model_provider.calls[-1].headers["authorization"] == f"Bearer {api_key}"
     assert prime(sdk, 23)[1] == "miss", "a demoted template was served"
+
+
+def test_a_status_that_demoted_a_template_becomes_a_branch_of_its_own_learned_from_later_runs(
+        shared_proxy, through, value_model_provider, api_key):
+    through(shared_proxy)
+    sdk = client(api_key)
+    for order, status in (("1001", "pending"), ("1002", "processing")):
+        assert cancel(sdk, order, status)["calls"] == ["get_order", "cancel_order"]
+    settle(shared_proxy, api_key)
+    verified = Verifications(shared_proxy)
+    for n, (order, status) in enumerate((("1003", "on_hold"), ("1004", "new")), 1):  # promoted
+        run = cancel(sdk, order, status)
+        assert run["calls"] == ["get_order", "cancel_order"] and run["cache"][1] == "verify", run
+        verified.wait(n)
+    shipped = cancel(sdk, "1005", "shipped")
+    assert shipped["calls"] == ["get_order", "create_return"] and shipped["cache"][1] == "verify", shipped
+    assert "demoted" in verified.wait(3)[-1]
+    # The template that let the status vary is dead; a pending order goes to the provider ...
+    pending = cancel(sdk, "1006", "pending")
+    assert pending["calls"] == ["get_order", "cancel_order"] and pending["cache"][1] == "miss", pending
+    settle(shared_proxy, api_key)
+    # ... and with the first pending run it is a branch: "status": "pending" literal, on probation.
+    branch = cancel(sdk, "1007", "pending")
+    assert branch["calls"] == ["get_order", "cancel_order"] and branch["cache"][1] == "verify", branch
+    verified.wait(4)
+    demoted, learned = shipped["templates"][1], branch["templates"][1]
+    assert demoted and learned and learned != demoted, (demoted, learned)
+    assert re.search(r"trust\s+demoted .*decided by status", butter_show(shared_proxy.db, demoted))
+    assert re.search(r"trust\s+probation \(1 of 2", butter_show(shared_proxy.db, learned))

@@ -13,6 +13,9 @@ Three tasks, each with a value that syntax cannot judge:
     "What is the weather in 'CITY'?"   -> search_location(query=CITY): a city the user quoted is copied
     "Please post this for me on Twitter: 'TEXT'" -> post_tweet(content=TEXT), then "Posted.": a long text
                                           the user gives, passed on whole
+    "Cancel order N."                  -> get_order(order_id=N); then cancel_order(order_id=N) unless the
+                                          status it returned is "shipped": create_return(order_id=N) (the
+                                          status decides, and never appears in the call); then "Done."
     "Ship my order to STREET, CITY ZIP." -> update_address(address=...) as written, except the cities
                                           this model rewrites (Warsaw -> "Warszawa")
     "Does any order need attention?"   -> list_orders(); then "No, every order is on track." unless
@@ -37,7 +40,9 @@ TOOLS = [
     for name, props in (("get_balance", {"invoice": {"type": "string"}}), ("pay", {"invoice": {"type": "string"}}),
                         ("search_location", {"query": {"type": "string"}}), ("list_orders", {}),
                         ("post_tweet", {"content": {"type": "string"}}),
-                        ("update_address", {"address": {"type": "string"}}))]
+                        ("update_address", {"address": {"type": "string"}}),
+                        ("get_order", {"order_id": {"type": "string"}}), ("cancel_order", {"order_id": {"type": "string"}}),
+                        ("create_return", {"order_id": {"type": "string"}}))]
 ON_TRACK = ("packed", "shipped", "delivered")
 SYSTEM = "You are an assistant. Use the tools when you need them; answer briefly."
 
@@ -73,6 +78,14 @@ def decide(messages: list[dict]) -> dict:
     if m := re.fullmatch(r"Ship my order to (\d+ [A-Z][a-z]+ [A-Z][a-z]+), ([A-Z][a-z]+) (\d+)\.", user):
         street, city, code = m.groups()
         return {"tool_calls": [("update_address", {"address": f"{street}, {REWRITES.get(city, city)} {code}"})]}
+    if m := re.fullmatch(r"Cancel order (\d+)\.", user):
+        order = m.group(1)
+        if not results:
+            return {"tool_calls": [("get_order", {"order_id": order})]}
+        if len(results) == 1:
+            return {"tool_calls": [("create_return" if results[0]["status"] == "shipped" else "cancel_order",
+                                    {"order_id": order})]}
+        return {"content": "Done."}
     if user == "Does any order need attention?":
         if not results:
             return {"tool_calls": [("list_orders", {})]}
