@@ -687,62 +687,81 @@ def _match_text(t: str, c: str, bindings: dict, shapes: Mapping[str, str], where
             raise _fail(where, lambda: "literal text differs")
         return bindings
     if len(parts) == 3 and where is None and len(parts[1]) == 1:
-        # One slot has one possible split: no search needed (the commonest case).
-        head, (name,), tail = parts
-        if len(c) > len(head) + len(tail) and c.startswith(head) and c.endswith(tail):
-            value = c[len(head):len(c) - len(tail)]
-            if name in bindings:
-                if bindings[name] == value:
-                    return bindings
-            elif fits(shapes.get(name, "text"), value):
-                return {**bindings, name: value}
-        raise _NoMatch()
-    steps = [0]
-    failures: list[Callable[[], str]] = []  # the last one explains the miss
+        name = parts[1][0]
+        return _one_slot(parts[0], name, parts[2], shapes.get(name, "text"), c, bindings)
+    failures: list[Callable[[], str]] | None = None if where is None else []  # the last one explains the miss
+    result = _split(parts, c, bindings, shapes, failures)
+    if result is None:
+        raise _fail(where, lambda: failures[-1]() if failures else "no way to split the text")
+    return result
+
+
+def _one_slot(head: str, name: str, tail: str, shape: str, c: str, bindings: dict) -> dict:
+    """A text of one slot between two literals: one possible split, no search (the commonest case)."""
+    if len(c) > len(head) + len(tail) and c.startswith(head) and c.endswith(tail):
+        value = c[len(head):len(c) - len(tail)]
+        if name in bindings:
+            if bindings[name] == value:
+                return bindings
+        elif fits(shape, value):
+            return {**bindings, name: value}
+    raise _NoMatch()
+
+
+def _split(parts: tuple, c: str, bindings: dict, shapes: Mapping[str, str],
+           failures: list[Callable[[], str]] | None) -> dict | None:
+    """The bindings extended by the first split of `c` into `parts` (each slot
+    shortest first), or None; `failures` (None while matching: nobody reads
+    them) collects why each try failed."""
+    steps = 0
+    final = len(parts) - 1
+    note = failures.append if failures is not None else None
 
     def go(i: int, pos: int, bound: dict) -> dict | None:
-        steps[0] += 1
-        if steps[0] > MAX_MATCH_STEPS:
+        nonlocal steps
+        steps += 1
+        if steps > MAX_MATCH_STEPS:
             return None
         part = parts[i]
         if type(part) is str:
             if not c.startswith(part, pos):
-                failures.append(lambda: f"literal {_short(part)!r} not found at {_short(c[pos:pos + 40])!r}")
+                if note:
+                    note(lambda: f"literal {_short(part)!r} not found at {_short(c[pos:pos + 40])!r}")
                 return None
             pos += len(part)
-            if i == len(parts) - 1:
+            if i == final:
                 if pos == len(c):
                     return bound
-                failures.append(lambda: f"text goes on after the template: {_short(c[pos:])!r}")
+                if note:
+                    note(lambda: f"text goes on after the template: {_short(c[pos:])!r}")
                 return None
             return go(i + 1, pos, bound)
         name = part[0]
         if len(part) > 1:
-            failures.append(lambda: f"a date offset ({{{{{name} {part[1]:+d}d}}}}) is written only in replies")
+            if note:
+                note(lambda: f"a date offset ({{{{{name} {part[1]:+d}d}}}}) is written only in replies")
             return None
         nxt = parts[i + 1]  # a literal always follows a slot (maybe empty)
-        last = i + 1 == len(parts) - 1
         if name in bound:
             value = bound[name]
             if not c.startswith(value, pos):
-                failures.append(lambda: f"slot {{{{{name}}}}} is {_short(value)!r} earlier but not here")
+                if note:
+                    note(lambda: f"slot {{{{{name}}}}} is {_short(value)!r} earlier but not here")
                 return None
             return go(i + 1, pos + len(value), bound)
         shape = shapes.get(name, "text")
-        for end in _ends(c, pos, nxt, last):
+        for end in _ends(c, pos, nxt, i + 1 == final):
             value = c[pos:end]
             if not fits(shape, value):
-                failures.append(lambda value=value: f"{_short(value)!r} is not a {shape} for slot {{{{{name}}}}}")
+                if note:
+                    note(lambda value=value: f"{_short(value)!r} is not a {shape} for slot {{{{{name}}}}}")
                 continue
             found = go(i + 1, end, {**bound, name: value})
             if found is not None:
                 return found
         return None
 
-    result = go(0, 0, bindings)
-    if result is None:
-        raise _fail(where, lambda: failures[-1]() if failures else "no way to split the text")
-    return result
+    return go(0, 0, bindings)
 
 
 def _ends(c: str, pos: int, nxt: str, last: bool) -> Iterator[int]:
