@@ -18,7 +18,7 @@ from .template_index import TemplateSet
 from .declared import earlier_step_depths, reply_carries_over
 from .learning import InductionOutcome, Learner, plan_bound_record
 from .agreement import same_answer
-from .templates import explain_mismatch, free_text_in_words, is_declared, match_message, render_reply
+from .templates import explain_mismatch, free_text_in_words, is_declared, match_stored, render_reply
 from .tree import ServePolicy, lookup, plan_record, reply_id
 from . import trust_ledger
 from .trust import TABLE as TRUST_TABLE, VERIFY_CONTESTED, Judgement, TrustRules, judge, prepare, with_rewritable, with_inputs
@@ -95,7 +95,9 @@ class Cache:
                     verifiable.append(hit)
                 return verdict.action == "serve"
 
-            result = lookup(conversation, namespace, reader, self.policy, match_template=match_message,
+            # match_stored: the template contents are the decoded nodes kept in
+            # self._templates, never changed, so each one's matcher is compiled once.
+            result = lookup(conversation, namespace, reader, self.policy, match_template=match_stored,
                             bindings=bindings, explain_template=explain_mismatch, accept=servable)
             if type(result) is Hit and result.templated:
                 others = {(h.node_id, h.reply_id): h for h in verifiable}  # each template reply once
@@ -196,7 +198,7 @@ class Cache:
             if len(recorded) != 1:
                 return False
             reader = _WithoutReplies(_DecodedTemplates(snap, self._templates, {}), node)
-            found = lookup(conversation, namespace, reader, self.policy, match_template=match_message)
+            found = lookup(conversation, namespace, reader, self.policy, match_template=match_stored)
             if type(found) is not Hit or not found.templated:
                 return False
             try:

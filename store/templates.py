@@ -70,6 +70,9 @@ Public API
         the tree's TemplateMatcher: the bindings extended, or None; a name
         bound earlier must have the same value; a slot matches only values of
         its shape
+    match_stored(content, message, bindings) -> dict | None
+        the same for a content that never changes (a stored template node's, as
+        lookups keep them): matched by a matcher compiled once per content
     explain_mismatch(content, message, bindings) -> str
         which literal or slot failed, for people (empty if it matches)
     render_reply(reply, bindings) -> reply              raises RenderError
@@ -782,6 +785,147 @@ def _ends(c: str, pos: int, nxt: str, last: bool) -> Iterator[int]:
             return
         yield found
         start = found + 1
+
+
+
+# -- matching, compiled once per stored template -------------------------------
+# A lookup matches the same stored template nodes against message after message,
+# and `_match` reads the template's structure again each time: which marker, which
+# fields, which of them are literal. A compiled matcher reads it once: a closure per
+# template part that does what `_match(part, value, bindings, shapes, None, field)`
+# does for the common parts (an object with exactly the template's fields, a list,
+# a literal string, a text, number or JSON marker) and calls `_match` itself for
+# every other part and for an object whose fields differ (optional ones). So the
+# two agree by construction, and bind in the same order.
+
+# (concrete value, bindings so far) -> the bindings extended; raises _NoMatch.
+_Compiled = Callable[[Any, dict], dict]
+_COMPILED: dict[int, tuple[Mapping[str, Any], _Compiled]] = {}
+MAX_COMPILED = 4096
+
+
+def match_stored(content: Mapping[str, Any], message: Any, bindings: Mapping[str, str]) -> dict | None:
+    """`match_message` for a content never changed after it is first matched (a
+    stored template node's, which the lookup decodes once and keeps): its matcher
+    is compiled on first use and kept with it."""
+    try:
+        return _fingerprinted(_compiled_message(content)(message, dict(bindings)))
+    except _NoMatch:
+        return None
+
+
+def _compiled_message(content: Mapping[str, Any]) -> _Compiled:
+    # Keyed by the object: the entry holds it, so its id is not reused while kept.
+    found = _COMPILED.get(id(content))
+    if found is None or found[0] is not content:
+        found = (content, _compile(content["message"], content.get("slots") or {}, ""))
+        if len(_COMPILED) >= MAX_COMPILED:
+            _COMPILED.clear()
+        _COMPILED[id(content)] = found
+    return found[1]
+
+
+def _compile(t: Any, shapes: Mapping[str, str], field: str) -> _Compiled:
+    """The matcher of template part `t` (`field` as in `_match`)."""
+    if type(t) is str:
+        return _compile_literal(t)
+    if type(t) is list:
+        return _compile_list(t, shapes, field)
+    if type(t) is dict:
+        kind = t.get(MARK)
+        if kind is None:
+            return _compile_object(t, shapes, field)
+        # A marker missing what it needs is left to `_match` (which fails on it when reached).
+        if kind == "text" and type(t.get("t")) is str:
+            return _compile_text(t["t"], shapes)
+        if kind == "number" and type(t.get("slot")) is str:
+            return _compile_number(t["slot"])
+        if kind == "json" and "value" in t:
+            return _compile_json(_compile(t["value"], shapes, field))
+    return _reference(t, shapes, field)
+
+
+def _reference(t: Any, shapes: Mapping[str, str], field: str) -> _Compiled:
+    def match(c: Any, bindings: dict) -> dict:
+        return _match(t, c, bindings, shapes, None, field)
+    return match
+
+
+def _compile_literal(t: str) -> _Compiled:
+    def match(c: Any, bindings: dict) -> dict:
+        if type(c) is not str or c != t:  # `_same_literal` of two strings
+            raise _NoMatch()
+        return bindings
+    return match
+
+
+def _compile_list(t: list, shapes: Mapping[str, str], field: str) -> _Compiled:
+    items = [_compile(tv, shapes, field) for tv in t]
+    length = len(items)
+
+    def match(c: Any, bindings: dict) -> dict:
+        if type(c) is not list or len(c) != length:
+            raise _NoMatch()
+        for item, cv in zip(items, c):
+            bindings = item(cv, bindings)
+        return bindings
+    return match
+
+
+def _compile_object(t: dict, shapes: Mapping[str, str], field: str) -> _Compiled:
+    keys = t.keys()
+    # (key, the literal string its value must be, or None and the value's matcher)
+    fields = [(key, tv, None) if type(tv) is str else (key, None, _compile(tv, shapes, key)) for key, tv in t.items()]
+
+    def match(c: Any, bindings: dict) -> dict:
+        if type(c) is not dict or c.keys() != keys:
+            return _match(t, c, bindings, shapes, None, field)  # optional fields, or no fit
+        for key, literal, sub in fields:
+            if sub is None:
+                value = c[key]
+                if type(value) is not str or value != literal:
+                    raise _NoMatch()
+            else:
+                bindings = sub(c[key], bindings)
+        return bindings
+    return match
+
+
+def _compile_text(t: str, shapes: Mapping[str, str]) -> _Compiled:
+    parts = _parsed_text(t)
+    if len(parts) == 3 and len(parts[1]) == 1:  # `_match_text`'s one slot, its shape looked up once
+        head, (name,), tail = parts
+        shape = shapes.get(name, "text")
+
+        def match_one(c: Any, bindings: dict) -> dict:
+            if type(c) is not str:
+                raise _NoMatch()
+            return _one_slot(head, name, tail, shape, c, bindings)
+        return match_one
+
+    def match(c: Any, bindings: dict) -> dict:
+        if type(c) is not str:
+            raise _NoMatch()
+        return _match_text(t, c, bindings, shapes, None)
+    return match
+
+
+def _compile_number(slot: str) -> _Compiled:
+    def match(c: Any, bindings: dict) -> dict:
+        if isinstance(c, bool) or not isinstance(c, (int, float)):
+            raise _NoMatch()
+        _bind(slot, number_text(c), bindings, "number", None)
+        return bindings
+    return match
+
+
+def _compile_json(value: _Compiled) -> _Compiled:
+    def match(c: Any, bindings: dict) -> dict:
+        parsed = _json_container(c)
+        if parsed is None:
+            raise _NoMatch()
+        return value(parsed, bindings)
+    return match
 
 
 # -- rendering -----------------------------------------------------------------
