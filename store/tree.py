@@ -139,10 +139,20 @@ def _matched(matcher: "TemplateMatcher", template: NodeRecord, message: Message,
     return None if found is _NO_MATCH else found
 
 
+_FORGOTTEN = [0]  # how often forget_memos ran (see memo_epoch)
+
+
 def forget_memos() -> None:
     """Drop the per-process node-id and template-match memos (for cold timings and tests)."""
     _IDS.clear()
     _MATCHES.clear()
+    _FORGOTTEN[0] += 1
+
+
+def memo_epoch() -> int:
+    """Changes with every forget_memos: a memo of request values kept elsewhere
+    (store/cache.py's judgements) starts over when it does, as these do."""
+    return _FORGOTTEN[0]
 
 
 class TreeReader(Protocol):

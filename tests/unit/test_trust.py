@@ -1057,3 +1057,19 @@ def test_an_entry_from_before_stated_values_were_inputs_verifies_a_new_value_and
     trust_ledger.conclude(cache.backend, result.verify, answer("Yes, 8 is prime."), RULES)  # a provider's slip
     entry = trust_ledger.read(cache.backend, pending.verify.node_id, pending.verify.reply_id)
     assert entry["stated"] == entry["inputs"] == entry["slots"] and not entry["inputs_free"]
+
+
+
+def test_a_judgement_remembered_for_a_request_sent_again_follows_the_trust_it_was_made_by(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RANGES)
+    teach(cache, ("Can account A1 with balance 20 pay invoice 100?", "Declined."),
+          ("Can account B2 with balance 35 pay invoice 100?", "Declined."))
+    again = ask("Can account C3 with balance 50 pay invoice 100?")
+    try:
+        pending = [cache.lookup("ns", again) for _ in range(3)]  # judged once, then remembered
+        assert all(isinstance(p, Miss) and p.reason == "verify" for p in pending)
+        trust_ledger.conclude(cache.backend, pending[-1].verify, answer("Declined."), cache.trust)
+        # The agreement is a trust write: these values are now seen with the reply.
+        assert isinstance(cache.lookup("ns", again), Hit)
+    finally:
+        cache.close()
