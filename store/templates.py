@@ -902,10 +902,13 @@ def _compile_text(t: str, shapes: Mapping[str, str]) -> _Compiled:
                 raise _NoMatch()
             return _one_slot(head, name, tail, shape, c, bindings)
         return match_one
+    split = _compile_split(parts, shapes) if len(parts) > 1 else None
 
     def match(c: Any, bindings: dict) -> dict:
         if type(c) is not str:
             raise _NoMatch()
+        if split is not None:
+            return split(c, bindings)
         return _match_text(t, c, bindings, shapes, None)
     return match
 
@@ -926,6 +929,73 @@ def _compile_json(value: _Compiled) -> _Compiled:
             raise _NoMatch()
         return value(parsed, bindings)
     return match
+
+
+def _compile_split(parts: tuple, shapes: Mapping[str, str]) -> Callable[[str, dict], dict]:
+    """`_split` for a text of several slots, mostly done by a regex.
+
+    The search tries each slot's ends shortest first, so the split it finds is
+    the first, in that order, whose values fit their shapes. A regex with a
+    lazy group per slot finds the first split in the same order, ignoring
+    shapes: when its values fit, it is the search's answer. When they do not,
+    or when the search could run out of MAX_MATCH_STEPS (`_few_splits`), or a
+    slot is bound already, the search itself decides.
+    """
+    def search(c: str, bindings: dict) -> dict:
+        found = _split(parts, c, bindings, shapes, None)
+        if found is None:
+            raise _NoMatch()
+        return found
+
+    slots = parts[1::2]
+    names = [slot[0] for slot in slots]
+    if any(len(slot) > 1 for slot in slots) or len(set(names)) < len(names):
+        return search  # a date offset, or a name twice
+    # The literal after each slot but the last, and whether `str.count` counts all its
+    # occurrences (it counts no two that overlap).
+    after = [(literal, not _overlaps_itself(literal)) for literal in parts[2:-1:2]]
+    pattern = re.compile("(.+?)".join(re.escape(literal) for literal in parts[0::2]), re.DOTALL)
+    named = list(zip(names, (shapes.get(name, "text") for name in names)))
+
+    def split(c: str, bindings: dict) -> dict:
+        if not _few_splits(c, after) or any(name in bindings for name in names):
+            return search(c, bindings)
+        found = pattern.fullmatch(c)
+        if found is None:
+            raise _NoMatch()  # no split at all, whatever the shapes
+        values = found.groups()
+        if not all(fits(shape, value) for (_, shape), value in zip(named, values)):
+            return search(c, bindings)
+        return {**bindings, **dict(zip(names, values))}
+    return split
+
+
+def _overlaps_itself(literal: str) -> bool:
+    """Whether two occurrences of `literal` can overlap (" to " in " to to ")."""
+    return any(literal[k:] == literal[:len(literal) - k] for k in range(1, len(literal)))
+
+
+def _few_splits(c: str, after: list[tuple[str, bool]]) -> bool:
+    """Whether `_split`'s search of `c` stays within MAX_MATCH_STEPS whatever the
+    shapes: a slot followed by a literal may end at each occurrence of it (at
+    each position when it is empty), the last slot at one place, and each end
+    tried costs the search two steps (the literal, the next slot)."""
+    steps, ends = 2, 1
+    for literal, counted in after:
+        ends *= len(c) if not literal else c.count(literal) if counted else _occurrences(c, literal)
+        steps += 2 * ends
+        if steps > MAX_MATCH_STEPS:
+            return False
+    return steps + 2 * ends <= MAX_MATCH_STEPS
+
+
+def _occurrences(c: str, literal: str) -> int:
+    """How often `literal` occurs in `c`, overlapping occurrences included."""
+    n, at = 0, c.find(literal)
+    while at >= 0:
+        n += 1
+        at = c.find(literal, at + 1)
+    return n
 
 
 # -- rendering -----------------------------------------------------------------

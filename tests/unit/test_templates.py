@@ -312,3 +312,18 @@ def test_the_compiled_matcher_lookups_use_agrees_with_match_message_on_structure
         want = match_message(content, message, bindings)
         assert match_stored(content, message, bindings) == want, (content, message, bindings)
     assert sum(match_message(*case) is not None for case in cases) >= 6
+
+
+@pytest.mark.parametrize("text,shapes,value,bindings", [
+    ("{{a}}.{{b}}.", {"a": "text", "b": "number"}, "x.y.5.", {}),  # the first split's b is no number
+    ("{{a}}.{{b}}.", {"a": "text", "b": "number"}, "x.y.5.", {"a": "x.y"}),  # bound already
+    ("Move {{a}} to {{b}} to {{c}}.", {"a": "text", "b": "text", "c": "word"}, "Move 1 to to 2 to to 3 to 4.", {}),
+    ("{{a}}{{b}} and {{c}}", {"a": "number", "b": "text", "c": "text"}, "12ab and cd and ef", {}),
+    ("{{a}} {{b}} {{c}}!", {"a": "text", "b": "text", "c": "word"}, " ".join(["w"] * 300) + "!", {}),  # many ends
+    ("{{a}} {{b}} {{c}}!", {"a": "text", "b": "text", "c": "text"}, " ".join(["w"] * 300) + "?", {}),
+    ("{{a}}\n{{b}}", {"a": "text", "b": "text"}, "one\ntwo\nthree", {}),  # text holds no newline
+    ("{{a}} {{a}}.", {"a": "text"}, "x y x y.", {}),  # a name twice
+])
+def test_the_compiled_split_of_a_text_into_slots_is_the_one_the_search_finds(text, shapes, value, bindings):
+    content = template_content(user(text_marker(text)), shapes)
+    assert match_stored(content, user(value), bindings) == match_message(content, user(value), bindings)
