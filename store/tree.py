@@ -51,10 +51,11 @@ class IdMemo:
     def put(self, key: tuple, node_id: Any, chars: int) -> None:
         if chars > self.max_chars // 16:
             return  # a huge value would evict everything else
+        entry = (node_id, chars)
         with self._lock:
-            if key in self._ids:
-                return
-            self._ids[key] = (node_id, chars)
+            # One hash of the key, not two: a template match's key holds the bindings so far.
+            if self._ids.setdefault(key, entry) is not entry:
+                return  # known already
             self._chars += chars
             while len(self._ids) > self.max_entries or self._chars > self.max_chars:
                 oldest = next(iter(self._ids))
