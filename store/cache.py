@@ -18,8 +18,8 @@ from .template_index import TemplateSet
 from .declared import earlier_step_depths, reply_carries_over
 from .learning import InductionOutcome, Learner, plan_bound_record
 from .agreement import same_answer
-from .templates import explain_mismatch, free_text_in_words, is_declared, match_message, render_reply
-from .tree import ServePolicy, lookup, plan_record, reply_id
+from .templates import explain_mismatch, free_text_in_words, is_declared, match_stored, render_reply
+from .tree import ServePolicy, lookup, memo_epoch, plan_record, reply_id
 from . import trust_ledger
 from .trust import TABLE as TRUST_TABLE, VERIFY_CONTESTED, Judgement, TrustRules, judge, prepare, with_rewritable, with_inputs
 
@@ -46,6 +46,8 @@ class Cache:
         self.set_trust(trust)
         # Trust entries prepared for judging, by key, for one template generation.
         self._trust_views: tuple[int | None, dict[bytes, object]] = (None, {})
+        # Judgements of template hits by their values, for one template generation and memo epoch.
+        self._judgements: tuple[tuple[int | None, int], dict[tuple, Judgement]] = ((None, 0), {})
         self._templates: dict[bytes, NodeRecord] = {}  # decoded template nodes, by id
         # Each node's template children with their index, valid for one
         # template generation of the database (see _DecodedTemplates).
@@ -61,6 +63,7 @@ class Cache:
         self.trust = rules
         self.policy = replace(self.policy, template_min_observations=1 if rules.verify else None)
         self._trust_views = (None, {})  # prepared under the old rules (ranges kept or not)
+        self._judgements = ((None, 0), {})
 
     def namespace(self, credential: str | None, fixed: str = "") -> str:
         return namespace_for(self.backend.secret, credential, fixed)
@@ -95,7 +98,9 @@ class Cache:
                     verifiable.append(hit)
                 return verdict.action == "serve"
 
-            result = lookup(conversation, namespace, reader, self.policy, match_template=match_message,
+            # match_stored: the template contents are the decoded nodes kept in
+            # self._templates, never changed, so each one's matcher is compiled once.
+            result = lookup(conversation, namespace, reader, self.policy, match_template=match_stored,
                             bindings=bindings, explain_template=explain_mismatch, accept=servable)
             if type(result) is Hit and result.templated:
                 others = {(h.node_id, h.reply_id): h for h in verifiable}  # each template reply once
@@ -104,14 +109,41 @@ class Cache:
                                     tuple(others.values()))
             return result
 
+    MAX_JUDGEMENTS = 4096
+
     def _verdict(self, snap, hit: Hit, generation: int | None = None) -> Judgement:
+        """`_judge`, remembered for the values an agent sends again and again.
+
+        A judgement is a function of the template reply's trust entry and the
+        node's other replies (both fixed within a template generation: every
+        trust write bumps it), the rules (set_trust starts over) and the hit's
+        bindings, so those key it. Forgotten with tree.forget_memos, as the
+        template matches that led to the hit are.
+        """
+        if generation is None:
+            generation = snap.template_generation()
+        stamp = (generation, memo_epoch())
+        judgements = self._judgements
+        if judgements[0] != stamp:
+            judgements = self._judgements = (stamp, {})
+        try:
+            key = (hit.node_id, hit.reply_id, tuple(hit.bindings.items()))
+            found = judgements[1].get(key)
+        except TypeError:  # a binding value that cannot be a key: judged every time
+            return self._judge(snap, hit, generation)
+        if found is None:
+            found = self._judge(snap, hit, generation)
+            if len(judgements[1]) >= self.MAX_JUDGEMENTS:
+                judgements[1].clear()
+            judgements[1][key] = found
+        return found
+
+    def _judge(self, snap, hit: Hit, generation: int) -> Judgement:
         """How this hit's template reply is judged (store/trust.py).
 
         The trust entries read at this template generation (every trust write
         bumps it) are kept prepared for `judge`: one dict lookup per hit.
         """
-        if generation is None:
-            generation = snap.template_generation()
         views = self._trust_views
         if views[0] != generation:
             views = self._trust_views = (generation, {})
@@ -196,7 +228,7 @@ class Cache:
             if len(recorded) != 1:
                 return False
             reader = _WithoutReplies(_DecodedTemplates(snap, self._templates, {}), node)
-            found = lookup(conversation, namespace, reader, self.policy, match_template=match_message)
+            found = lookup(conversation, namespace, reader, self.policy, match_template=match_stored)
             if type(found) is not Hit or not found.templated:
                 return False
             try:

@@ -70,6 +70,9 @@ Public API
         the tree's TemplateMatcher: the bindings extended, or None; a name
         bound earlier must have the same value; a slot matches only values of
         its shape
+    match_stored(content, message, bindings) -> dict | None
+        the same for a content that never changes (a stored template node's, as
+        lookups keep them): matched by a matcher compiled once per content
     explain_mismatch(content, message, bindings) -> str
         which literal or slot failed, for people (empty if it matches)
     render_reply(reply, bindings) -> reply              raises RenderError
@@ -98,6 +101,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -177,6 +181,11 @@ def common_shape(values: Iterable[str]) -> str:
 
 def number_text(x: int | float) -> str:
     """The binding value of a JSON number: what Python's json (and str) write."""
+    # json.dumps writes a plain int or finite float as its repr; calling that
+    # directly skips the encoder's set-up, most of what a number slot costs
+    # a template match.
+    if type(x) is int or (type(x) is float and math.isfinite(x)):
+        return repr(x)
     return json.dumps(x)
 
 
@@ -681,62 +690,81 @@ def _match_text(t: str, c: str, bindings: dict, shapes: Mapping[str, str], where
             raise _fail(where, lambda: "literal text differs")
         return bindings
     if len(parts) == 3 and where is None and len(parts[1]) == 1:
-        # One slot has one possible split: no search needed (the commonest case).
-        head, (name,), tail = parts
-        if len(c) > len(head) + len(tail) and c.startswith(head) and c.endswith(tail):
-            value = c[len(head):len(c) - len(tail)]
-            if name in bindings:
-                if bindings[name] == value:
-                    return bindings
-            elif fits(shapes.get(name, "text"), value):
-                return {**bindings, name: value}
-        raise _NoMatch()
-    steps = [0]
-    failures: list[Callable[[], str]] = []  # the last one explains the miss
+        name = parts[1][0]
+        return _one_slot(parts[0], name, parts[2], shapes.get(name, "text"), c, bindings)
+    failures: list[Callable[[], str]] | None = None if where is None else []  # the last one explains the miss
+    result = _split(parts, c, bindings, shapes, failures)
+    if result is None:
+        raise _fail(where, lambda: failures[-1]() if failures else "no way to split the text")
+    return result
+
+
+def _one_slot(head: str, name: str, tail: str, shape: str, c: str, bindings: dict) -> dict:
+    """A text of one slot between two literals: one possible split, no search (the commonest case)."""
+    if len(c) > len(head) + len(tail) and c.startswith(head) and c.endswith(tail):
+        value = c[len(head):len(c) - len(tail)]
+        if name in bindings:
+            if bindings[name] == value:
+                return bindings
+        elif fits(shape, value):
+            return {**bindings, name: value}
+    raise _NoMatch()
+
+
+def _split(parts: tuple, c: str, bindings: dict, shapes: Mapping[str, str],
+           failures: list[Callable[[], str]] | None) -> dict | None:
+    """The bindings extended by the first split of `c` into `parts` (each slot
+    shortest first), or None; `failures` (None while matching: nobody reads
+    them) collects why each try failed."""
+    steps = 0
+    final = len(parts) - 1
+    note = failures.append if failures is not None else None
 
     def go(i: int, pos: int, bound: dict) -> dict | None:
-        steps[0] += 1
-        if steps[0] > MAX_MATCH_STEPS:
+        nonlocal steps
+        steps += 1
+        if steps > MAX_MATCH_STEPS:
             return None
         part = parts[i]
         if type(part) is str:
             if not c.startswith(part, pos):
-                failures.append(lambda: f"literal {_short(part)!r} not found at {_short(c[pos:pos + 40])!r}")
+                if note:
+                    note(lambda: f"literal {_short(part)!r} not found at {_short(c[pos:pos + 40])!r}")
                 return None
             pos += len(part)
-            if i == len(parts) - 1:
+            if i == final:
                 if pos == len(c):
                     return bound
-                failures.append(lambda: f"text goes on after the template: {_short(c[pos:])!r}")
+                if note:
+                    note(lambda: f"text goes on after the template: {_short(c[pos:])!r}")
                 return None
             return go(i + 1, pos, bound)
         name = part[0]
         if len(part) > 1:
-            failures.append(lambda: f"a date offset ({{{{{name} {part[1]:+d}d}}}}) is written only in replies")
+            if note:
+                note(lambda: f"a date offset ({{{{{name} {part[1]:+d}d}}}}) is written only in replies")
             return None
         nxt = parts[i + 1]  # a literal always follows a slot (maybe empty)
-        last = i + 1 == len(parts) - 1
         if name in bound:
             value = bound[name]
             if not c.startswith(value, pos):
-                failures.append(lambda: f"slot {{{{{name}}}}} is {_short(value)!r} earlier but not here")
+                if note:
+                    note(lambda: f"slot {{{{{name}}}}} is {_short(value)!r} earlier but not here")
                 return None
             return go(i + 1, pos + len(value), bound)
         shape = shapes.get(name, "text")
-        for end in _ends(c, pos, nxt, last):
+        for end in _ends(c, pos, nxt, i + 1 == final):
             value = c[pos:end]
             if not fits(shape, value):
-                failures.append(lambda value=value: f"{_short(value)!r} is not a {shape} for slot {{{{{name}}}}}")
+                if note:
+                    note(lambda value=value: f"{_short(value)!r} is not a {shape} for slot {{{{{name}}}}}")
                 continue
             found = go(i + 1, end, {**bound, name: value})
             if found is not None:
                 return found
         return None
 
-    result = go(0, 0, bindings)
-    if result is None:
-        raise _fail(where, lambda: failures[-1]() if failures else "no way to split the text")
-    return result
+    return go(0, 0, bindings)
 
 
 def _ends(c: str, pos: int, nxt: str, last: bool) -> Iterator[int]:
@@ -757,6 +785,217 @@ def _ends(c: str, pos: int, nxt: str, last: bool) -> Iterator[int]:
             return
         yield found
         start = found + 1
+
+
+
+# -- matching, compiled once per stored template -------------------------------
+# A lookup matches the same stored template nodes against message after message,
+# and `_match` reads the template's structure again each time: which marker, which
+# fields, which of them are literal. A compiled matcher reads it once: a closure per
+# template part that does what `_match(part, value, bindings, shapes, None, field)`
+# does for the common parts (an object with exactly the template's fields, a list,
+# a literal string, a text, number or JSON marker) and calls `_match` itself for
+# every other part and for an object whose fields differ (optional ones). So the
+# two agree by construction, and bind in the same order.
+
+# (concrete value, bindings so far) -> the bindings extended; raises _NoMatch.
+_Compiled = Callable[[Any, dict], dict]
+_COMPILED: dict[int, tuple[Mapping[str, Any], _Compiled]] = {}
+MAX_COMPILED = 4096
+
+
+def match_stored(content: Mapping[str, Any], message: Any, bindings: Mapping[str, str]) -> dict | None:
+    """`match_message` for a content never changed after it is first matched (a
+    stored template node's, which the lookup decodes once and keeps): its matcher
+    is compiled on first use and kept with it."""
+    try:
+        return _fingerprinted(_compiled_message(content)(message, dict(bindings)))
+    except _NoMatch:
+        return None
+
+
+def _compiled_message(content: Mapping[str, Any]) -> _Compiled:
+    # Keyed by the object: the entry holds it, so its id is not reused while kept.
+    found = _COMPILED.get(id(content))
+    if found is None or found[0] is not content:
+        found = (content, _compile(content["message"], content.get("slots") or {}, ""))
+        if len(_COMPILED) >= MAX_COMPILED:
+            _COMPILED.clear()
+        _COMPILED[id(content)] = found
+    return found[1]
+
+
+def _compile(t: Any, shapes: Mapping[str, str], field: str) -> _Compiled:
+    """The matcher of template part `t` (`field` as in `_match`)."""
+    if type(t) is str:
+        return _compile_literal(t)
+    if type(t) is list:
+        return _compile_list(t, shapes, field)
+    if type(t) is dict:
+        kind = t.get(MARK)
+        if kind is None:
+            return _compile_object(t, shapes, field)
+        # A marker missing what it needs is left to `_match` (which fails on it when reached).
+        if kind == "text" and type(t.get("t")) is str:
+            return _compile_text(t["t"], shapes)
+        if kind == "number" and type(t.get("slot")) is str:
+            return _compile_number(t["slot"])
+        if kind == "json" and "value" in t:
+            return _compile_json(_compile(t["value"], shapes, field))
+    return _reference(t, shapes, field)
+
+
+def _reference(t: Any, shapes: Mapping[str, str], field: str) -> _Compiled:
+    def match(c: Any, bindings: dict) -> dict:
+        return _match(t, c, bindings, shapes, None, field)
+    return match
+
+
+def _compile_literal(t: str) -> _Compiled:
+    def match(c: Any, bindings: dict) -> dict:
+        if type(c) is not str or c != t:  # `_same_literal` of two strings
+            raise _NoMatch()
+        return bindings
+    return match
+
+
+def _compile_list(t: list, shapes: Mapping[str, str], field: str) -> _Compiled:
+    items = [_compile(tv, shapes, field) for tv in t]
+    length = len(items)
+
+    def match(c: Any, bindings: dict) -> dict:
+        if type(c) is not list or len(c) != length:
+            raise _NoMatch()
+        for item, cv in zip(items, c):
+            bindings = item(cv, bindings)
+        return bindings
+    return match
+
+
+def _compile_object(t: dict, shapes: Mapping[str, str], field: str) -> _Compiled:
+    keys = t.keys()
+    # (key, the literal string its value must be, or None and the value's matcher)
+    fields = [(key, tv, None) if type(tv) is str else (key, None, _compile(tv, shapes, key)) for key, tv in t.items()]
+
+    def match(c: Any, bindings: dict) -> dict:
+        if type(c) is not dict or c.keys() != keys:
+            return _match(t, c, bindings, shapes, None, field)  # optional fields, or no fit
+        for key, literal, sub in fields:
+            if sub is None:
+                value = c[key]
+                if type(value) is not str or value != literal:
+                    raise _NoMatch()
+            else:
+                bindings = sub(c[key], bindings)
+        return bindings
+    return match
+
+
+def _compile_text(t: str, shapes: Mapping[str, str]) -> _Compiled:
+    parts = _parsed_text(t)
+    if len(parts) == 3 and len(parts[1]) == 1:  # `_match_text`'s one slot, its shape looked up once
+        head, (name,), tail = parts
+        shape = shapes.get(name, "text")
+
+        def match_one(c: Any, bindings: dict) -> dict:
+            if type(c) is not str:
+                raise _NoMatch()
+            return _one_slot(head, name, tail, shape, c, bindings)
+        return match_one
+    split = _compile_split(parts, shapes) if len(parts) > 1 else None
+
+    def match(c: Any, bindings: dict) -> dict:
+        if type(c) is not str:
+            raise _NoMatch()
+        if split is not None:
+            return split(c, bindings)
+        return _match_text(t, c, bindings, shapes, None)
+    return match
+
+
+def _compile_number(slot: str) -> _Compiled:
+    def match(c: Any, bindings: dict) -> dict:
+        if isinstance(c, bool) or not isinstance(c, (int, float)):
+            raise _NoMatch()
+        _bind(slot, number_text(c), bindings, "number", None)
+        return bindings
+    return match
+
+
+def _compile_json(value: _Compiled) -> _Compiled:
+    def match(c: Any, bindings: dict) -> dict:
+        parsed = _json_container(c)
+        if parsed is None:
+            raise _NoMatch()
+        return value(parsed, bindings)
+    return match
+
+
+def _compile_split(parts: tuple, shapes: Mapping[str, str]) -> Callable[[str, dict], dict]:
+    """`_split` for a text of several slots, mostly done by a regex.
+
+    The search tries each slot's ends shortest first, so the split it finds is
+    the first, in that order, whose values fit their shapes. A regex with a
+    lazy group per slot finds the first split in the same order, ignoring
+    shapes: when its values fit, it is the search's answer. When they do not,
+    or when the search could run out of MAX_MATCH_STEPS (`_few_splits`), or a
+    slot is bound already, the search itself decides.
+    """
+    def search(c: str, bindings: dict) -> dict:
+        found = _split(parts, c, bindings, shapes, None)
+        if found is None:
+            raise _NoMatch()
+        return found
+
+    slots = parts[1::2]
+    names = [slot[0] for slot in slots]
+    if any(len(slot) > 1 for slot in slots) or len(set(names)) < len(names):
+        return search  # a date offset, or a name twice
+    # The literal after each slot but the last, and whether `str.count` counts all its
+    # occurrences (it counts no two that overlap).
+    after = [(literal, not _overlaps_itself(literal)) for literal in parts[2:-1:2]]
+    pattern = re.compile("(.+?)".join(re.escape(literal) for literal in parts[0::2]), re.DOTALL)
+    named = list(zip(names, (shapes.get(name, "text") for name in names)))
+
+    def split(c: str, bindings: dict) -> dict:
+        if not _few_splits(c, after) or any(name in bindings for name in names):
+            return search(c, bindings)
+        found = pattern.fullmatch(c)
+        if found is None:
+            raise _NoMatch()  # no split at all, whatever the shapes
+        values = found.groups()
+        if not all(fits(shape, value) for (_, shape), value in zip(named, values)):
+            return search(c, bindings)
+        return {**bindings, **dict(zip(names, values))}
+    return split
+
+
+def _overlaps_itself(literal: str) -> bool:
+    """Whether two occurrences of `literal` can overlap (" to " in " to to ")."""
+    return any(literal[k:] == literal[:len(literal) - k] for k in range(1, len(literal)))
+
+
+def _few_splits(c: str, after: list[tuple[str, bool]]) -> bool:
+    """Whether `_split`'s search of `c` stays within MAX_MATCH_STEPS whatever the
+    shapes: a slot followed by a literal may end at each occurrence of it (at
+    each position when it is empty), the last slot at one place, and each end
+    tried costs the search two steps (the literal, the next slot)."""
+    steps, ends = 2, 1
+    for literal, counted in after:
+        ends *= len(c) if not literal else c.count(literal) if counted else _occurrences(c, literal)
+        steps += 2 * ends
+        if steps > MAX_MATCH_STEPS:
+            return False
+    return steps + 2 * ends <= MAX_MATCH_STEPS
+
+
+def _occurrences(c: str, literal: str) -> int:
+    """How often `literal` occurs in `c`, overlapping occurrences included."""
+    n, at = 0, c.find(literal)
+    while at >= 0:
+        n += 1
+        at = c.find(literal, at + 1)
+    return n
 
 
 # -- rendering -----------------------------------------------------------------

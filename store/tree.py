@@ -51,10 +51,11 @@ class IdMemo:
     def put(self, key: tuple, node_id: Any, chars: int) -> None:
         if chars > self.max_chars // 16:
             return  # a huge value would evict everything else
+        entry = (node_id, chars)
         with self._lock:
-            if key in self._ids:
-                return
-            self._ids[key] = (node_id, chars)
+            # One hash of the key, not two: a template match's key holds the bindings so far.
+            if self._ids.setdefault(key, entry) is not entry:
+                return  # known already
             self._chars += chars
             while len(self._ids) > self.max_entries or self._chars > self.max_chars:
                 oldest = next(iter(self._ids))
@@ -139,10 +140,20 @@ def _matched(matcher: "TemplateMatcher", template: NodeRecord, message: Message,
     return None if found is _NO_MATCH else found
 
 
+_FORGOTTEN = [0]  # how often forget_memos ran (see memo_epoch)
+
+
 def forget_memos() -> None:
     """Drop the per-process node-id and template-match memos (for cold timings and tests)."""
     _IDS.clear()
     _MATCHES.clear()
+    _FORGOTTEN[0] += 1
+
+
+def memo_epoch() -> int:
+    """Changes with every forget_memos: a memo of request values kept elsewhere
+    (store/cache.py's judgements) starts over when it does, as these do."""
+    return _FORGOTTEN[0]
 
 
 class TreeReader(Protocol):

@@ -17,10 +17,11 @@ several passes. Only lookups are timed; rendering a template reply is timed
 as a separate row.
 
 The passes repeat the same requests, as agents resend the same prefix turn
-after turn, so the per-process memos (node ids, template matches) answer
-most of the hashing and matching. The same pair is therefore also timed cold,
-with those memos cleared before every single lookup (`ratio_cold`): the cost
-of a request whose every message is new to the process.
+after turn, so the per-process memos (node ids, template matches, trust
+judgements) answer most of the hashing, matching and judging. The same pair
+is therefore also timed cold, with those memos cleared before every single
+lookup (`ratio_cold`): the cost of a request whose every message is new to
+the process.
 
 Ratios are of medians over passes (`ratio`); `ratio_best` is of each side's
 fastest pass, the estimate least moved by other load on a shared machine

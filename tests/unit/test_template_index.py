@@ -22,7 +22,8 @@ import butter.store.tree as tree
 from butter.store import Cache, Conversation, Hit, Miss
 from butter.store.model import NodeRecord
 from butter.store.template_index import TemplateSet
-from butter.store.templates import (SHAPES, RenderError, escape_literal, explain_mismatch, json_marker, match_message, number_marker,
+from butter.store.templates import (SHAPES, RenderError, escape_literal, explain_mismatch, json_marker, match_message, match_stored,
+                             number_marker,
                              render_reply, slots_in, template_content, text_marker)
 from butter.store.tree import child_id, reply_id, root_id
 from butter.store.trust import TrustRules
@@ -187,6 +188,24 @@ def test_probes_come_from_literals_and_text_marker_ends_only():
     anything = template_content({"role": text_marker("{{r}}"), "content": text_marker("{{a}}")}, {"r": "text", "a": "text"})
     index = TemplateSet([node_record(refund), node_record(anything), node_record(cancel)])
     assert [r.content for r in index.candidates({"role": "user", "content": "Hello."})] == [anything]
+
+
+
+def test_the_compiled_matcher_lookups_use_binds_exactly_what_match_message_binds():
+    rng = random.Random(20261204)
+    matched = 0
+    for _ in range(300):
+        siblings = [random_template_message(rng) for _ in range(4)]
+        contents = [template_content(m, s) for m, s in siblings]
+        for message in concrete_messages(rng, siblings, 10):
+            for bindings in ({}, _values(rng, {rng.choice(NAMES): "text"})):
+                for content in contents:
+                    want = match_message(content, message, bindings)
+                    got = match_stored(content, message, bindings)
+                    # The same bindings in the same order (memo keys and trust read them in order).
+                    assert got == want and (want is None or list(got) == list(want)), (content, message, bindings)
+                    matched += want is not None
+    assert matched > 500
 
 
 # -- whole lookups: the indexed, cached, memoised walk against the plain one ------------------

@@ -8,7 +8,8 @@ import pytest
 from butter.store import Cache, Conversation, Hit, Miss
 from butter.store.templates import (ABSENT, COMPACT, LENGTH, VARYING, RenderError, any_marker, bind_message, bind_reply,
                              common_shape,
-                             explain_mismatch, json_marker, list_marker, match_message, number_marker, opt_marker,
+                             explain_mismatch, json_marker, keys_marker, list_marker, match_message, match_stored,
+                             number_marker, opt_marker,
                              parse_text, placeholder, render_reply, render_text, shape_of, slots_in,
                              template_content, text_marker, varying_elements, varying_text)
 
@@ -287,3 +288,42 @@ def test_an_optional_field_may_be_absent_but_a_required_one_may_not():
     assert without[VARYING] != noted[VARYING], "whether the field is there is fingerprinted too"
     assert match_message(content, tool('{"note": "x"}'), {}) is None
     assert match_message(content, tool('{"id": "A1", "note": 3}'), {}) is None
+
+
+def test_the_compiled_matcher_lookups_use_agrees_with_match_message_on_structured_data():
+    optional = template_content(tool(json_marker({"id": text_marker("{{id}}"), "note": opt_marker(any_marker("string"))})),
+                                {"id": "identifier"})
+    keyed = template_content({"sent": keys_marker([(text_marker("{{user}}"), any_marker("text")),
+                                                   ("USR007", any_marker("text"))])}, {"user": "identifier"})
+    items = [{"id": "G1", "km": 2}, {"id": "X9", "km": 7.5, "note": "far"}, {"id": "Q4", "km": 1}]
+    cases = [(RESULTS, results(items), {}), (RESULTS, results(items), {"city": "Wien"}), (RESULTS, results([]), {}),
+             (RESULTS, results([items[0], {"id": "nine", "km": 7}]), {}),
+             (optional, tool('{"id": "A1"}'), {}), (optional, tool('{"id": "A1", "note": "x"}'), {}),
+             (optional, tool('{"note": "x"}'), {}), (optional, tool('{"id": "A1", "note": 3}'), {}),
+             (keyed, {"sent": {"ONYX119": "a", "USR007": "b"}}, {"user": "ONYX119"}),
+             (keyed, {"sent": {"ONYX119": "a", "USR007": "b"}}, {}),
+             (ORDER_TEMPLATE, user("Please refund order 5555."), {}), (ORDER_TEMPLATE, user("Please refund order 5555."),
+                                                                      {"order_id": "1234"}),
+             (template_content(user(text_marker("Book the tour on {{today +1d}}.")), {"today": "date"}),
+              user("Book the tour on 2026-12-04."), {"today": "2026-12-03"}),
+             (template_content({"role": "user", "n": 1, "content": "a"}, {}), {"role": "user", "n": 1.0, "content": "a"}, {}),
+             (template_content({"role": "user", "n": 1, "content": "a"}, {}), {"role": "user", "n": True, "content": "a"}, {})]
+    for content, message, bindings in cases:
+        want = match_message(content, message, bindings)
+        assert match_stored(content, message, bindings) == want, (content, message, bindings)
+    assert sum(match_message(*case) is not None for case in cases) >= 6
+
+
+@pytest.mark.parametrize("text,shapes,value,bindings", [
+    ("{{a}}.{{b}}.", {"a": "text", "b": "number"}, "x.y.5.", {}),  # the first split's b is no number
+    ("{{a}}.{{b}}.", {"a": "text", "b": "number"}, "x.y.5.", {"a": "x.y"}),  # bound already
+    ("Move {{a}} to {{b}} to {{c}}.", {"a": "text", "b": "text", "c": "word"}, "Move 1 to to 2 to to 3 to 4.", {}),
+    ("{{a}}{{b}} and {{c}}", {"a": "number", "b": "text", "c": "text"}, "12ab and cd and ef", {}),
+    ("{{a}} {{b}} {{c}}!", {"a": "text", "b": "text", "c": "word"}, " ".join(["w"] * 300) + "!", {}),  # many ends
+    ("{{a}} {{b}} {{c}}!", {"a": "text", "b": "text", "c": "text"}, " ".join(["w"] * 300) + "?", {}),
+    ("{{a}}\n{{b}}", {"a": "text", "b": "text"}, "one\ntwo\nthree", {}),  # text holds no newline
+    ("{{a}} {{a}}.", {"a": "text"}, "x y x y.", {}),  # a name twice
+])
+def test_the_compiled_split_of_a_text_into_slots_is_the_one_the_search_finds(text, shapes, value, bindings):
+    content = template_content(user(text_marker(text)), shapes)
+    assert match_stored(content, user(value), bindings) == match_message(content, user(value), bindings)

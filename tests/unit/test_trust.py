@@ -1116,3 +1116,18 @@ def test_a_status_that_demoted_a_template_becomes_a_branch_learned_anew_from_run
     # The order id is still a decision input (a number passed into the call) until freed: verified, not refused.
     later = cache.lookup("ns", order_looked_up("1011", "pending"))
     assert isinstance(later, Hit) or later.reason == "verify", later
+
+
+def test_a_judgement_remembered_for_a_request_sent_again_follows_the_trust_it_was_made_by(tmp_path):
+    cache = Cache(tmp_path / "db", trust=RANGES)
+    teach(cache, ("Can account A1 with balance 20 pay invoice 100?", "Declined."),
+          ("Can account B2 with balance 35 pay invoice 100?", "Declined."))
+    again = ask("Can account C3 with balance 50 pay invoice 100?")
+    try:
+        pending = [cache.lookup("ns", again) for _ in range(3)]  # judged once, then remembered
+        assert all(isinstance(p, Miss) and p.reason == "verify" for p in pending)
+        trust_ledger.conclude(cache.backend, pending[-1].verify, answer("Declined."), cache.trust)
+        # The agreement is a trust write: these values are now seen with the reply.
+        assert isinstance(cache.lookup("ns", again), Hit)
+    finally:
+        cache.close()
