@@ -19,9 +19,11 @@ multi-step tool workflows with real-shaped data (`tools`: bare-id results,
 JSON with optional fields and lists of varying length, 4-5 requests a run)
 and look-alikes whose deciding value is absent from the reply
 (`lookalikes`: thresholds, primes, date windows, statuses, list lengths,
-model-rewritten values, an amount passed into the call it decides). The last two also play live traffic after the
-recordings through the recording proxy, which is where a template's
-probation is paid when verification is on (`--verify both` compares). Every
+model-rewritten values, an amount passed into the call it decides). Every
+workload but AgentDojo also plays live traffic after the recordings through
+the recording proxy (48 runs per flow by default, BFCL 12, `--quick` 12 and
+4; `--live N` for all), which is where a template's probation is paid when
+verification is on (`--verify both` compares). Every
 request goes through a real mitmdump running butter to an oracle provider
 that answers as the ground truth says; every reply butter serves is checked
 against the oracle.
@@ -55,6 +57,10 @@ from bench.eval.runner import _progress, evaluate  # noqa: E402
 VERIFICATION = ROOT / "addon" / "verification.py"  # shadow verification of learned templates (branch trust)
 
 
+DEFAULT_LIVE = 48  # live runs per flow after the recordings (own, tools, look-alikes, late, rare)
+DEFAULT_LIVE_BFCL = 12
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer flows and runs (about 2 minutes)")
@@ -68,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="butter_verify for the proxies; 'both' runs every workload with it off, then on")
     parser.add_argument("--ks", default=None, help="comma list: after how many recorded runs to measure (default 1,2,3)")
     parser.add_argument("--live", type=int, default=None,
-                        help="live-traffic (probation) runs per flow: own and BFCL (default 0), tools and look-alikes "
-                             "(default 8)")
+                        help="live-traffic (probation) runs per flow, for every workload (default: 48, what pays "
+                             "the probation of the own, tool and look-alike flows; 12 for BFCL, whose 32 tasks "
+                             "take longest and are paid off by then)")
     parser.add_argument("--agentdojo", metavar="PYTHON", default=os.environ.get("BUTTER_EVAL_AGENTDOJO_PYTHON"),
                         help="a Python with agentdojo installed (default .venv-agentdojo/bin/python if present)")
     parser.add_argument("--settled", action="store_true",
@@ -87,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     held_out = args.held_out if args.held_out is not None else (2 if args.quick else 3)
     wanted = {w.strip() for w in args.workloads.split(",") if w.strip()}
     # Live traffic after the recordings is where verification pays a template's
-    # probation; without verification it is just more traffic (own and BFCL
-    # get it only when asked for, so their figures stay comparable).
-    live = args.live if args.live is not None else 0
+    # probation (without verification it is just more traffic): the hit
+    # targets are "after the probation cost is paid", so that is the default.
+    live = args.live if args.live is not None else (12 if args.quick else DEFAULT_LIVE)
+    bfcl_live = args.live if args.live is not None else (4 if args.quick else DEFAULT_LIVE_BFCL)
     options = dict(o.split("=", 1) for o in args.option)
 
     started = time.monotonic()
@@ -99,22 +107,22 @@ def main(argv: list[str] | None = None) -> int:
         workloads.append(own_workflows.build(held_out=held_out, negatives_per_kind=held_out, probation=live))
     if "tools" in wanted:
         from bench.eval import tool_workflows
-        workloads.append(tool_workflows.build(held_out=held_out + 1, probation=args.live or 8))
+        workloads.append(tool_workflows.build(held_out=held_out + 1, probation=live))
     if "lookalikes" in wanted:
         from bench.eval import lookalikes
-        workloads.append(lookalikes.build(held_out=held_out + 1, negatives=held_out + 1, probation=args.live or 8))
+        workloads.append(lookalikes.build(held_out=held_out + 1, negatives=held_out + 1, probation=live))
     if "late" in wanted:
         from bench.eval import lookalikes
         workloads.append(lookalikes.build_late(held_out=held_out + 1, negatives=held_out + 1,
-                                               probation=args.live or 12))
+                                               probation=live))
     if "rare" in wanted:
         from bench.eval import lookalikes
         workloads.append(lookalikes.build_rare(held_out=held_out + 1, negatives=held_out + 1,
-                                               probation=args.live or 12))
+                                               probation=live))
     if "bfcl" in wanted:
         from bench.eval import bfcl
         _progress(f"BFCL: building runs from {bfcl_tasks} base tasks (executing ground truth on the real backends)")
-        workloads.extend(bfcl.build(bfcl_tasks, held_out=held_out, progress=_progress, probation=live))
+        workloads.extend(bfcl.build(bfcl_tasks, held_out=held_out, progress=_progress, probation=bfcl_live))
 
     skipped = {}
     if "agentdojo" in wanted:
