@@ -11,7 +11,11 @@ finds its inputs in the tree and writes its outputs back:
 - an accepted proposal becomes template nodes under the exact node where the
   observations diverge, with the reply template at the last one, and the
   same runs' earlier requests get their replies on those nodes when the
-  accepted later step proves their values (`propose_prefix`).
+  accepted later step proves their values (`propose_prefix`);
+- a proposal that gives a template live traffic demoted gives way to the
+  proposal of the runs that share this run's values of what decided the
+  disagreement (`decided_by`, store/trust.py): those values literal, a
+  branch of their own.
 
 Nothing here runs on a request's path: the addon calls `Learner.induce` on a
 worker thread after the miss's own record is written.
