@@ -405,10 +405,11 @@ def ordered_ranges(names: Iterable[str], rows: Iterable[Any]) -> dict[str, tuple
 
 
 # A slot named by its API as an identifier (`order_id`, `userId`, `zip`, `postcode`,
-# `phone`, `invoice_number`; a repeated name's `_2` aside): its numbers are looked up,
+# `phone`; a repeated name's `_2` aside): its numbers are looked up,
 # not compared with a limit, so a new one beyond those seen is no new side of anything.
-_SNAKE_IDENTIFIER = re.compile(r"(?:^|_)(?:id|uid|uuid|zip|zipcode|postcode|postal_code|phone|[a-z]+_number)$")
-_CAMEL_IDENTIFIER = re.compile(r"[a-z0-9](?:Id|ID|Uuid|Zip|Postcode|Number)$")
+# Not "_number": an invoice number is an id, but a guest number or a priority number may be compared.
+_SNAKE_IDENTIFIER = re.compile(r"(?:^|_)(?:id|uid|uuid|zip|zipcode|postcode|postal_code|phone)$")
+_CAMEL_IDENTIFIER = re.compile(r"[a-z0-9](?:Id|ID|Uuid|Zip|Postcode)$")
 _REPEAT_SUFFIX = re.compile(r"_\d+$")
 
 

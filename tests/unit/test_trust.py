@@ -179,10 +179,10 @@ def test_a_number_its_api_names_an_identifier_is_looked_up_not_compared_so_it_ha
             entry, _ = after_verification(entry, {"account": f"V{i}", name: value}, True, RANGES, "", float(i))
         assert entry["inputs_free"]
         return entry
-    for name in ("order_id", "orderId", "zip", "postcode_2", "invoice_number"):
+    for name in ("order_id", "orderId", "zip", "postcode_2", "phone"):
         served = judge(freed(name), {"account": "X", name: "99999"}, RANGES)
         assert (served.action, served.kind) == ("serve", "new-inputs"), (name, "sampled like any new input")
-    for name in ("amount", "paid", "valid", "number"):
+    for name in ("amount", "paid", "valid", "number", "guest_number", "max_bid"):
         assert judge(freed(name), {"account": "X", name: "99999"}, RANGES).action == "verify", name
     assert judge(freed("order_id"), {"account": "X", "order_id": "99999"}, RULES).action == "serve"
 
