@@ -208,11 +208,10 @@ class Learner:
         rows = [(w.node_id, w.parent, w.depth, w.kind, w.content, namespace if w.kind == "root" else "")
                 for w in exact[: proposal.start + 1]]
         ids = _template_path(proposal, exact)
-        parents = (exact[proposal.start].node_id, *ids[:-1])
-        for depth, (node, parent, (kind, content)) in enumerate(zip(ids, parents, proposal.nodes),
-                                                                start=proposal.start + 1):
+        parent = exact[proposal.start].node_id
+        for depth, (node, (kind, content)) in enumerate(zip(ids, proposal.nodes), start=proposal.start + 1):
             rows.append((node, parent, depth, kind, content, ""))
-        parent = ids[-1]
+            parent = node
         rid = reply_id(proposal.reply)
         if only_new:
             with self.backend.snapshot() as snap:
